@@ -1,0 +1,68 @@
+# Two commands for a fresh machine: `make run` and `make test`. See README.md.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TOOLS := .tools
+BUN_VERSION := 1.4.4
+BUN := $(TOOLS)/node_modules/.bin/bun
+CHROMIUM ?= /usr/bin/chromium
+
+# Reflex builds the frontend with bun, installed from the npm registry into .tools/
+# (Reflex's own installer downloads from the internet, and its npm path needs Node >= 22).
+export PATH := $(CURDIR)/$(TOOLS)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
+export REFLEX_USE_SYSTEM_BUN := 1
+export REFLEX_TELEMETRY_ENABLED := false
+
+.PHONY: run test test-unit test-integration test-e2e lint format bench chromium clean
+
+run: $(VENV)/.installed $(BUN) ## Start the app (local Stripe emulator when no Stripe keys are set)
+	$(PY) -m devtools.run
+
+test: $(VENV)/.installed-dev $(BUN) chromium ## Install test dependencies and run every test
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest
+
+test-unit: $(VENV)/.installed-dev
+	$(PY) -m pytest tests/unit
+
+test-integration: $(VENV)/.installed-dev
+	$(PY) -m pytest tests/integration
+
+test-e2e: $(VENV)/.installed-dev $(BUN) chromium
+	$(PY) -m pytest tests/e2e
+
+lint: $(VENV)/.installed-dev
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(VENV)/.installed-dev
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: requirements.txt | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(VENV)/.installed $@
+
+$(BUN):
+	npm install --prefix $(TOOLS) --no-save --no-audit --no-fund --loglevel=error bun@$(BUN_VERSION)
+	$(BUN) --version
+
+# Playwright cannot download its browsers here; Debian's Chromium works (see README).
+chromium:
+	@if [ -x "$(CHROMIUM)" ]; then exit 0; fi; \
+	echo "Installing Chromium for the end-to-end tests (Debian package)"; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .web .states reflex.lock

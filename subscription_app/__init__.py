@@ -1,0 +1,1 @@
+"""Subscription billing app (Reflex + Stripe)."""

@@ -1,0 +1,230 @@
+"""Accounts: registration, login, sessions and tokens.
+
+Plain keyword-only functions that take a database session; the Reflex states and the REST
+routes both call them. A login creates an `AuthSession` row and a signed JWT that names it,
+so a logout (revoking the row) invalidates the token even before it expires.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import jwt
+from email_validator import EmailNotValidError, validate_email
+from pwdlib import PasswordHash
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from subscription_app.models import AuthSession, User, utcnow
+from subscription_app.settings import get_settings
+
+PASSWORD_MIN_LENGTH = 8
+PASSWORD_MAX_LENGTH = 128
+EMAIL_MAX_LENGTH = 254
+JWT_ALGORITHM = "HS256"
+JWT_AUDIENCE = "subscription_app"
+
+_password_hash = PasswordHash.recommended()  # argon2id with current recommended parameters
+# Verified against when the email is unknown, so both failures cost the same time.
+_DUMMY_HASH = _password_hash.hash(secrets.token_urlsafe(16))
+
+
+class AccountError(Exception):
+    """A problem the user can fix; `message` is safe to show them."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidEmail(AccountError):
+    """The email address is not valid."""
+
+
+class InvalidPassword(AccountError):
+    """The password does not meet the rules."""
+
+
+class EmailTaken(AccountError):
+    """An account with this email exists already."""
+
+
+class InvalidCredentials(AccountError):
+    """Unknown email or wrong password (deliberately indistinguishable)."""
+
+
+INVALID_CREDENTIALS_MESSAGE = "Incorrect email or password."
+
+
+def normalize_email(email: str) -> str:
+    """Validate an email address and return its normalised (lower-case) form.
+
+    Raises:
+        InvalidEmail: with a message fit for the user.
+    """
+    email = (email or "").strip()
+    if not email:
+        raise InvalidEmail("Enter your email address.")
+    if len(email) > EMAIL_MAX_LENGTH:
+        raise InvalidEmail("That email address is too long.")
+    try:
+        result = validate_email(email, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise InvalidEmail(f"That email address is not valid: {exc}") from exc
+    return result.normalized.lower()
+
+
+def check_password_rules(password: str) -> None:
+    """Raise `InvalidPassword` when `password` is unacceptable."""
+    if len(password or "") < PASSWORD_MIN_LENGTH:
+        raise InvalidPassword(f"Use a password of at least {PASSWORD_MIN_LENGTH} characters.")
+    if len(password) > PASSWORD_MAX_LENGTH:
+        raise InvalidPassword(f"Use a password of at most {PASSWORD_MAX_LENGTH} characters.")
+    if not password.strip():
+        raise InvalidPassword("The password cannot be only spaces.")
+
+
+def hash_password(password: str) -> str:
+    """Hash a password with argon2id."""
+    return _password_hash.hash(password)
+
+
+def verify_password(password: str, password_hash: str) -> bool:
+    """True when `password` matches `password_hash`."""
+    try:
+        return _password_hash.verify(password, password_hash)
+    except Exception:  # a malformed stored hash must not become a 500
+        return False
+
+
+def register_user(*, session: Session, email: str, password: str) -> User:
+    """Create an account.
+
+    Raises:
+        InvalidEmail, InvalidPassword, EmailTaken.
+    """
+    normalized = normalize_email(email)
+    check_password_rules(password)
+    if session.exec(select(User).where(User.email == normalized)).first() is not None:
+        raise EmailTaken("An account with this email already exists. Log in instead.")
+    user = User(email=normalized, password_hash=hash_password(password))
+    session.add(user)
+    try:
+        session.flush()
+    except IntegrityError as exc:  # lost a race with a concurrent registration
+        session.rollback()
+        raise EmailTaken("An account with this email already exists. Log in instead.") from exc
+    return user
+
+
+def authenticate(*, session: Session, email: str, password: str) -> User:
+    """Return the user for these credentials.
+
+    Raises:
+        InvalidCredentials: for an unknown email and a wrong password alike.
+    """
+    try:
+        normalized = normalize_email(email)
+    except InvalidEmail:
+        normalized = None
+    user = (
+        session.exec(select(User).where(User.email == normalized)).first() if normalized else None
+    )
+    if user is None:
+        verify_password(password or "", _DUMMY_HASH)  # same cost as a real check
+        raise InvalidCredentials(INVALID_CREDENTIALS_MESSAGE)
+    try:
+        valid, upgraded_hash = _password_hash.verify_and_update(password or "", user.password_hash)
+    except Exception:  # a malformed stored hash must not become a 500
+        valid, upgraded_hash = False, None
+    if not valid:
+        raise InvalidCredentials(INVALID_CREDENTIALS_MESSAGE)
+    if upgraded_hash is not None:
+        # Hashing parameters were raised since this hash was made: upgrade it transparently.
+        user.password_hash = upgraded_hash
+        session.add(user)
+    return user
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """A bearer token and when it stops working."""
+
+    token: str
+    expires_at: datetime
+
+    @property
+    def expires_in(self) -> int:
+        """Seconds until expiry."""
+        return max(0, int((self.expires_at - utcnow()).total_seconds()))
+
+
+def _hash_session_id(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def issue_token(*, session: Session, user: User) -> IssuedToken:
+    """Start a login session for `user` and return its signed token."""
+    settings = get_settings()
+    now = utcnow()
+    expires_at = now + timedelta(minutes=settings.session_ttl_minutes)
+    raw_sid = secrets.token_urlsafe(32)
+    # Only a hash of the session id is stored, so a database leak yields no usable token.
+    session.add(AuthSession(id=_hash_session_id(raw_sid), user_id=user.id, expires_at=expires_at))
+    session.flush()
+    token = jwt.encode(
+        {
+            "sub": str(user.id),
+            "sid": raw_sid,
+            "aud": JWT_AUDIENCE,
+            "iat": int(now.timestamp()),
+            "exp": int(expires_at.timestamp()),
+        },
+        settings.app_secret_key.get_secret_value(),
+        algorithm=JWT_ALGORITHM,
+    )
+    return IssuedToken(token=token, expires_at=expires_at)
+
+
+def _decode(token: str) -> dict | None:
+    if not token or len(token) > 4096:
+        return None
+    try:
+        return jwt.decode(
+            token,
+            get_settings().app_secret_key.get_secret_value(),
+            algorithms=[JWT_ALGORITHM],
+            audience=JWT_AUDIENCE,
+            options={"require": ["sub", "sid", "exp", "aud"]},
+        )
+    except jwt.PyJWTError:
+        return None
+
+
+def user_for_token(*, session: Session, token: str) -> User | None:
+    """The user a token belongs to, or None if it is invalid, expired or logged out."""
+    claims = _decode(token)
+    if claims is None:
+        return None
+    auth = session.get(AuthSession, _hash_session_id(str(claims["sid"])))
+    if auth is None or auth.revoked_at is not None or auth.expires_at <= utcnow():
+        return None
+    if str(auth.user_id) != str(claims["sub"]):
+        return None
+    return session.get(User, auth.user_id)
+
+
+def revoke_token(*, session: Session, token: str) -> bool:
+    """Log out: revoke the session behind `token`. Returns False if it was not valid."""
+    claims = _decode(token)
+    if claims is None:
+        return False
+    auth = session.get(AuthSession, _hash_session_id(str(claims["sid"])))
+    if auth is None or auth.revoked_at is not None:
+        return False
+    auth.revoked_at = utcnow()
+    session.add(auth)
+    return True

@@ -1,0 +1,66 @@
+"""The FastAPI application behind `/api/v1`, with errors every client can read."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from subscription_app.api import auth, health
+
+API_PREFIX = "/api/v1"
+logger = logging.getLogger(__name__)
+
+
+def _describe(error: dict) -> str:
+    location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+    message = error.get("msg", "invalid value")
+    return f"{location}: {message}" if location else message
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if any(error.get("type") == "json_invalid" for error in errors):
+        return JSONResponse(
+            {"detail": "The request body is not valid JSON."},
+            status_code=status.HTTP_400_BAD_REQUEST,
+        )
+    readable = "; ".join(_describe(error) for error in errors) or "Invalid request."
+    fields = [{"field": _describe(e).split(":")[0], "message": e.get("msg", "")} for e in errors]
+    return JSONResponse(
+        {"detail": f"Invalid request: {readable}", "errors": fields},
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+    )
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    # Never leak a stack trace or a secret to the client; the log has the details.
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse(
+        {"detail": "Something went wrong on our side. Please try again."},
+        status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
+    )
+
+
+def create_api() -> FastAPI:
+    """Build the FastAPI app with every `/api/v1` route."""
+    api = FastAPI(
+        title="Subscription app API",
+        version="1",
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=None,
+    )
+    api.add_exception_handler(RequestValidationError, _validation_error)
+    api.add_exception_handler(StarletteHTTPException, _http_error)
+    api.add_exception_handler(Exception, _unexpected_error)
+    api.include_router(health.router, prefix=API_PREFIX)
+    api.include_router(auth.router, prefix=API_PREFIX)
+    return api

@@ -1,0 +1,53 @@
+"""Shared FastAPI dependencies: database session and the authenticated user."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlmodel import Session
+
+from subscription_app import accounts
+from subscription_app.db import session_scope
+from subscription_app.models import User
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def get_session() -> Iterator[Session]:
+    """One database session per request, committed when the route returns normally."""
+    with session_scope() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_token(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The bearer token of the request, or a 401."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="Authentication required: send 'Authorization: Bearer <token>'.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return credentials.credentials
+
+
+def get_current_user(session: SessionDep, token: Annotated[str, Depends(get_token)]) -> User:
+    """The user behind the bearer token, or a 401 if it is invalid, expired or revoked."""
+    user = accounts.user_for_token(session=session, token=token)
+    if user is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="Invalid or expired token. Log in again.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]

@@ -1,0 +1,1 @@
+"""Billing: the only package that talks to Stripe."""

@@ -1,0 +1,69 @@
+"""The default plan's Stripe price: found by lookup key (or STRIPE_PRICE_ID), created locally."""
+
+from __future__ import annotations
+
+import stripe
+
+from subscription_app.billing.client import get_client
+from subscription_app.billing.plans import DEFAULT_PLAN, Plan
+from subscription_app.settings import get_settings
+
+
+class PriceNotFound(RuntimeError):
+    """The configured price does not exist in the Stripe account."""
+
+
+def find_price_by_lookup_key(client: stripe.StripeClient, lookup_key: str) -> str | None:
+    """The id of the active price with `lookup_key`, or None."""
+    prices = client.v1.prices.list(params={"lookup_keys": [lookup_key], "active": True, "limit": 1})
+    return prices.data[0].id if prices.data else None
+
+
+def ensure_default_price(
+    *,
+    client: stripe.StripeClient | None = None,
+    lookup_key: str | None = None,
+    plan: Plan = DEFAULT_PLAN,
+) -> str:
+    """Find the default plan's price by lookup key, creating product and price if missing.
+
+    Used to seed the local emulator (and a fresh Stripe test account); running it again finds
+    the same price instead of making a second one.
+    """
+    client = client or get_client()
+    lookup_key = lookup_key or get_settings().stripe_price_lookup_key
+    existing = find_price_by_lookup_key(client, lookup_key)
+    if existing:
+        return existing
+    product = client.v1.products.create(
+        params={"name": plan.name, "metadata": {"app": "subscription_app"}}
+    )
+    price = client.v1.prices.create(
+        params={
+            "product": product.id,
+            "unit_amount": plan.amount_cents,
+            "currency": plan.currency,
+            "recurring": {"interval": plan.interval},
+            "lookup_key": lookup_key,
+            "nickname": f"{plan.name} monthly",
+        }
+    )
+    return price.id
+
+
+def resolve_price_id(*, client: stripe.StripeClient | None = None) -> str:
+    """The price to subscribe users to: STRIPE_PRICE_ID, else the lookup key's price.
+
+    Raises:
+        PriceNotFound: with a message naming what to configure.
+    """
+    settings = get_settings()
+    if settings.stripe_price_id:
+        return settings.stripe_price_id
+    found = find_price_by_lookup_key(client or get_client(), settings.stripe_price_lookup_key)
+    if not found:
+        raise PriceNotFound(
+            f"No active Stripe price has lookup key {settings.stripe_price_lookup_key!r}. "
+            "Set STRIPE_PRICE_ID to your $12.00/month price, or give that price this lookup key."
+        )
+    return found

@@ -1,0 +1,192 @@
+"""Database tables (SQLModel).
+
+Stripe identifiers (customer and subscription IDs) are never stored in plain text: each is
+kept as ciphertext (`*_enc`, see `subscription_app.crypto`) next to a keyed hash
+(`*_hash`, a blind index) that lets us find a row by the ID a webhook names.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timestamp stored in UTC and always read back timezone-aware.
+
+    SQLite has no timezone type and hands back naive datetimes; this makes both backends
+    behave the same so comparisons (event ordering) never mix naive and aware values.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; use timezone-aware UTC values")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def _ts(nullable: bool = True, **kwargs) -> object:
+    return Field(default=None, sa_type=UTCDateTime, nullable=nullable, **kwargs)
+
+
+class SubscriptionStatus(enum.StrEnum):
+    """Every status Stripe gives a subscription."""
+
+    ACTIVE = "active"
+    PAST_DUE = "past_due"
+    CANCELED = "canceled"
+    INCOMPLETE = "incomplete"
+    INCOMPLETE_EXPIRED = "incomplete_expired"
+    TRIALING = "trialing"
+    UNPAID = "unpaid"
+    PAUSED = "paused"
+
+    @property
+    def is_live(self) -> bool:
+        """A live subscription blocks starting another one."""
+        return self in {
+            SubscriptionStatus.ACTIVE,
+            SubscriptionStatus.TRIALING,
+            SubscriptionStatus.PAST_DUE,
+            SubscriptionStatus.UNPAID,
+            SubscriptionStatus.PAUSED,
+        }
+
+
+class EventStatus(enum.StrEnum):
+    """Processing state of a received webhook event."""
+
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+def _enum_check(column: str, enum_cls: type[enum.StrEnum], name: str) -> sa.CheckConstraint:
+    allowed = ", ".join(f"'{member.value}'" for member in enum_cls)
+    return sa.CheckConstraint(f"{column} IN ({allowed})", name=name)
+
+
+class User(SQLModel, table=True):
+    """A person with an account. `email` is validated and normalised (lower-case)."""
+
+    __tablename__ = "user_account"  # "user" is a reserved word in PostgreSQL
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=254, sa_column_kwargs={"unique": True}, index=True)
+    password_hash: str = Field(max_length=255)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class AuthSession(SQLModel, table=True):
+    """A login. Browser sessions and API tokens both point at one; logout revokes it."""
+
+    __tablename__ = "auth_session"
+
+    id: str = Field(primary_key=True, max_length=64)
+    user_id: int = Field(foreign_key="user_account.id", index=True, ondelete="CASCADE")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    revoked_at: datetime | None = _ts()
+
+
+class BillingCustomer(SQLModel, table=True):
+    """The Stripe customer that belongs to a user (one per user)."""
+
+    __tablename__ = "billing_customer"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(
+        foreign_key="user_account.id", sa_column_kwargs={"unique": True}, ondelete="CASCADE"
+    )
+    stripe_customer_id_enc: str = Field(max_length=512)
+    stripe_customer_id_hash: str = Field(
+        max_length=64, sa_column_kwargs={"unique": True}, index=True
+    )
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class Subscription(SQLModel, table=True):
+    """Our copy of a Stripe subscription. Stripe is the source of truth; webhooks update it."""
+
+    __tablename__ = "subscription"
+    __table_args__ = (_enum_check("status", SubscriptionStatus, "ck_subscription_status"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user_account.id", index=True, ondelete="CASCADE")
+    stripe_customer_id_enc: str = Field(max_length=512)
+    stripe_customer_id_hash: str = Field(max_length=64, index=True)
+    stripe_subscription_id_enc: str = Field(max_length=512)
+    stripe_subscription_id_hash: str = Field(
+        max_length=64, sa_column_kwargs={"unique": True}, index=True
+    )
+    price_id: str = Field(max_length=255)
+    status: str = Field(max_length=32, index=True)
+    started_at: datetime | None = _ts()
+    current_period_end: datetime | None = _ts()
+    cancel_at_period_end: bool = Field(default=False)
+    canceled_at: datetime | None = _ts()
+    ended_at: datetime | None = _ts()
+    # Time of the newest Stripe state applied (event `created`, or our own read): an older
+    # event must never roll the row back.
+    stripe_updated_at: datetime | None = _ts()
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class StripeEvent(SQLModel, table=True):
+    """A received, verified webhook event: stored first, processed later (transactional inbox)."""
+
+    __tablename__ = "stripe_event"
+    __table_args__ = (
+        _enum_check("status", EventStatus, "ck_stripe_event_status"),
+        sa.Index("ix_stripe_event_due", "status", "next_attempt_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(max_length=255, sa_column_kwargs={"unique": True})
+    type: str = Field(max_length=255)
+    stripe_created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    livemode: bool = Field(default=False)
+    # The raw event JSON, encrypted: it names customers and subscriptions.
+    payload_enc: str = Field(sa_type=sa.Text)
+    status: str = Field(default=EventStatus.PENDING.value, max_length=16)
+    attempts: int = Field(default=0)
+    next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    locked_until: datetime | None = _ts()
+    last_error: str | None = Field(default=None, sa_type=sa.Text)
+    received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    processed_at: datetime | None = _ts()
+
+
+class Notification(SQLModel, table=True):
+    """An in-app message for a user (payment failed, subscription cancelled, ...)."""
+
+    __tablename__ = "notification"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user_account.id", index=True, ondelete="CASCADE")
+    kind: str = Field(max_length=64)
+    text: str = Field(max_length=1000)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    read_at: datetime | None = _ts()

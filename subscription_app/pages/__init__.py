@@ -1,0 +1,1 @@
+"""Pages, one module each; `subscription_app.py` registers them."""

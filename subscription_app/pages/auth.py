@@ -1,0 +1,84 @@
+"""`/register` and `/login`."""
+
+import reflex as rx
+
+from subscription_app import accounts, routes
+from subscription_app.components.layout import error_callout, labelled_input, page_frame
+from subscription_app.state.auth import AuthState
+
+
+def _form(*fields: rx.Component, submit_label: str, on_submit) -> rx.Component:
+    return rx.form(
+        rx.vstack(
+            error_callout(AuthState.form_error),
+            *fields,
+            rx.button(
+                submit_label,
+                type="submit",
+                size="3",
+                width="100%",
+                loading=AuthState.submitting,
+                disabled=AuthState.submitting,
+            ),
+            spacing="4",
+            width="100%",
+        ),
+        on_submit=on_submit,
+        reset_on_submit=False,
+        width="100%",
+        max_width="420px",
+    )
+
+
+def register() -> rx.Component:
+    """Create an account."""
+    return page_frame(
+        _form(
+            labelled_input("Email", "email", type_="email", autocomplete="email", required=True),
+            labelled_input(
+                "Password",
+                "password",
+                type_="password",
+                autocomplete="new-password",
+                required=True,
+                min_length=accounts.PASSWORD_MIN_LENGTH,
+                max_length=accounts.PASSWORD_MAX_LENGTH,
+            ),
+            labelled_input(
+                "Confirm password",
+                "confirm_password",
+                type_="password",
+                autocomplete="new-password",
+                required=True,
+            ),
+            rx.text(
+                f"At least {accounts.PASSWORD_MIN_LENGTH} characters.",
+                size="2",
+                color_scheme="gray",
+            ),
+            submit_label="Create account",
+            on_submit=AuthState.register,
+        ),
+        rx.text("Already have an account? ", rx.link("Log in", href=routes.LOGIN)),
+        title="Create your account",
+    )
+
+
+def login() -> rx.Component:
+    """Log in."""
+    return page_frame(
+        _form(
+            labelled_input("Email", "email", type_="email", autocomplete="email", required=True),
+            labelled_input(
+                "Password",
+                "password",
+                type_="password",
+                autocomplete="current-password",
+                required=True,
+            ),
+            submit_label="Log in",
+            on_submit=AuthState.login,
+        ),
+        rx.text("New here? ", rx.link("Create an account", href=routes.REGISTER)),
+        title="Log in",
+    )

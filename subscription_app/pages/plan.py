@@ -1,0 +1,46 @@
+"""`/plan`: the plan, its price, and the Subscribe button."""
+
+import reflex as rx
+
+from subscription_app.billing.plans import DEFAULT_PLAN
+from subscription_app.components.layout import page_frame
+from subscription_app.state.auth import AuthState
+
+
+def plan_card() -> rx.Component:
+    """The plan name, price and what you get."""
+    return rx.card(
+        rx.vstack(
+            rx.heading(DEFAULT_PLAN.name, as_="h2", size="6"),
+            rx.text(DEFAULT_PLAN.price_label, size="6", weight="bold"),
+            rx.heading("What you get", as_="h3", size="3"),
+            rx.el.ul(
+                *[rx.el.li(feature) for feature in DEFAULT_PLAN.features],
+                style={"paddingLeft": "1.25rem", "margin": 0},
+            ),
+            spacing="3",
+            align="start",
+        ),
+        width="100%",
+        max_width="480px",
+    )
+
+
+def plan() -> rx.Component:
+    """The plan page."""
+    return page_frame(
+        plan_card(),
+        rx.button(
+            "Subscribe",
+            on_click=AuthState.subscribe_clicked,
+            size="3",
+            width="100%",
+            max_width="480px",
+        ),
+        rx.cond(
+            AuthState.logged_in,
+            rx.fragment(),
+            rx.text("You will be asked to log in first.", size="2", color_scheme="gray"),
+        ),
+        title="Our plan",
+    )

@@ -1,0 +1,18 @@
+"""Route constants: the one place page paths are spelled out."""
+
+LANDING = "/"
+REGISTER = "/register"
+LOGIN = "/login"
+PLAN = "/plan"
+CHECKOUT = "/checkout"
+DASHBOARD = "/dashboard"
+
+# Where a user lands after logging in when no (safe) `next` was given.
+AFTER_LOGIN = DASHBOARD
+
+
+def safe_next(value: str | None, default: str = AFTER_LOGIN) -> str:
+    """A post-login redirect target, limited to paths on this site (no open redirects)."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return default
+    return value

@@ -1,0 +1,185 @@
+"""Application settings: one object, read from the environment (and an optional `.env`).
+
+Every secret comes from the environment. In development the settings fall back to
+convenient defaults; in production (`APP_ENV=production`) a missing or placeholder secret
+stops the app at start with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Values that are never acceptable outside development: they are in the repo.
+DEV_SECRET_KEY = "dev-insecure-secret-key-change-me-0123456789"
+PLACEHOLDER_MARKERS = ("change-me", "changeme", "placeholder", "example", "xxx")
+
+DEFAULT_PRICE_LOOKUP_KEY = "subscription_app_default_monthly"
+
+
+class SettingsError(ValueError):
+    """Raised when the configuration cannot run: the message names what is wrong."""
+
+
+def _is_placeholder(value: str | None) -> bool:
+    if not value:
+        return True
+    lowered = value.lower()
+    return any(marker in lowered for marker in PLACEHOLDER_MARKERS)
+
+
+def parse_encryption_keys(raw: str) -> list[bytes]:
+    """Parse `APP_ENCRYPTION_KEYS`: comma-separated urlsafe-base64 32-byte keys.
+
+    Raises:
+        SettingsError: when a key is not base64 or not 32 bytes long.
+    """
+    keys: list[bytes] = []
+    for index, part in enumerate(p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        try:
+            key = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        except (binascii.Error, ValueError) as exc:
+            raise SettingsError(
+                f"APP_ENCRYPTION_KEYS: key #{index + 1} is not valid base64"
+            ) from exc
+        if len(key) != 32:
+            raise SettingsError(
+                f"APP_ENCRYPTION_KEYS: key #{index + 1} must decode to 32 bytes "
+                f"(got {len(key)}); generate one with `python -c "
+                '"import os,base64;print(base64.urlsafe_b64encode(os.urandom(32)).decode())"`'
+            )
+        keys.append(key)
+    return keys
+
+
+class Settings(BaseSettings):
+    """All configuration of the app. Field names map to upper-case environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    app_env: Literal["development", "production"] = "development"
+    app_secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
+    app_encryption_keys: SecretStr = SecretStr("")
+    # Public base URL of the app, used for links and redirects (and the emulator's webhook).
+    app_url: str = "http://localhost:3000"
+
+    database_url: str = "sqlite:///subscription_app.db"
+    redis_url: str | None = None
+
+    stripe_secret_key: SecretStr | None = None
+    stripe_publishable_key: str | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_price_id: str | None = None
+    stripe_price_lookup_key: str = DEFAULT_PRICE_LOOKUP_KEY
+    stripe_api_base: str | None = None
+    stripe_js_url: str = "https://js.stripe.com/v3/"
+
+    # Lifetime of a login (browser session cookie and API bearer token alike).
+    session_ttl_minutes: int = Field(default=60 * 24 * 7, ge=5, le=60 * 24 * 90)
+    smtp_url: str | None = None
+
+    @field_validator("redis_url", "stripe_price_id", "stripe_api_base", "smtp_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        # `FOO=` in a .env file means "not set", not "set to the empty string".
+        return None if value == "" else value
+
+    @field_validator("stripe_secret_key", "stripe_webhook_secret", mode="before")
+    @classmethod
+    def _empty_secret_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Settings:
+        problems: list[str] = []
+        # Stripe: with a secret key, everything needed to take a payment must be there.
+        if self.stripe_secret_key is not None:
+            missing = []
+            if not self.stripe_publishable_key:
+                missing.append("STRIPE_PUBLISHABLE_KEY")
+            if self.stripe_webhook_secret is None:
+                missing.append("STRIPE_WEBHOOK_SECRET")
+            if not self.stripe_price_id and not self.stripe_price_lookup_key:
+                missing.append("STRIPE_PRICE_ID (or STRIPE_PRICE_LOOKUP_KEY)")
+            if missing:
+                problems.append(
+                    "STRIPE_SECRET_KEY is set, so these must be set too: " + ", ".join(missing)
+                )
+        try:
+            keys = parse_encryption_keys(self.app_encryption_keys.get_secret_value())
+        except SettingsError as exc:
+            problems.append(str(exc))
+            keys = []
+
+        if self.app_env == "production":
+            secret = self.app_secret_key.get_secret_value()
+            if _is_placeholder(secret) or secret == DEV_SECRET_KEY or len(secret) < 32:
+                problems.append(
+                    "APP_SECRET_KEY must be a random value of at least 32 characters in production"
+                )
+            if not keys:
+                problems.append("APP_ENCRYPTION_KEYS must hold at least one key in production")
+            if self.stripe_secret_key is None:
+                problems.append("STRIPE_SECRET_KEY must be set in production")
+            elif _is_placeholder(self.stripe_secret_key.get_secret_value()):
+                problems.append("STRIPE_SECRET_KEY is a placeholder")
+            if self.stripe_webhook_secret is not None and _is_placeholder(
+                self.stripe_webhook_secret.get_secret_value()
+            ):
+                problems.append("STRIPE_WEBHOOK_SECRET is a placeholder")
+            if self.database_url.startswith("sqlite"):
+                problems.append("DATABASE_URL must point at PostgreSQL in production")
+            if not self.app_url.startswith("https://"):
+                problems.append("APP_URL must be an https:// URL in production")
+        if problems:
+            raise SettingsError("Invalid configuration:\n  - " + "\n  - ".join(problems))
+        return self
+
+    # Derived values -------------------------------------------------------
+
+    @property
+    def is_production(self) -> bool:
+        """True when running with production safeguards on."""
+        return self.app_env == "production"
+
+    @property
+    def encryption_keys(self) -> list[bytes]:
+        """The configured encryption keys, first one used for new ciphertexts."""
+        return parse_encryption_keys(self.app_encryption_keys.get_secret_value())
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """DATABASE_URL with the driver we ship (psycopg 3) made explicit for PostgreSQL."""
+        url = self.database_url
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+
+def load_settings(**overrides) -> Settings:
+    """Read the settings, turning any validation problem into one readable `SettingsError`."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error.get("loc", ())).upper()
+            message = str(error.get("msg", "")).removeprefix("Value error, ")
+            lines.append(f"{where}: {message}" if where else message)
+        raise SettingsError("\n".join(lines)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once. Tests call `get_settings.cache_clear()`."""
+    return load_settings()

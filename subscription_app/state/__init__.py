@@ -1,0 +1,1 @@
+"""Reflex states: thin layers that authenticate, call services and hold what pages show."""

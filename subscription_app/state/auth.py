@@ -1,0 +1,189 @@
+"""Login state: the session cookie, the current user, and the login/register/logout events."""
+
+from __future__ import annotations
+
+import asyncio
+
+import reflex as rx
+
+from subscription_app import accounts, routes
+from subscription_app.db import session_scope
+from subscription_app.models import User
+from subscription_app.settings import get_settings
+
+SESSION_COOKIE = "sa_session"
+
+
+def _lookup_user(token: str) -> tuple[int, str] | None:
+    if not token:
+        return None
+    with session_scope() as session:
+        user = accounts.user_for_token(session=session, token=token)
+        return (user.id, user.email) if user else None
+
+
+def _login_result(user: User, session) -> tuple[str, int, str]:
+    issued = accounts.issue_token(session=session, user=user)
+    return issued.token, user.id, user.email
+
+
+class AuthState(rx.State):
+    """Who is logged in. Pages that need a user put `require_login` in their on_load."""
+
+    session_token: str = rx.Cookie(
+        "",
+        name=SESSION_COOKIE,
+        max_age=get_settings().session_ttl_minutes * 60,
+        same_site="lax",
+        secure=get_settings().is_production,
+    )
+    user_email: str = ""
+    # Backend-only: never sent to the browser.
+    _user_id: int | None = None
+    auth_checked: bool = False
+    form_error: str = ""
+    submitting: bool = False
+
+    @rx.var
+    def logged_in(self) -> bool:
+        """True when a valid session was found."""
+        return self.user_email != ""
+
+    async def _refresh_user(self) -> None:
+        found = await asyncio.to_thread(_lookup_user, self.session_token)
+        if found is None:
+            self._user_id, self.user_email = None, ""
+            if self.session_token:
+                self.session_token = ""  # expired or revoked: forget it
+        else:
+            self._user_id, self.user_email = found
+        self.auth_checked = True
+
+    def current_user_id(self) -> int | None:
+        """The logged-in user's id (call after `check_session`)."""
+        return self._user_id
+
+    @rx.event
+    async def check_session(self):
+        """Load the user behind the session cookie (any page's on_load)."""
+        await self._refresh_user()
+
+    @rx.event
+    async def require_login(self):
+        """On_load guard: send a logged-out visitor to the login page, then back here."""
+        await self._refresh_user()
+        if not self.logged_in:
+            return rx.redirect(f"{routes.LOGIN}?next={self.router.url.path}")
+        return None
+
+    @rx.event
+    async def redirect_if_logged_in(self):
+        """On_load of login/register: a logged-in user has nothing to do there."""
+        self.form_error = ""
+        await self._refresh_user()
+        if self.logged_in:
+            return rx.redirect(self._next_target())
+        return None
+
+    def _next_target(self) -> str:
+        return routes.safe_next(self.router.url.query_parameters.get("next"))
+
+    def _apply_login(self, result: tuple[str, int, str]) -> None:
+        self.session_token, self._user_id, self.user_email = result
+        self.auth_checked = True
+
+    @rx.event
+    async def login(self, form_data: dict):
+        """Log in with the submitted email and password."""
+        if self.submitting:
+            return
+        self.submitting, self.form_error = True, ""
+        yield
+        email = str(form_data.get("email", ""))
+        password = str(form_data.get("password", ""))
+
+        def _do() -> str | tuple[str, int, str]:
+            with session_scope() as session:
+                try:
+                    user = accounts.authenticate(session=session, email=email, password=password)
+                except accounts.AccountError as exc:
+                    return exc.message
+                return _login_result(user, session)
+
+        result = await asyncio.to_thread(_do)
+        self.submitting = False
+        if isinstance(result, str):
+            self.form_error = result
+            return
+        self._apply_login(result)
+        yield rx.redirect(self._next_target())
+
+    @rx.event
+    async def register(self, form_data: dict):
+        """Create an account from the submitted form, then log in."""
+        if self.submitting:
+            return
+        self.submitting, self.form_error = True, ""
+        yield
+        email = str(form_data.get("email", ""))
+        password = str(form_data.get("password", ""))
+        confirm = str(form_data.get("confirm_password", password))
+        if password != confirm:
+            self.submitting, self.form_error = False, "The two passwords do not match."
+            return
+
+        def _do() -> str | tuple[str, int, str]:
+            with session_scope() as session:
+                try:
+                    user = accounts.register_user(session=session, email=email, password=password)
+                except accounts.AccountError as exc:
+                    return exc.message
+                return _login_result(user, session)
+
+        result = await asyncio.to_thread(_do)
+        self.submitting = False
+        if isinstance(result, str):
+            self.form_error = result
+            return
+        self._apply_login(result)
+        yield rx.redirect(self._next_target())
+
+    @rx.event
+    async def logout(self):
+        """End the session on the server and in the browser."""
+        token = self.session_token
+
+        def _do() -> None:
+            with session_scope() as session:
+                accounts.revoke_token(session=session, token=token)
+
+        await asyncio.to_thread(_do)
+        self.session_token, self.user_email, self._user_id = "", "", None
+        return rx.redirect(routes.LANDING)
+
+    @rx.event
+    def subscribe_clicked(self):
+        """The plan page's Subscribe button: checkout, through the login page if needed."""
+        if self.logged_in:
+            return rx.redirect(routes.CHECKOUT)
+        return rx.redirect(f"{routes.LOGIN}?next={routes.CHECKOUT}")
+
+
+def require_login(page):
+    """Decorator for page functions: show the page only to a logged-in user.
+
+    Add `AuthState.require_login` to the page's `on_load` as well (the registry in
+    `subscription_app.py` does that for pages carrying `_requires_login`).
+    """
+
+    def _guarded():
+        return rx.cond(
+            AuthState.logged_in,
+            page(),
+            rx.center(rx.spinner(size="3"), aria_label="Loading", padding="3rem 0"),
+        )
+
+    _guarded.__name__ = page.__name__
+    _guarded.__doc__ = page.__doc__
+    _guarded._requires_login = True
+    return _guarded

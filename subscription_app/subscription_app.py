@@ -1,0 +1,41 @@
+"""The app: builds `rx.App`, mounts the REST API and registers every page."""
+
+from __future__ import annotations
+
+import reflex as rx
+
+from subscription_app import routes
+from subscription_app.api import create_api
+from subscription_app.pages import auth, dashboard, landing, plan
+from subscription_app.state.auth import AuthState
+
+# (route, page function, title). Pages decorated with `require_login` get the guard.
+PAGES = [
+    (routes.LANDING, landing.landing, "Subscription App"),
+    (routes.REGISTER, auth.register, "Create your account"),
+    (routes.LOGIN, auth.login, "Log in"),
+    (routes.PLAN, plan.plan, "Our plan"),
+    (routes.DASHBOARD, dashboard.dashboard, "Dashboard"),
+]
+
+# Login and registration bounce an already logged-in visitor onwards.
+_GUEST_ONLY = {routes.REGISTER, routes.LOGIN}
+
+
+def _on_load(route: str, page) -> list:
+    if getattr(page, "_requires_login", False):
+        return [AuthState.require_login]
+    if route in _GUEST_ONLY:
+        return [AuthState.redirect_if_logged_in]
+    return [AuthState.check_session]
+
+
+def build_app() -> rx.App:
+    """Create the Reflex app with the API mounted and all pages registered."""
+    application = rx.App(api_transformer=create_api())
+    for route, page, title in PAGES:
+        application.add_page(page, route=route, title=title, on_load=_on_load(route, page))
+    return application
+
+
+app = build_app()

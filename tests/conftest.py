@@ -1,0 +1,122 @@
+"""Shared test setup.
+
+The app's settings are read from the environment, so this module pins a known test
+environment before anything imports the app: no `.env` file, no Stripe keys from the
+developer's shell, fresh secrets.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+for _name in list(os.environ):
+    if _name.startswith(("STRIPE_", "APP_")) or _name in {"DATABASE_URL", "REDIS_URL", "SMTP_URL"}:
+        del os.environ[_name]
+
+from subscription_app import crypto  # noqa: E402
+from subscription_app.settings import Settings, get_settings  # noqa: E402
+
+Settings.model_config["env_file"] = None  # never read a developer's .env in tests
+os.environ.update(
+    APP_ENV="development",
+    APP_SECRET_KEY=secrets.token_urlsafe(48),
+    APP_ENCRYPTION_KEYS=crypto.generate_key(),
+    DATABASE_URL="sqlite:///:memory:",
+)
+get_settings.cache_clear()
+
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _backends() -> list:
+    params = [pytest.param("sqlite", id="sqlite")]
+    if TEST_DATABASE_URL:
+        params.append(pytest.param("postgresql", id="postgresql"))
+    return params
+
+
+@pytest.fixture
+def empty_database_url(request, tmp_path) -> Iterator[str]:
+    """URL of an empty database of the backend named by `request.param`.
+
+    PostgreSQL gets a fresh schema (dropped afterwards) in TEST_DATABASE_URL's database.
+    """
+    backend = getattr(request, "param", "sqlite")
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+        return
+    import sqlalchemy as sa
+
+    from subscription_app.settings import Settings as _S
+
+    base = _S(database_url=TEST_DATABASE_URL).sqlalchemy_url
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    separator = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def pytest_generate_tests(metafunc) -> None:
+    """Run every test that asks for a database once per available backend."""
+    if "empty_database_url" in metafunc.fixturenames:
+        metafunc.parametrize("empty_database_url", _backends(), indirect=True)
+
+
+@pytest.fixture
+def db_engine(empty_database_url, monkeypatch):
+    """A migrated database, installed as the app's engine for the test."""
+    from subscription_app import db
+    from subscription_app.migrate import upgrade
+
+    upgrade(empty_database_url)
+    engine = db.make_engine(empty_database_url)
+    monkeypatch.setattr(db, "get_engine", lambda: engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def session(db_engine):
+    """A database session on the migrated test database."""
+    from sqlmodel import Session
+
+    with Session(db_engine, expire_on_commit=False) as s:
+        yield s
+        s.rollback()
+
+
+@pytest.fixture
+def settings_env(monkeypatch):
+    """Set environment variables for one test and re-read the settings."""
+
+    def _apply(**values: str | None) -> Settings:
+        for key, value in values.items():
+            if value is None:
+                monkeypatch.delenv(key, raising=False)
+            else:
+                monkeypatch.setenv(key, value)
+        get_settings.cache_clear()
+        return get_settings()
+
+    yield _apply
+    get_settings.cache_clear()

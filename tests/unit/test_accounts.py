@@ -1,0 +1,95 @@
+"""Accounts service: hashing, registration, login failures, tokens."""
+
+from datetime import timedelta
+
+import jwt
+import pytest
+
+from subscription_app import accounts
+from subscription_app.models import AuthSession, User, utcnow
+
+
+def test_password_is_hashed_with_argon2():
+    hashed = accounts.hash_password("correct horse battery")
+    assert hashed.startswith("$argon2id$")
+    assert "correct horse" not in hashed
+    assert accounts.verify_password("correct horse battery", hashed)
+    assert not accounts.verify_password("wrong horse battery", hashed)
+    assert not accounts.verify_password("anything", "not-a-hash")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("  Alice@Example.COM ", "alice@example.com"), ("bob@example.org", "bob@example.org")],
+)
+def test_emails_are_normalised(raw, expected):
+    assert accounts.normalize_email(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "no-at-sign", "a@", "@b.com", "a b@c.com", "x" * 250 + "@e.co"]
+)
+def test_invalid_emails_are_refused(bad):
+    with pytest.raises(accounts.InvalidEmail):
+        accounts.normalize_email(bad)
+
+
+@pytest.mark.parametrize("bad", ["", "short", "       ", "x" * 129])
+def test_password_rules(bad):
+    with pytest.raises(accounts.InvalidPassword):
+        accounts.check_password_rules(bad)
+
+
+def test_register_and_refuse_duplicates_case_insensitively(session):
+    user = accounts.register_user(session=session, email="Ann@Example.com", password="s3cret-pass")
+    session.commit()
+    assert user.email == "ann@example.com"
+    with pytest.raises(accounts.EmailTaken, match="already exists"):
+        accounts.register_user(session=session, email="ANN@example.com", password="other-pass")
+
+
+def test_wrong_password_and_unknown_email_look_the_same(session):
+    accounts.register_user(session=session, email="cat@example.com", password="s3cret-pass")
+    session.commit()
+    with pytest.raises(accounts.InvalidCredentials) as wrong_password:
+        accounts.authenticate(session=session, email="cat@example.com", password="nope-nope")
+    with pytest.raises(accounts.InvalidCredentials) as unknown_email:
+        accounts.authenticate(session=session, email="dog@example.com", password="s3cret-pass")
+    with pytest.raises(accounts.InvalidCredentials) as malformed:
+        accounts.authenticate(session=session, email="not an email", password="s3cret-pass")
+    assert wrong_password.value.message == unknown_email.value.message == malformed.value.message
+    user = accounts.authenticate(session=session, email=" CAT@example.com", password="s3cret-pass")
+    assert user.email == "cat@example.com"
+
+
+def test_token_round_trip_logout_and_expiry(session):
+    user = accounts.register_user(session=session, email="eve@example.com", password="s3cret-pass")
+    issued = accounts.issue_token(session=session, user=user)
+    session.commit()
+    assert accounts.user_for_token(session=session, token=issued.token).id == user.id
+    assert 0 < issued.expires_in <= 7 * 24 * 3600
+
+    # Logged out: the same token no longer works.
+    assert accounts.revoke_token(session=session, token=issued.token)
+    session.commit()
+    assert accounts.user_for_token(session=session, token=issued.token) is None
+    assert not accounts.revoke_token(session=session, token=issued.token)
+
+    # Expired session row: rejected even though the JWT itself is still in date.
+    second = accounts.issue_token(session=session, user=user)
+    for row in session.query(AuthSession).filter(AuthSession.revoked_at.is_(None)):
+        row.expires_at = utcnow() - timedelta(seconds=1)
+    session.commit()
+    assert accounts.user_for_token(session=session, token=second.token) is None
+
+
+def test_forged_and_garbage_tokens_are_rejected(session):
+    user = accounts.register_user(session=session, email="fay@example.com", password="s3cret-pass")
+    issued = accounts.issue_token(session=session, user=user)
+    session.commit()
+    claims = jwt.decode(issued.token, options={"verify_signature": False})
+    forged = jwt.encode(claims, "another-key-another-key-another-key", algorithm="HS256")
+    none_alg = jwt.encode(claims, None, algorithm="none")
+    for token in [forged, none_alg, "", "abc.def.ghi", issued.token + "x", "x" * 5000]:
+        assert accounts.user_for_token(session=session, token=token) is None
+    assert session.get(User, user.id) is not None
