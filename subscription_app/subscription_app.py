@@ -6,8 +6,9 @@ import reflex as rx
 
 from subscription_app import routes
 from subscription_app.api import create_api
-from subscription_app.pages import auth, dashboard, landing, plan
+from subscription_app.pages import auth, checkout, dashboard, landing, plan
 from subscription_app.state.auth import AuthState
+from subscription_app.state.billing import CheckoutState, DashboardState
 
 # (route, page function, title). Pages decorated with `require_login` get the guard.
 PAGES = [
@@ -15,8 +16,15 @@ PAGES = [
     (routes.REGISTER, auth.register, "Create your account"),
     (routes.LOGIN, auth.login, "Log in"),
     (routes.PLAN, plan.plan, "Our plan"),
+    (routes.CHECKOUT, checkout.checkout, "Checkout"),
     (routes.DASHBOARD, dashboard.dashboard, "Dashboard"),
 ]
+
+# Extra on_load events, run after the login guard.
+_LOADERS = {
+    routes.CHECKOUT: [CheckoutState.prepare],
+    routes.DASHBOARD: [DashboardState.load],
+}
 
 # Login and registration bounce an already logged-in visitor onwards.
 _GUEST_ONLY = {routes.REGISTER, routes.LOGIN}
@@ -24,7 +32,7 @@ _GUEST_ONLY = {routes.REGISTER, routes.LOGIN}
 
 def _on_load(route: str, page) -> list:
     if getattr(page, "_requires_login", False):
-        return [AuthState.require_login]
+        return [AuthState.require_login, *_LOADERS.get(route, [])]
     if route in _GUEST_ONLY:
         return [AuthState.redirect_if_logged_in]
     return [AuthState.check_session]

@@ -18,7 +18,9 @@ def navbar() -> rx.Component:
     """Top bar: app name, main links, and the account actions."""
     return rx.el.header(
         rx.flex(
-            rx.link(rx.heading(APP_NAME, size="4"), href=routes.LANDING, underline="none"),
+            rx.link(
+                rx.text(APP_NAME, size="4", weight="bold"), href=routes.LANDING, underline="none"
+            ),
             rx.el.nav(
                 rx.flex(
                     _nav_link("Plan", routes.PLAN),

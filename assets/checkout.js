@@ -1,0 +1,76 @@
+// Card collection with Stripe.js. Card details stay inside Stripe's Element: this code only
+// ever hands our backend the payment method id that Stripe returns.
+(function () {
+  "use strict";
+  let stripe = null;
+  let card = null;
+
+  function loadScript(url) {
+    if (window.Stripe) return Promise.resolve();
+    return new Promise(function (resolve, reject) {
+      const existing = document.querySelector('script[data-stripe-js]');
+      const script = existing || document.createElement("script");
+      script.addEventListener("load", function () { resolve(); });
+      script.addEventListener("error", function () { reject(new Error("Stripe.js did not load")); });
+      if (!existing) {
+        script.src = url;
+        script.async = true;
+        script.setAttribute("data-stripe-js", "1");
+        document.head.appendChild(script);
+      }
+    });
+  }
+
+  function message(error, fallback) {
+    return (error && error.message) || fallback;
+  }
+
+  window.saCheckout = {
+    // Mount the card Element into #card-element. Resolves to "ok" or an error message.
+    mount: async function (publishableKey, jsUrl) {
+      try {
+        await loadScript(jsUrl);
+        const target = document.getElementById("card-element");
+        if (!target) return "The card form is missing from the page.";
+        if (card) {
+          try { card.unmount(); } catch (e) { /* already gone */ }
+        }
+        target.innerHTML = "";
+        stripe = window.Stripe(publishableKey);
+        card = stripe.elements().create("card", { hidePostalCode: false });
+        card.mount("#card-element");
+        return "ok";
+      } catch (e) {
+        return "The card form could not be loaded. Check your connection and reload the page.";
+      }
+    },
+    // Tokenize the card at Stripe by confirming the SetupIntent (3-D Secure runs here when
+    // the card needs it). Resolves to {payment_method_id} or {error}.
+    confirmSetup: async function (clientSecret) {
+      if (!stripe || !card) return { error: "The card form is not ready yet." };
+      try {
+        const result = await stripe.confirmCardSetup(clientSecret, {
+          payment_method: { card: card },
+        });
+        if (result.error) return { error: message(result.error, "Your card could not be used.") };
+        let pm = result.setupIntent && result.setupIntent.payment_method;
+        if (pm && typeof pm === "object") pm = pm.id;
+        if (!pm) return { error: "Your card could not be used." };
+        return { payment_method_id: pm };
+      } catch (e) {
+        return { error: "We could not reach Stripe. Nothing was charged; please try again." };
+      }
+    },
+    // Finish the first payment's authentication (3-D Secure). Resolves to {status} or {error}.
+    confirmPayment: async function (clientSecret) {
+      if (!stripe) return { error: "The card form is not ready yet." };
+      try {
+        const result = await stripe.confirmCardPayment(clientSecret);
+        if (result.error) return { error: message(result.error, "Card authentication failed.") };
+        return { status: (result.paymentIntent && result.paymentIntent.status) || "unknown" };
+      } catch (e) {
+        return { error: "Card authentication could not be completed." };
+      }
+    },
+  };
+})();

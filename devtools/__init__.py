@@ -1,0 +1,1 @@
+"""Developer tooling (local Stripe emulator, helper scripts); not shipped with the app."""

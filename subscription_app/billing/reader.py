@@ -1,0 +1,141 @@
+"""Read Stripe objects (any API version, real Stripe or the emulator) into our dataclasses.
+
+Nothing else in the app reads raw Stripe payloads. Shapes differ between API versions:
+- `current_period_start/end` moved from the subscription to its items (2025-03-31 onwards);
+- the first invoice's payment moved from `invoice.payment_intent` to
+  `invoice.payments.data[].payment.payment_intent` and `invoice.confirmation_secret`.
+Every accessor here accepts both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+
+def _to_dict(obj: Any) -> dict:
+    if obj is None:
+        return {}
+    if isinstance(obj, dict):
+        return obj
+    to_dict = getattr(obj, "to_dict", None)
+    if callable(to_dict):
+        return to_dict()
+    return dict(obj)
+
+
+def _ts(value: Any) -> datetime | None:
+    if value in (None, "", 0):
+        return None
+    return datetime.fromtimestamp(int(value), tz=UTC)
+
+
+def _id(value: Any) -> str | None:
+    """An expandable field: either an id string or an expanded object with `id`."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    return _to_dict(value).get("id")
+
+
+@dataclass(frozen=True)
+class PaymentInfo:
+    """The payment of a subscription's first (latest) invoice, as far as we need it."""
+
+    payment_intent_id: str | None
+    status: str | None  # PaymentIntent status when known (requires_action, succeeded, ...)
+    client_secret: str | None  # for confirmCardPayment in the browser
+    error_message: str | None  # last payment error, fit for the user
+    error_code: str | None
+
+
+@dataclass(frozen=True)
+class SubscriptionSnapshot:
+    """A subscription as Stripe reported it at one moment."""
+
+    id: str
+    customer_id: str
+    status: str
+    price_id: str | None
+    started_at: datetime | None
+    current_period_end: datetime | None
+    cancel_at_period_end: bool
+    canceled_at: datetime | None
+    ended_at: datetime | None
+    cancel_at: datetime | None
+    latest_invoice_id: str | None
+    payment: PaymentInfo | None
+
+
+def read_payment_intent(obj: Any) -> PaymentInfo:
+    """A PaymentIntent (object or dict) as `PaymentInfo`."""
+    data = _to_dict(obj)
+    error = data.get("last_payment_error") or {}
+    return PaymentInfo(
+        payment_intent_id=data.get("id"),
+        status=data.get("status"),
+        client_secret=data.get("client_secret"),
+        error_message=error.get("message"),
+        error_code=error.get("decline_code") or error.get("code"),
+    )
+
+
+def read_invoice_payment(invoice: Any) -> PaymentInfo | None:
+    """The payment behind an (expanded) invoice, in either API shape; None if not expanded."""
+    data = _to_dict(invoice)
+    if not data:
+        return None
+    # Older API versions (and the emulator): invoice.payment_intent.
+    legacy = data.get("payment_intent")
+    if isinstance(legacy, dict) or (legacy is not None and not isinstance(legacy, str)):
+        return read_payment_intent(legacy)
+    pi_id = legacy if isinstance(legacy, str) else None
+    # Current API versions: invoice.payments.data[].payment.payment_intent.
+    for entry in (data.get("payments") or {}).get("data") or []:
+        payment = (entry or {}).get("payment") or {}
+        intent = payment.get("payment_intent")
+        if isinstance(intent, dict):
+            return read_payment_intent(intent)
+        pi_id = pi_id or intent
+    secret = (data.get("confirmation_secret") or {}).get("client_secret")
+    if pi_id is None and secret is None:
+        return None
+    return PaymentInfo(
+        payment_intent_id=pi_id,
+        status=None,
+        client_secret=secret,
+        error_message=None,
+        error_code=None,
+    )
+
+
+def read_subscription(obj: Any) -> SubscriptionSnapshot:
+    """A Stripe subscription (object or dict, any API version) as a snapshot."""
+    data = _to_dict(obj)
+    items = (data.get("items") or {}).get("data") or []
+    first_item = items[0] if items else {}
+    price = first_item.get("price") or {}
+    plan = first_item.get("plan") or data.get("plan") or {}
+    price_id = _id(price) or _id(plan)
+    period_end = first_item.get("current_period_end") or data.get("current_period_end")
+    latest_invoice = data.get("latest_invoice")
+    return SubscriptionSnapshot(
+        id=data["id"],
+        customer_id=_id(data.get("customer")) or "",
+        status=data.get("status") or "incomplete",
+        price_id=price_id,
+        started_at=_ts(data.get("start_date") or data.get("created")),
+        current_period_end=_ts(period_end),
+        cancel_at_period_end=bool(data.get("cancel_at_period_end")),
+        canceled_at=_ts(data.get("canceled_at")),
+        ended_at=_ts(data.get("ended_at")),
+        cancel_at=_ts(data.get("cancel_at")),
+        latest_invoice_id=_id(latest_invoice),
+        payment=(
+            read_invoice_payment(latest_invoice)
+            if latest_invoice is not None and not isinstance(latest_invoice, str)
+            else None
+        ),
+    )

@@ -1,0 +1,121 @@
+"""`/checkout`: the plan, the card field (Stripe Elements) and the Subscribe button."""
+
+import reflex as rx
+
+from subscription_app import routes
+from subscription_app.components.layout import error_callout, page_frame
+from subscription_app.pages.plan import plan_card
+from subscription_app.state.auth import require_login
+from subscription_app.state.billing import CheckoutState
+
+
+def _card_field() -> rx.Component:
+    # Stripe.js mounts the card Element into #card-element. It stays in the DOM for the life
+    # of the page (hidden, not removed) so React never throws Stripe's inputs away.
+    return rx.vstack(
+        rx.el.label("Card details", id="card-label", html_for="card-element", font_weight="500"),
+        rx.el.div(
+            id="card-element",
+            role="group",
+            aria_labelledby="card-label",
+            style={
+                "padding": "0.75rem",
+                "border": "1px solid var(--gray-a7)",
+                "borderRadius": "var(--radius-3)",
+                "minHeight": "2.75rem",
+                "maxWidth": "100%",
+                "overflowX": "auto",
+            },
+        ),
+        rx.cond(
+            CheckoutState.card_ready,
+            rx.fragment(),
+            rx.cond(
+                CheckoutState.error == "",
+                rx.text("Loading the secure card form…", size="2", color_scheme="gray"),
+                rx.fragment(),
+            ),
+        ),
+        spacing="2",
+        width="100%",
+        display=rx.cond(CheckoutState.succeeded | CheckoutState.already_subscribed, "none", "flex"),
+    )
+
+
+def _subscribe_button() -> rx.Component:
+    return rx.button(
+        rx.cond(CheckoutState.processing, "Processing…", "Subscribe"),
+        on_click=CheckoutState.subscribe,
+        loading=CheckoutState.processing,
+        disabled=CheckoutState.processing | ~CheckoutState.card_ready,
+        aria_busy=CheckoutState.processing,
+        size="3",
+        width="100%",
+        display=rx.cond(
+            CheckoutState.succeeded | CheckoutState.already_subscribed, "none", "inline-flex"
+        ),
+    )
+
+
+def _success() -> rx.Component:
+    return rx.cond(
+        CheckoutState.succeeded,
+        rx.callout(
+            rx.vstack(
+                rx.text(
+                    rx.cond(
+                        CheckoutState.pending,
+                        "Payment received. Your subscription will be active in a moment.",
+                        "You're subscribed! Your subscription is active.",
+                    ),
+                    weight="bold",
+                ),
+                rx.link("Go to your dashboard", href=routes.DASHBOARD),
+                spacing="2",
+            ),
+            icon="circle_check",
+            color_scheme="green",
+            role="status",
+        ),
+        rx.fragment(),
+    )
+
+
+def _already_subscribed() -> rx.Component:
+    return rx.cond(
+        CheckoutState.already_subscribed,
+        rx.callout(
+            rx.vstack(
+                rx.text("You already have an active subscription."),
+                rx.link("Go to your dashboard", href=routes.DASHBOARD),
+                spacing="2",
+            ),
+            icon="info",
+            role="status",
+        ),
+        rx.fragment(),
+    )
+
+
+@require_login
+def checkout() -> rx.Component:
+    """The checkout page (login required)."""
+    return page_frame(
+        plan_card(),
+        rx.vstack(
+            _already_subscribed(),
+            _success(),
+            error_callout(CheckoutState.error),
+            _card_field(),
+            _subscribe_button(),
+            rx.text(
+                "Your card details go straight to Stripe; they never touch our servers.",
+                size="2",
+                color_scheme="gray",
+            ),
+            spacing="4",
+            width="100%",
+            max_width="480px",
+        ),
+        title="Checkout",
+    )

@@ -1,0 +1,68 @@
+"""Small helpers shared by the end-to-end tests: they act as a person would."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from playwright.sync_api import Page, expect
+
+PASSWORD = "s3cret-pass-123"
+
+
+def unique_email(prefix: str = "e2e") -> str:
+    """A fresh address, so tests never depend on each other's accounts."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}@example.com"
+
+
+def path_is(path: str) -> re.Pattern:
+    """Match a URL whose path is `path` (Reflex may add a trailing slash)."""
+    return re.compile(rf"^https?://[^/]+{re.escape(path.rstrip('/'))}/?(\?.*)?$")
+
+
+def register(page: Page, email: str, password: str = PASSWORD) -> None:
+    """Create an account through the registration page; ends on the dashboard."""
+    page.goto("/register")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_label("Confirm password").fill(password)
+    page.get_by_role("button", name="Create account").click()
+    expect(page).to_have_url(path_is("/dashboard"))
+
+
+def log_in(page: Page, email: str, password: str = PASSWORD) -> None:
+    """Fill and submit the login form (the page must be /login)."""
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+
+
+def open_checkout(page: Page) -> None:
+    """From the plan page, press Subscribe and wait for the card form."""
+    page.goto("/plan")
+    page.get_by_role("button", name="Subscribe").click()
+    expect(page).to_have_url(path_is("/checkout"))
+    expect(page.get_by_role("heading", name="Checkout")).to_be_visible()
+    expect(page.get_by_role("button", name="Subscribe")).to_be_enabled(timeout=15_000)
+
+
+def fill_card(page: Page, number: str, *, exp_month="12", exp_year="34", cvc="123") -> None:
+    """Type a card into the Stripe Element (the emulator's Element takes a 2-digit year)."""
+    card = page.get_by_role("group", name="Card details")
+    card.get_by_placeholder("number").fill(number)
+    card.get_by_placeholder("exp_month").fill(exp_month)
+    card.get_by_placeholder("exp_year").fill(exp_year)
+    card.get_by_placeholder("cvc").fill(cvc)
+    postal = card.get_by_placeholder("postal_code")
+    if postal.count():
+        postal.fill("10001")
+
+
+def answer_3ds(page: Page, button: str) -> None:
+    """Answer the 3-D Secure dialog with "Complete authentication" or "Fail authentication"."""
+    page.get_by_role("button", name=button).click()
+
+
+def expect_subscribed(page: Page) -> None:
+    """The checkout page confirms the subscription."""
+    expect(page.get_by_role("status")).to_contain_text("You're subscribed!", timeout=20_000)

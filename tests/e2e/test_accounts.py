@@ -1,0 +1,70 @@
+"""A person registers, logs out, logs in, and visits the plan and the dashboard."""
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.e2e.helpers import PASSWORD, log_in, path_is, register, unique_email
+
+pytestmark = pytest.mark.e2e
+
+
+def test_register_logout_login_plan_dashboard(page: Page):
+    email = unique_email()
+    register(page, email)
+    expect(page.get_by_text("No active subscription")).to_be_visible()
+    expect(page.get_by_text(email)).to_be_visible()
+
+    # The session survives a reload.
+    page.reload()
+    expect(page).to_have_url(path_is("/dashboard"))
+    expect(page.get_by_text("No active subscription")).to_be_visible()
+
+    page.get_by_role("button", name="Log out").click()
+    expect(page).to_have_url(path_is("/"))
+    expect(page.get_by_role("link", name="Log in")).to_be_visible()
+
+    # Logged out, the dashboard sends us to log in, then back.
+    page.goto("/dashboard")
+    expect(page).to_have_url(path_is("/login"))
+    log_in(page, email)
+    expect(page).to_have_url(path_is("/dashboard"))
+    expect(page.get_by_text("No active subscription")).to_be_visible()
+
+    page.get_by_role("link", name="Plan", exact=True).click()
+    expect(page).to_have_url(path_is("/plan"))
+    expect(page.get_by_text("$12.00 / month")).to_be_visible()
+    expect(page.get_by_role("button", name="Subscribe")).to_be_visible()
+
+    page.get_by_role("link", name="Dashboard").click()
+    expect(page).to_have_url(path_is("/dashboard"))
+    expect(page.get_by_role("link", name="See the plan")).to_be_visible()
+
+
+def test_login_failures_and_duplicate_registration_show_clear_messages(page: Page):
+    email = unique_email()
+    register(page, email)
+    page.get_by_role("button", name="Log out").click()
+    expect(page).to_have_url(path_is("/"))
+
+    page.goto("/login")
+    log_in(page, email, "wrong-password")
+    expect(page.get_by_role("alert")).to_have_text("Incorrect email or password.")
+    page.get_by_label("Email").fill(unique_email())
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("alert")).to_have_text("Incorrect email or password.")
+
+    page.goto("/register")
+    page.get_by_label("Email").fill(email.upper())
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_label("Confirm password").fill(PASSWORD)
+    page.get_by_role("button", name="Create account").click()
+    expect(page.get_by_role("alert")).to_contain_text("already exists")
+    expect(page).to_have_url(path_is("/register"))
+
+
+def test_subscribe_leads_a_logged_out_visitor_to_log_in_first(page: Page):
+    page.goto("/plan")
+    page.get_by_role("button", name="Subscribe").click()
+    expect(page).to_have_url(path_is("/login"))
+    assert "next=/checkout" in page.url

@@ -1,0 +1,177 @@
+"""Subscribe through the real UI with the emulator's Stripe.js (issue: Elements checkout)."""
+
+import json
+import re
+
+import pytest
+import stripe
+from playwright.sync_api import Browser, Page, expect
+
+from tests.e2e.helpers import (
+    answer_3ds,
+    expect_subscribed,
+    fill_card,
+    open_checkout,
+    path_is,
+    register,
+    unique_email,
+)
+
+pytestmark = pytest.mark.e2e
+
+DATE = re.compile(r"[A-Z][a-z]+ \d{1,2}, \d{4}")
+
+
+def stripe_subscriptions_for(live_app, email: str) -> list:
+    """Every subscription the emulator holds for the customer with this email."""
+    client = stripe.StripeClient("sk_test_e2e", base_addresses={"api": live_app.stripe_api_base})
+    customers = [
+        c for c in client.v1.customers.list(params={"limit": 100}).data if c.email == email
+    ]
+    subs = []
+    for customer in customers:
+        subs += client.v1.subscriptions.list(params={"customer": customer.id, "status": "all"}).data
+    return subs
+
+
+def expect_dashboard_subscription(page: Page) -> None:
+    page.goto("/dashboard")
+    details = page.locator("main")
+    expect(details.get_by_text("Pro", exact=True)).to_be_visible()
+    expect(details.get_by_text("$12.00 / month")).to_be_visible()
+    expect(details.get_by_text("Active", exact=True)).to_be_visible()
+    expect(details.get_by_text("Next renewal")).to_be_visible()
+    expect(details.get_by_text(DATE)).to_have_count(2)  # start date and renewal date
+
+
+def expect_dashboard_empty(page: Page) -> None:
+    page.goto("/dashboard")
+    expect(page.get_by_text("No active subscription")).to_be_visible()
+    expect(page.get_by_text("Next renewal")).to_have_count(0)
+
+
+def test_subscribe_with_a_good_card_and_card_data_never_reaches_our_backend(page: Page, live_app):
+    register(page, unique_email("success"))
+    own_origin = live_app.url
+    sent_to_us: list[str] = []
+    page.on(
+        "request",
+        lambda request: (
+            sent_to_us.append(f"{request.url} {request.post_data or ''}")
+            if request.url.startswith(own_origin)
+            else None
+        ),
+    )
+    page.on(
+        "websocket",
+        lambda ws: (
+            ws.on("framesent", lambda payload: sent_to_us.append(str(payload)))
+            if ws.url.replace("ws", "http", 1).startswith(own_origin)
+            else None
+        ),
+    )
+
+    open_checkout(page)
+    fill_card(page, "4242424242424242", cvc="987")
+    page.get_by_role("button", name="Subscribe").click()
+    expect_subscribed(page)
+
+    assert sent_to_us, "the recorder saw no traffic to our own origin at all"
+    traffic = "\n".join(sent_to_us)
+    assert "4242424242424242" not in traffic
+    assert "4242 4242" not in traffic
+    assert '"987"' not in traffic and "cvc" not in traffic.lower()
+    assert "pm_" in traffic  # what the backend does get: the payment method id
+
+    page.get_by_role("link", name="Go to your dashboard").click()
+    expect(page).to_have_url(path_is("/dashboard"))
+    expect_dashboard_subscription(page)
+
+
+def test_declined_card_shows_a_message_and_no_subscription(browser: Browser, base_url, live_app):
+    # This one runs at a phone's size.
+    context = browser.new_context(viewport={"width": 375, "height": 667}, base_url=base_url)
+    page = context.new_page()
+    try:
+        email = unique_email("declined")
+        register(page, email)
+        open_checkout(page)
+        fill_card(page, "4000000000000002")
+        page.get_by_role("button", name="Subscribe").click()
+        expect(page.get_by_role("alert")).to_contain_text("declined", timeout=20_000)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 375
+        # The form is usable again for another card.
+        expect(page.get_by_role("button", name="Subscribe")).to_be_enabled()
+        expect_dashboard_empty(page)
+        assert [s for s in stripe_subscriptions_for(live_app, email) if s.status == "active"] == []
+    finally:
+        context.close()
+
+
+def test_3d_secure_completed_gives_an_active_subscription(page: Page):
+    register(page, unique_email("threeds-ok"))
+    open_checkout(page)
+    fill_card(page, "4000002760003184")
+    page.get_by_role("button", name="Subscribe").click()
+    # This card asks twice: when the card is saved and for the first payment.
+    answer_3ds(page, "Complete authentication")
+    answer_3ds(page, "Complete authentication")
+    expect_subscribed(page)
+    expect_dashboard_subscription(page)
+
+
+def test_3d_secure_failed_leaves_no_active_subscription(page: Page, live_app):
+    email = unique_email("threeds-fail")
+    register(page, email)
+    open_checkout(page)
+    fill_card(page, "4000002760003184")
+    page.get_by_role("button", name="Subscribe").click()
+    answer_3ds(page, "Fail authentication")
+    expect(page.get_by_role("alert")).to_contain_text("authentication failed", timeout=20_000)
+    expect(page.get_by_role("status")).to_have_count(0)
+    expect_dashboard_empty(page)
+    assert [s for s in stripe_subscriptions_for(live_app, email) if s.status == "active"] == []
+
+
+def test_3d_secure_failed_on_the_first_payment_leaves_no_subscription(page: Page, live_app):
+    email = unique_email("threeds-pay-fail")
+    register(page, email)
+    open_checkout(page)
+    fill_card(page, "4000002760003184")
+    page.get_by_role("button", name="Subscribe").click()
+    answer_3ds(page, "Complete authentication")  # card saved
+    answer_3ds(page, "Fail authentication")  # first payment not authenticated
+    expect(page.get_by_role("alert")).to_contain_text("authentication failed", timeout=20_000)
+    expect_dashboard_empty(page)
+    live = [s for s in stripe_subscriptions_for(live_app, email) if s.status != "canceled"]
+    assert live == []
+
+
+def test_double_click_creates_one_subscription(page: Page, live_app):
+    email = unique_email("double")
+    register(page, email)
+    open_checkout(page)
+    fill_card(page, "4242424242424242")
+    button = page.get_by_role("button", name="Subscribe")
+    button.dblclick()
+    expect_subscribed(page)
+    subscriptions = stripe_subscriptions_for(live_app, email)
+    assert len(subscriptions) == 1, json.dumps([s.id for s in subscriptions])
+    # And coming back to checkout is refused politely.
+    page.goto("/checkout")
+    expect(page.get_by_role("status")).to_contain_text("already have an active subscription")
+    expect(page.get_by_role("button", name="Subscribe")).to_be_hidden()
+
+
+def test_subscribe_button_shows_progress_while_working(page: Page):
+    register(page, unique_email("progress"))
+    open_checkout(page)
+    fill_card(page, "4000002760003184")
+    page.get_by_role("button", name="Subscribe").click()
+    # While the 3-D Secure dialog waits, the request is in flight: the button says so.
+    busy = page.get_by_role("button", name="Processing…")
+    expect(busy).to_be_visible()
+    expect(busy).to_be_disabled()
+    answer_3ds(page, "Fail authentication")
+    expect(page.get_by_role("button", name="Subscribe")).to_be_enabled(timeout=20_000)

@@ -1,0 +1,167 @@
+"""`/api/v1/subscriptions` against the Stripe emulator, on SQLite and PostgreSQL."""
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import func, select
+
+from subscription_app.api import create_api
+from subscription_app.models import BillingCustomer, Subscription
+
+
+@pytest.fixture
+def api(db_engine, stripe_env):
+    with TestClient(create_api(), raise_server_exceptions=False) as client:
+        yield client
+
+
+def auth_headers(api, email: str) -> dict[str, str]:
+    assert (
+        api.post(
+            "/api/v1/auth/register", json={"email": email, "password": "s3cret-pass"}
+        ).status_code
+        == 201
+    )
+    token = api.post("/api/v1/auth/login", json={"email": email, "password": "s3cret-pass"})
+    return {"Authorization": f"Bearer {token.json()['access_token']}"}
+
+
+def subscribe(api, headers, payment_method_id):
+    return api.post(
+        "/api/v1/subscriptions/subscribe",
+        json={"payment_method_id": payment_method_id},
+        headers=headers,
+    )
+
+
+def count(session, model) -> int:
+    return session.exec(select(func.count()).select_from(model)).one()
+
+
+def test_subscribe_succeeds_and_me_reports_it(api, make_payment_method, stripe_client):
+    headers = auth_headers(api, "ok@example.com")
+    assert api.get("/api/v1/subscriptions/me", headers=headers).json() == {"subscription": None}
+
+    response = subscribe(api, headers, make_payment_method("tok_visa"))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "active"
+    sub = body["subscription"]
+    assert sub["status"] == "active"
+    assert sub["price"] == "$12.00 / month"
+    assert sub["amount_cents"] == 1200
+    assert sub["started_at"] and sub["current_period_end"]
+    assert sub["current_period_end"] > sub["started_at"]
+    assert "sub_" not in response.text and "cus_" not in response.text
+
+    me = api.get("/api/v1/subscriptions/me", headers=headers).json()["subscription"]
+    assert me == sub
+
+
+def test_declined_card_gets_402_and_leaves_nothing(api, make_payment_method, session):
+    headers = auth_headers(api, "declined@example.com")
+    response = subscribe(api, headers, make_payment_method("tok_chargeDeclined"))
+    assert response.status_code == 402, response.text
+    assert "declined" in response.json()["detail"]
+    assert count(session, Subscription) == 0
+    me = api.get("/api/v1/subscriptions/me", headers=headers).json()
+    assert me == {"subscription": None}
+
+
+def test_already_subscribed_is_refused(api, make_payment_method, session):
+    headers = auth_headers(api, "twice@example.com")
+    assert subscribe(api, headers, make_payment_method()).status_code == 200
+    again = subscribe(api, headers, make_payment_method())
+    assert again.status_code == 409
+    assert "already have an active subscription" in again.json()["detail"]
+    assert count(session, Subscription) == 1
+
+
+def test_repeated_request_with_same_payment_method_creates_one_subscription(
+    api, make_payment_method, session, stripe_client
+):
+    headers = auth_headers(api, "double@example.com")
+    pm = make_payment_method()
+    first = subscribe(api, headers, pm)
+    assert first.status_code == 200
+    second = subscribe(api, headers, pm)
+    assert second.status_code == 409
+    customer = session.exec(select(BillingCustomer)).one()
+    from subscription_app import crypto
+
+    customer_id = crypto.decrypt(customer.stripe_customer_id_enc)
+    subs = stripe_client.v1.subscriptions.list(params={"customer": customer_id, "status": "all"})
+    assert len(subs.data) == 1
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer not-a-token"}, {"Authorization": "Token abc"}],
+)
+def test_missing_or_bad_token_gets_401(api, headers):
+    response = api.post(
+        "/api/v1/subscriptions/subscribe", json={"payment_method_id": "pm_123"}, headers=headers
+    )
+    assert response.status_code == 401
+    assert api.get("/api/v1/subscriptions/me", headers=headers).status_code == 401
+
+
+def test_someone_elses_payment_method_is_refused(api, make_payment_method, session):
+    alice = auth_headers(api, "alice@example.com")
+    bob = auth_headers(api, "bob@example.com")
+    alice_pm = make_payment_method()
+    assert subscribe(api, alice, alice_pm).status_code == 200  # now attached to Alice
+    response = subscribe(api, bob, alice_pm)
+    assert response.status_code == 422
+    assert response.json() == {"detail": "That payment method was not found."}
+    assert count(session, Subscription) == 1
+    assert api.get("/api/v1/subscriptions/me", headers=bob).json() == {"subscription": None}
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({}, "payment_method_id"),
+        ({"payment_method_id": 42}, "payment_method_id"),
+        ({"payment_method_id": "card_123"}, "pm_"),
+        ({"payment_method_id": "pm_<script>"}, "pm_"),
+        ({"payment_method_id": "pm_123", "extra": 1}, "extra"),
+        ({"payment_method_id": "pm_" + "a" * 300}, "payment_method_id"),
+    ],
+)
+def test_malformed_body_is_422_and_changes_nothing(api, session, body, fragment):
+    headers = auth_headers(api, "malformed@example.com")
+    response = api.post("/api/v1/subscriptions/subscribe", json=body, headers=headers)
+    assert response.status_code == 422, response.text
+    assert fragment in response.json()["detail"]
+    assert count(session, Subscription) == 0
+
+
+def test_invalid_json_is_400(api):
+    headers = auth_headers(api, "json@example.com")
+    response = api.post(
+        "/api/v1/subscriptions/subscribe",
+        content=b"{oops",
+        headers={**headers, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 400
+
+
+def test_unknown_payment_method_is_a_clear_422(api, session):
+    headers = auth_headers(api, "ghost@example.com")
+    response = subscribe(api, headers, "pm_doesnotexist123")
+    assert response.status_code == 422
+    assert response.json() == {"detail": "That payment method was not found."}
+    assert count(session, Subscription) == 0
+
+
+def test_stripe_outage_is_a_clear_error_and_changes_nothing(api, session, settings_env):
+    from subscription_app.billing import client
+
+    headers = auth_headers(api, "outage@example.com")
+    settings_env(STRIPE_API_BASE="http://127.0.0.1:9")  # nothing listens on the discard port
+    client.get_client.cache_clear()
+    response = subscribe(api, headers, "pm_whatever123")
+    assert response.status_code == 424
+    assert "could not reach our payment provider" in response.json()["detail"]
+    assert "sk_test" not in response.text and "Traceback" not in response.text
+    assert count(session, Subscription) == 0
