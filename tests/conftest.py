@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import uuid
 from collections.abc import Iterator
 
@@ -19,6 +18,7 @@ for _name in list(os.environ):
     if _name.startswith(("STRIPE_", "APP_")) or _name in {"DATABASE_URL", "REDIS_URL", "SMTP_URL"}:
         del os.environ[_name]
 
+from devtools.liveapp import free_port  # noqa: E402, F401  (re-exported for tests)
 from subscription_app import crypto  # noqa: E402
 from subscription_app.settings import Settings, get_settings  # noqa: E402
 
@@ -32,13 +32,6 @@ os.environ.update(
 get_settings.cache_clear()
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _backends() -> list:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from functools import lru_cache
+from urllib.parse import urlsplit
 
 import stripe
 
@@ -17,6 +21,31 @@ class StripeNotConfigured(RuntimeError):
     """Raised when code needs Stripe but no STRIPE_SECRET_KEY is set."""
 
 
+class TimedRequestsClient(stripe.RequestsClient):
+    """The SDK's HTTP client, optionally appending each call's duration to a file.
+
+    Set STRIPE_TIMING_LOG=<path> (benchmarks do) to get one line per Stripe call:
+    ``<unix start> <milliseconds> <METHOD> <path>``. Off by default; nothing secret is written.
+    """
+
+    _lock = threading.Lock()
+
+    def request(self, method, url, headers, post_data=None):
+        """Perform one HTTP request to Stripe (timed when a timing log is configured)."""
+        log_path = os.environ.get("STRIPE_TIMING_LOG")
+        if not log_path:
+            return super().request(method, url, headers, post_data)
+        started = time.time()
+        clock = time.perf_counter()
+        try:
+            return super().request(method, url, headers, post_data)
+        finally:
+            elapsed_ms = (time.perf_counter() - clock) * 1000
+            line = f"{started:.6f} {elapsed_ms:.3f} {method.upper()} {urlsplit(url).path}\n"
+            with self._lock, open(log_path, "a") as log:
+                log.write(line)
+
+
 def build_client(settings: Settings) -> stripe.StripeClient:
     """A `StripeClient` for these settings: real Stripe, or the emulator at STRIPE_API_BASE."""
     if settings.stripe_secret_key is None:
@@ -29,7 +58,7 @@ def build_client(settings: Settings) -> stripe.StripeClient:
         settings.stripe_secret_key.get_secret_value(),
         base_addresses=base_addresses,
         max_network_retries=STRIPE_MAX_NETWORK_RETRIES,
-        http_client=stripe.RequestsClient(timeout=STRIPE_TIMEOUT_SECONDS),
+        http_client=TimedRequestsClient(timeout=STRIPE_TIMEOUT_SECONDS),
     )
 
 
