@@ -21,8 +21,19 @@
     });
   }
 
+  const CHECK_DETAILS =
+    "Your card details are incomplete or incorrect. Check the number, expiry date and security code.";
+
+  // Stripe's card and validation errors are written for people; anything else is not.
   function message(error, fallback) {
-    return (error && error.message) || fallback;
+    if (!error) return fallback;
+    if ((error.type === "card_error" || error.type === "validation_error") && error.message) {
+      return error.message;
+    }
+    if (error.type === "invalid_request_error" || /bad request/i.test(error.message || "")) {
+      return CHECK_DETAILS;
+    }
+    return error.message || fallback;
   }
 
   window.saCheckout = {

@@ -173,6 +173,8 @@ class StripeEvent(SQLModel, table=True):
     status: str = Field(default=EventStatus.PENDING.value, max_length=16)
     attempts: int = Field(default=0)
     next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # Lease of the worker processing it (see billing/inbox.py).
+    locked_by: str | None = Field(default=None, max_length=64)
     locked_until: datetime | None = _ts()
     last_error: str | None = Field(default=None, sa_type=sa.Text)
     received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)

@@ -6,6 +6,7 @@ import reflex as rx
 
 from subscription_app import routes
 from subscription_app.api import create_api
+from subscription_app.billing.processor import run_processor
 from subscription_app.pages import auth, checkout, dashboard, landing, plan
 from subscription_app.state.auth import AuthState
 from subscription_app.state.billing import CheckoutState, DashboardState
@@ -41,6 +42,8 @@ def _on_load(route: str, page) -> list:
 def build_app() -> rx.App:
     """Create the Reflex app with the API mounted and all pages registered."""
     application = rx.App(api_transformer=create_api())
+    # Each backend worker runs a webhook processor; the inbox leases events so they share.
+    application.register_lifespan_task(run_processor)
     for route, page, title in PAGES:
         application.add_page(page, route=route, title=title, on_load=_on_load(route, page))
     return application

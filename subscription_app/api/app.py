@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from subscription_app.api import auth, health, subscriptions
+from subscription_app.api import auth, health, subscriptions, webhooks
 
 API_PREFIX = "/api/v1"
 logger = logging.getLogger(__name__)
@@ -64,4 +64,5 @@ def create_api() -> FastAPI:
     api.include_router(health.router, prefix=API_PREFIX)
     api.include_router(auth.router, prefix=API_PREFIX)
     api.include_router(subscriptions.router, prefix=API_PREFIX)
+    api.include_router(webhooks.router, prefix=API_PREFIX)
     return api

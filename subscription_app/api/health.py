@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from subscription_app.db import get_engine
+from subscription_app import db
 
 router = APIRouter(tags=["health"])
 
@@ -15,7 +15,7 @@ router = APIRouter(tags=["health"])
 def health() -> JSONResponse:
     """200 `{"status": "ok"}` when the app and its database answer, else 503."""
     try:
-        with get_engine().connect() as connection:
+        with db.get_engine().connect() as connection:
             connection.execute(text("SELECT 1"))
     except Exception:  # any database failure means "not healthy", never a 500
         return JSONResponse({"status": "degraded", "database": "unavailable"}, status_code=503)

@@ -139,3 +139,29 @@ def read_subscription(obj: Any) -> SubscriptionSnapshot:
             else None
         ),
     )
+
+
+@dataclass(frozen=True)
+class InvoiceSnapshot:
+    """The parts of an invoice the webhook handlers need."""
+
+    id: str
+    customer_id: str | None
+    subscription_id: str | None
+    status: str | None
+
+
+def read_invoice(obj: Any) -> InvoiceSnapshot:
+    """An invoice (any API version) as a snapshot.
+
+    The subscription is `invoice.subscription` in older versions and
+    `invoice.parent.subscription_details.subscription` in current ones.
+    """
+    data = _to_dict(obj)
+    parent = (data.get("parent") or {}).get("subscription_details") or {}
+    return InvoiceSnapshot(
+        id=data.get("id") or "",
+        customer_id=_id(data.get("customer")),
+        subscription_id=_id(parent.get("subscription")) or _id(data.get("subscription")),
+        status=data.get("status"),
+    )

@@ -12,6 +12,7 @@ from subscription_app import crypto
 from subscription_app.billing.reader import SubscriptionSnapshot
 from subscription_app.models import (
     BillingCustomer,
+    Notification,
     Subscription,
     SubscriptionStatus,
     utcnow,
@@ -181,3 +182,47 @@ def delete_subscription(session: Session, subscription_id: str) -> None:
     if row is not None:
         session.delete(row)
         session.flush()
+
+
+def user_id_for_subscription(session: Session, subscription_id: str) -> int | None:
+    """The user a Stripe subscription id belongs to, by our row or through its customer."""
+    row = _row_by_stripe_id(session, subscription_id)
+    return row.user_id if row else None
+
+
+# Notifications -------------------------------------------------------------------
+
+
+def add_notification(session: Session, user_id: int, kind: str, text: str) -> None:
+    """Leave an in-app message for the user."""
+    session.add(Notification(user_id=user_id, kind=kind, text=text[:1000]))
+    session.flush()
+
+
+def recent_notifications(session: Session, user_id: int, limit: int = 5) -> list[Notification]:
+    """The user's newest messages, newest first."""
+    return list(
+        session.exec(
+            select(Notification)
+            .where(Notification.user_id == user_id)
+            .order_by(col(Notification.created_at).desc(), col(Notification.id).desc())
+            .limit(limit)
+        ).all()
+    )
+
+
+def subscription_version(session: Session, user_id: int) -> str:
+    """A value that changes whenever the user's billing rows change (for live pages)."""
+    latest = session.exec(
+        select(Subscription.updated_at)
+        .where(Subscription.user_id == user_id)
+        .order_by(col(Subscription.updated_at).desc())
+        .limit(1)
+    ).first()
+    notes = session.exec(
+        select(Notification.id)
+        .where(Notification.user_id == user_id)
+        .order_by(col(Notification.id).desc())
+        .limit(1)
+    ).first()
+    return f"{latest.isoformat() if latest else '-'}/{notes or 0}"

@@ -175,3 +175,16 @@ def test_subscribe_button_shows_progress_while_working(page: Page):
     expect(busy).to_be_disabled()
     answer_3ds(page, "Fail authentication")
     expect(page.get_by_role("button", name="Subscribe")).to_be_enabled(timeout=20_000)
+
+
+def test_invalid_card_data_gets_a_clear_message_and_can_be_corrected(page: Page):
+    register(page, unique_email("invalid-card"))
+    open_checkout(page)
+    fill_card(page, "4242")  # far too short
+    page.get_by_role("button", name="Subscribe").click()
+    expect(page.get_by_role("alert")).to_contain_text("incomplete or incorrect", timeout=20_000)
+    expect_dashboard_empty(page)
+    open_checkout(page)
+    fill_card(page, "4242424242424242")
+    page.get_by_role("button", name="Subscribe").click()
+    expect_subscribed(page)

@@ -1,0 +1,166 @@
+"""The transactional inbox of webhook events: store once, claim, finish.
+
+Storing is idempotent on the event id. Claiming hands each due event to exactly one worker:
+on PostgreSQL with `FOR UPDATE SKIP LOCKED`, on SQLite with a compare-and-set update. A claim
+is a lease (`locked_by`, `locked_until`): if its worker dies, the event is claimed again once
+the lease runs out, so nothing is lost across crashes and restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from subscription_app import crypto
+from subscription_app.billing.webhooks import VerifiedEvent
+from subscription_app.models import EventStatus, StripeEvent, utcnow
+
+LEASE = timedelta(seconds=60)
+MAX_ATTEMPTS = 5
+ERROR_MAX_CHARS = 2000
+
+
+def backoff(attempts: int) -> timedelta:
+    """Delay before retry number `attempts` (1-based): 2 s, 4 s, 8 s ... capped at 5 min."""
+    return timedelta(seconds=min(300, 2**attempts))
+
+
+def store(session: Session, event: VerifiedEvent) -> bool:
+    """Save a verified event (payload encrypted). False if it was stored before (duplicate)."""
+    exists = session.exec(select(StripeEvent.id).where(StripeEvent.event_id == event.id)).first()
+    if exists is not None:
+        return False
+    row = StripeEvent(
+        event_id=event.id,
+        type=event.type,
+        stripe_created_at=event.created,
+        livemode=event.livemode,
+        payload_enc=crypto.encrypt(event.raw),
+    )
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:
+        return False  # a concurrent delivery of the same event won the race
+    return True
+
+
+@dataclass(frozen=True)
+class ClaimedEvent:
+    """An event this worker holds the lease on."""
+
+    row_id: int
+    event_id: str
+    type: str
+    created: datetime
+    attempts: int
+    lease_token: str
+    payload: dict
+
+
+def _due(now: datetime):
+    return and_(
+        StripeEvent.status == EventStatus.PENDING.value,
+        StripeEvent.next_attempt_at <= now,
+        or_(col(StripeEvent.locked_until).is_(None), StripeEvent.locked_until < now),
+    )
+
+
+def claim(session: Session, *, limit: int = 20) -> list[ClaimedEvent]:
+    """Lease up to `limit` due events to this caller (oldest Stripe events first)."""
+    now = utcnow()
+    token = uuid.uuid4().hex
+    query = (
+        select(StripeEvent.id)
+        .where(_due(now))
+        .order_by(col(StripeEvent.stripe_created_at), col(StripeEvent.id))
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        ids = list(session.exec(query.with_for_update(skip_locked=True)).all())
+        if ids:
+            session.execute(
+                update(StripeEvent)
+                .where(col(StripeEvent.id).in_(ids))
+                .values(locked_by=token, locked_until=now + LEASE)
+            )
+    else:
+        ids = []
+        for candidate in session.exec(query).all():
+            # Compare-and-set: only one worker's update matches a still-due row.
+            result = session.execute(
+                update(StripeEvent)
+                .where(StripeEvent.id == candidate, _due(now))
+                .values(locked_by=token, locked_until=now + LEASE)
+            )
+            if result.rowcount == 1:
+                ids.append(candidate)
+    session.commit()
+    if not ids:
+        return []
+    rows = session.exec(select(StripeEvent).where(col(StripeEvent.id).in_(ids))).all()
+    return [
+        ClaimedEvent(
+            row_id=row.id,
+            event_id=row.event_id,
+            type=row.type,
+            created=row.stripe_created_at,
+            attempts=row.attempts,
+            lease_token=token,
+            payload=json.loads(crypto.decrypt(row.payload_enc)),
+        )
+        for row in sorted(rows, key=lambda r: (r.stripe_created_at, r.id))
+    ]
+
+
+def _mine(event: ClaimedEvent):
+    return and_(
+        StripeEvent.id == event.row_id,
+        StripeEvent.locked_by == event.lease_token,
+        StripeEvent.status == EventStatus.PENDING.value,
+    )
+
+
+def finish(session: Session, event: ClaimedEvent, status: EventStatus, note: str | None) -> bool:
+    """Mark the event done or skipped, in the caller's transaction. False if the lease was lost."""
+    result = session.execute(
+        update(StripeEvent)
+        .where(_mine(event))
+        .values(
+            status=status.value,
+            processed_at=utcnow(),
+            locked_by=None,
+            locked_until=None,
+            attempts=event.attempts + 1,
+            last_error=note[:ERROR_MAX_CHARS] if note else None,
+        )
+    )
+    return result.rowcount == 1
+
+
+def fail(session: Session, event: ClaimedEvent, error: str) -> EventStatus:
+    """Record a failed attempt: retry later with backoff, or give up after MAX_ATTEMPTS."""
+    attempts = event.attempts + 1
+    give_up = attempts >= MAX_ATTEMPTS
+    status = EventStatus.FAILED if give_up else EventStatus.PENDING
+    session.execute(
+        update(StripeEvent)
+        .where(_mine(event))
+        .values(
+            status=status.value,
+            attempts=attempts,
+            next_attempt_at=utcnow() + backoff(attempts),
+            locked_by=None,
+            locked_until=None,
+            last_error=error[:ERROR_MAX_CHARS],
+            processed_at=utcnow() if give_up else None,
+        )
+    )
+    session.commit()
+    return status
