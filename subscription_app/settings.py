@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     # Lifetime of a login (browser session cookie and API bearer token alike).
     session_ttl_minutes: int = Field(default=60 * 24 * 7, ge=5, le=60 * 24 * 90)
     smtp_url: str | None = None
+    smtp_from: str = "Subscription App <billing@localhost>"
 
     @field_validator("redis_url", "stripe_price_id", "stripe_api_base", "smtp_url", mode="before")
     @classmethod

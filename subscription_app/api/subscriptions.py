@@ -128,6 +128,46 @@ def setup_intent(session: SessionDep, user: CurrentUser) -> dict[str, str]:
     return {"client_secret": client_secret, **service.publishable_config()}
 
 
+class CancelIn(BaseModel):
+    """When the subscription should end."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    at_period_end: bool = Field(
+        default=True,
+        description="true: keep access until the renewal date (default); false: end now.",
+    )
+
+
+class CancelOut(BaseModel):
+    """The subscription after the change, and what happened in words."""
+
+    message: str
+    subscription: SubscriptionOut
+
+
+@router.post("/cancel", response_model=CancelOut)
+def cancel(body: CancelIn, session: SessionDep, user: CurrentUser) -> CancelOut:
+    """Cancel at the end of the period (default) or now. 409 if there is nothing to cancel."""
+    try:
+        result = service.cancel_subscription(
+            session=session, user=user, at_period_end=body.at_period_end
+        )
+    except service.BillingError as exc:
+        raise _fail(exc) from exc
+    return CancelOut(message=result.message, subscription=to_out(result.subscription))
+
+
+@router.post("/resume", response_model=CancelOut)
+def resume(session: SessionDep, user: CurrentUser) -> CancelOut:
+    """Undo a cancellation at period end. 409 if the subscription is not set to end."""
+    try:
+        result = service.resume_subscription(session=session, user=user)
+    except service.BillingError as exc:
+        raise _fail(exc) from exc
+    return CancelOut(message=result.message, subscription=to_out(result.subscription))
+
+
 @router.get("/me", response_model=MySubscriptionOut)
 def my_subscription(session: SessionDep, user: CurrentUser) -> MySubscriptionOut:
     """The caller's subscription: plan, price, status, start and renewal dates."""

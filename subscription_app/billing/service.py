@@ -297,6 +297,88 @@ def confirm_subscription(*, session: Session, user: User) -> SubscribeResult:
         raise _translate(exc) from exc
 
 
+@dataclass(frozen=True)
+class CancelResult:
+    """The subscription after a cancel or resume, and a sentence saying what happened."""
+
+    subscription: SubscriptionView
+    message: str
+
+
+def _long_date(value) -> str:
+    return f"{value:%B} {value.day}, {value.year}" if value else "the end of the period"
+
+
+def cancel_subscription(*, session: Session, user: User, at_period_end: bool) -> CancelResult:
+    """Cancel the user's live subscription, now or at the end of the paid period.
+
+    Raises:
+        BillingError: (conflict) no live subscription, or already set to end at period end.
+    """
+    from subscription_app.notify import tell_user
+
+    subscription_id = repository.live_subscription_id(session, user.id)
+    view = repository.current_subscription(session, user.id)
+    if subscription_id is None or view is None:
+        raise BillingError("You have no active subscription to cancel.", kind="conflict")
+    if at_period_end and view.cancel_at_period_end:
+        raise BillingError(
+            f"Your subscription is already set to end on {_long_date(view.current_period_end)}.",
+            kind="conflict",
+        )
+    client = get_client()
+    try:
+        if at_period_end:
+            updated = client.v1.subscriptions.update(
+                subscription_id, params={"cancel_at_period_end": True}
+            )
+        else:
+            updated = client.v1.subscriptions.cancel(subscription_id)
+    except stripe.StripeError as exc:
+        raise _translate(exc) from exc
+    snapshot = read_subscription(updated)
+    repository.apply_snapshot(session, user_id=user.id, snapshot=snapshot, observed_at=utcnow())
+    if at_period_end:
+        message = (
+            "Your subscription is cancelled. You keep access until "
+            f"{_long_date(snapshot.current_period_end)}."
+        )
+    else:
+        message = "Your subscription is cancelled and has ended."
+    tell_user(session, user_id=user.id, email=user.email, kind="canceled", text=message)
+    session.commit()
+    return CancelResult(repository.current_subscription(session, user.id), message)
+
+
+def resume_subscription(*, session: Session, user: User) -> CancelResult:
+    """Undo a cancellation at period end (before the period ends).
+
+    Raises:
+        BillingError: (conflict) nothing to undo.
+    """
+    from subscription_app.notify import tell_user
+
+    subscription_id = repository.live_subscription_id(session, user.id)
+    view = repository.current_subscription(session, user.id)
+    if subscription_id is None or view is None or not view.cancel_at_period_end:
+        raise BillingError(
+            "Your subscription is not set to end, so there is nothing to undo.", kind="conflict"
+        )
+    try:
+        updated = get_client().v1.subscriptions.update(
+            subscription_id, params={"cancel_at_period_end": False}
+        )
+    except stripe.StripeError as exc:
+        raise _translate(exc) from exc
+    repository.apply_snapshot(
+        session, user_id=user.id, snapshot=read_subscription(updated), observed_at=utcnow()
+    )
+    message = "Your subscription will renew as usual."
+    tell_user(session, user_id=user.id, email=user.email, kind="resumed", text=message)
+    session.commit()
+    return CancelResult(repository.current_subscription(session, user.id), message)
+
+
 def publishable_config() -> dict[str, str]:
     """What the browser needs to load Stripe.js: the publishable key and the script URL."""
     settings = get_settings()

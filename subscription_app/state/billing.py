@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -11,7 +13,8 @@ from typing import Any, TypeVar
 import reflex as rx
 from sqlmodel import Session
 
-from subscription_app.billing import service
+from subscription_app import changes
+from subscription_app.billing import repository, service
 from subscription_app.billing.plans import DEFAULT_PLAN
 from subscription_app.billing.repository import SubscriptionView
 from subscription_app.db import session_scope
@@ -19,6 +22,7 @@ from subscription_app.models import User
 from subscription_app.state.auth import AuthState
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 STATUS_LABELS = {
     "active": "Active",
@@ -187,8 +191,23 @@ class CheckoutState(AuthState):
         return self._settle(outcome)
 
 
+CANCEL_AT_PERIOD_END = "At the end of the period"
+CANCEL_NOW = "Now"
+WATCH_SECONDS = 30 * 60  # a dashboard left open stops listening after half an hour
+
+
+def _version(user_id: int) -> str:
+    with session_scope() as session:
+        return repository.subscription_version(session, user_id)
+
+
+def _messages(user_id: int) -> list[str]:
+    with session_scope() as session:
+        return [n.text for n in repository.recent_notifications(session, user_id)]
+
+
 class DashboardState(AuthState):
-    """The dashboard's view of the user's subscription."""
+    """The dashboard's view of the user's subscription, kept live while the page is open."""
 
     has_subscription: bool = False
     is_live: bool = False
@@ -199,6 +218,19 @@ class DashboardState(AuthState):
     cancel_at_period_end: bool = False
     canceled_on: str = ""
     load_error: str = ""
+    messages: list[str] = []
+    cancel_when: str = CANCEL_AT_PERIOD_END
+    cancel_dialog_open: bool = False
+    working: bool = False
+    result_message: str = ""
+    action_error: str = ""
+    _watch_generation: int = 0
+    _seen_version: str = ""
+
+    @rx.var
+    def past_due(self) -> bool:
+        """Stripe could not collect the last payment."""
+        return self.status in ("past_due", "unpaid")
 
     def _show(self, view: SubscriptionView | None) -> None:
         self.has_subscription = view is not None
@@ -210,21 +242,122 @@ class DashboardState(AuthState):
         self.cancel_at_period_end = bool(view and view.cancel_at_period_end)
         self.canceled_on = format_date(view.canceled_at) if view else ""
 
+    async def _uid(self) -> int | None:
+        auth = await self.get_state(AuthState)
+        return auth.current_user_id()
+
+    async def _refresh(self, user_id: int) -> None:
+        view = await run_for_user(user_id, lambda s, u: service.get_subscription(session=s, user=u))
+        self._show(view)
+        self.messages = await asyncio.to_thread(_messages, user_id)
+        self._seen_version = await asyncio.to_thread(_version, user_id)
+
     @rx.event
     async def load(self):
-        """On load: read the subscription from our database."""
-        auth = await self.get_state(AuthState)
-        if auth.current_user_id() is None:
-            return
+        """On load: read the subscription, then keep the page up to date."""
+        user_id = await self._uid()
+        if user_id is None:
+            return None
+        self.result_message = self.action_error = ""
+        self.cancel_dialog_open = False
         try:
-            view = await run_for_user(
-                auth.current_user_id(), lambda s, u: service.get_subscription(session=s, user=u)
-            )
+            await self._refresh(user_id)
         except service.BillingError as exc:
             self.load_error = exc.message
-            return
+            return None
         self.load_error = ""
-        self._show(view)
+        self._watch_generation += 1
+        return DashboardState.watch(self._watch_generation)
+
+    @rx.event(background=True)
+    async def watch(self, generation: int):
+        """Follow changes (webhooks, other tabs, API calls) while the dashboard is open.
+
+        Woken at once by the webhook processor in this process; re-checks the database every
+        second for changes made by other processes.
+        """
+        async with self:
+            user_id = await self._uid()
+        if user_id is None:
+            return
+        deadline = time.monotonic() + WATCH_SECONDS
+        while time.monotonic() < deadline:
+            await changes.wait_for_change(user_id, timeout=1.0)
+            async with self:
+                if self._watch_generation != generation or not self.router.url.path.startswith(
+                    "/dashboard"
+                ):
+                    return  # a newer watcher took over, or the user left the page
+                seen = self._seen_version
+            try:
+                current = await asyncio.to_thread(_version, user_id)
+            except Exception:  # database hiccup: try again next round
+                logger.warning("dashboard watcher could not read the database", exc_info=True)
+                continue
+            if current != seen:
+                async with self:
+                    await self._refresh(user_id)
+
+    @rx.event
+    def set_cancel_when(self, value: str):
+        """The "when should it end" choice."""
+        if value in (CANCEL_AT_PERIOD_END, CANCEL_NOW):
+            self.cancel_when = value
+
+    @rx.event
+    def open_cancel_dialog(self):
+        """Ask for confirmation before cancelling."""
+        self.action_error = ""
+        self.cancel_dialog_open = True
+
+    @rx.event
+    def close_cancel_dialog(self):
+        """Keep the subscription."""
+        self.cancel_dialog_open = False
+
+    @rx.event
+    async def confirm_cancel(self):
+        """Cancel as chosen, and show the result at once."""
+        if self.working:
+            return
+        self.working, self.action_error, self.result_message = True, "", ""
+        yield
+        at_period_end = self.cancel_when != CANCEL_NOW
+        user_id = await self._uid()
+        try:
+            result = await run_for_user(
+                user_id,
+                lambda s, u: service.cancel_subscription(
+                    session=s, user=u, at_period_end=at_period_end
+                ),
+            )
+        except service.BillingError as exc:
+            self.action_error = exc.message
+        else:
+            self.result_message = result.message
+        self.working, self.cancel_dialog_open = False, False
+        if user_id is not None:
+            await self._refresh(user_id)
+
+    @rx.event
+    async def undo_cancel(self):
+        """Keep the subscription after all (before the period ends)."""
+        if self.working:
+            return
+        self.working, self.action_error, self.result_message = True, "", ""
+        yield
+        user_id = await self._uid()
+        try:
+            result = await run_for_user(
+                user_id, lambda s, u: service.resume_subscription(session=s, user=u)
+            )
+        except service.BillingError as exc:
+            self.action_error = exc.message
+        else:
+            self.result_message = result.message
+        self.working = False
+        if user_id is not None:
+            await self._refresh(user_id)
 
 
 PLAN_NAME = DEFAULT_PLAN.name

@@ -1,0 +1,118 @@
+"""Cancelling and resuming over REST against the emulator; email through a local SMTP server."""
+
+import pytest
+from aiosmtpd.controller import Controller
+from fastapi.testclient import TestClient
+
+from devtools.liveapp import free_port
+from subscription_app.api import create_api
+from tests.integration.test_api_subscriptions import auth_headers, subscribe
+
+
+class Inbox:
+    """aiosmtpd handler keeping every message it receives."""
+
+    def __init__(self):
+        self.messages: list[str] = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(envelope.content.decode("utf-8", errors="replace"))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp(settings_env):
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    settings_env(SMTP_URL=f"smtp://127.0.0.1:{controller.port}")
+    yield inbox
+    controller.stop()
+
+
+@pytest.fixture
+def api(db_engine, stripe_env):
+    with TestClient(create_api(), raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture
+def subscribed(api, make_payment_method):
+    headers = auth_headers(api, "member@example.com")
+    assert subscribe(api, headers, make_payment_method()).status_code == 200
+    return headers
+
+
+def cancel(api, headers, **body):
+    return api.post("/api/v1/subscriptions/cancel", json=body, headers=headers)
+
+
+def test_cancel_at_period_end_then_undo(api, subscribed, smtp):
+    response = cancel(api, subscribed, at_period_end=True)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["subscription"]["status"] == "active"
+    assert body["subscription"]["cancel_at_period_end"] is True
+    assert "keep access until" in body["message"]
+
+    again = cancel(api, subscribed, at_period_end=True)
+    assert again.status_code == 409
+    assert "already set to end" in again.json()["detail"]
+
+    resumed = api.post("/api/v1/subscriptions/resume", headers=subscribed)
+    assert resumed.status_code == 200
+    assert resumed.json()["subscription"]["cancel_at_period_end"] is False
+    assert api.post("/api/v1/subscriptions/resume", headers=subscribed).status_code == 409
+
+    # The user was told by email each time, through a real SMTP conversation.
+    assert len(smtp.messages) == 2
+    assert "keep access until" in smtp.messages[0]
+    assert "To: member@example.com" in smtp.messages[0]
+    assert "renew as usual" in smtp.messages[1]
+
+
+def test_cancel_now_ends_it_and_a_second_cancel_is_a_clear_409(api, subscribed):
+    response = cancel(api, subscribed, at_period_end=False)
+    assert response.status_code == 200
+    assert response.json()["subscription"]["status"] == "canceled"
+    assert response.json()["message"] == "Your subscription is cancelled and has ended."
+    again = cancel(api, subscribed, at_period_end=False)
+    assert again.status_code == 409
+    assert again.json() == {"detail": "You have no active subscription to cancel."}
+    me = api.get("/api/v1/subscriptions/me", headers=subscribed).json()["subscription"]
+    assert me["status"] == "canceled"
+
+
+def test_default_is_at_period_end(api, subscribed):
+    response = api.post("/api/v1/subscriptions/cancel", json={}, headers=subscribed)
+    assert response.status_code == 200
+    assert response.json()["subscription"]["cancel_at_period_end"] is True
+
+
+def test_cancel_without_subscription_and_other_users_are_untouched(api, subscribed):
+    other = auth_headers(api, "other@example.com")
+    response = cancel(api, other, at_period_end=False)
+    assert response.status_code == 409
+    assert "no active subscription" in response.json()["detail"]
+    mine = api.get("/api/v1/subscriptions/me", headers=subscribed).json()["subscription"]
+    assert mine["status"] == "active" and mine["cancel_at_period_end"] is False
+
+
+@pytest.mark.parametrize(
+    "body", [{"at_period_end": "soon"}, {"at_period_end": None}, {"when": "now"}, [1]]
+)
+def test_bad_cancel_bodies_are_422_and_change_nothing(api, subscribed, body):
+    response = api.post("/api/v1/subscriptions/cancel", json=body, headers=subscribed)
+    assert response.status_code == 422
+    mine = api.get("/api/v1/subscriptions/me", headers=subscribed).json()["subscription"]
+    assert mine["status"] == "active" and mine["cancel_at_period_end"] is False
+
+
+def test_cancel_requires_a_token(api):
+    assert api.post("/api/v1/subscriptions/cancel", json={}).status_code == 401
+
+
+def test_unreachable_smtp_does_not_break_cancelling(api, subscribed, settings_env):
+    settings_env(SMTP_URL=f"smtp://127.0.0.1:{free_port()}")
+    response = cancel(api, subscribed, at_period_end=True)
+    assert response.status_code == 200
