@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 
+import stripe
 from playwright.sync_api import Page, expect
 
 PASSWORD = "s3cret-pass-123"
@@ -66,3 +67,23 @@ def answer_3ds(page: Page, button: str) -> None:
 def expect_subscribed(page: Page) -> None:
     """The checkout page confirms the subscription."""
     expect(page.get_by_role("status")).to_contain_text("You're subscribed!", timeout=20_000)
+
+
+def stripe_subscriptions_for(live_app, email: str) -> list:
+    """Every subscription the emulator holds for the customer with this email."""
+    client = stripe.StripeClient("sk_test_e2e", base_addresses={"api": live_app.stripe_api_base})
+    customers = [
+        c for c in client.v1.customers.list(params={"limit": 100}).data if c.email == email
+    ]
+    subs = []
+    for customer in customers:
+        subs += client.v1.subscriptions.list(params={"customer": customer.id, "status": "all"}).data
+    return subs
+
+
+def subscribe_with_card(page: Page, number: str = "4242424242424242") -> None:
+    """Go through checkout with a card that needs no authentication."""
+    open_checkout(page)
+    fill_card(page, number)
+    page.get_by_role("button", name="Subscribe").click()
+    expect_subscribed(page)

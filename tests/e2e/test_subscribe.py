@@ -4,7 +4,6 @@ import json
 import re
 
 import pytest
-import stripe
 from playwright.sync_api import Browser, Page, expect
 
 from tests.e2e.helpers import (
@@ -14,24 +13,13 @@ from tests.e2e.helpers import (
     open_checkout,
     path_is,
     register,
+    stripe_subscriptions_for,
     unique_email,
 )
 
 pytestmark = pytest.mark.e2e
 
 DATE = re.compile(r"[A-Z][a-z]+ \d{1,2}, \d{4}")
-
-
-def stripe_subscriptions_for(live_app, email: str) -> list:
-    """Every subscription the emulator holds for the customer with this email."""
-    client = stripe.StripeClient("sk_test_e2e", base_addresses={"api": live_app.stripe_api_base})
-    customers = [
-        c for c in client.v1.customers.list(params={"limit": 100}).data if c.email == email
-    ]
-    subs = []
-    for customer in customers:
-        subs += client.v1.subscriptions.list(params={"customer": customer.id, "status": "all"}).data
-    return subs
 
 
 def expect_dashboard_subscription(page: Page) -> None:

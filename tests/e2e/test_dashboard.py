@@ -1,0 +1,124 @@
+"""Dashboard: webhooks keep it true and live; cancel at period end, undo, cancel now."""
+
+import re
+import sqlite3
+import time
+
+import pytest
+import stripe
+from playwright.sync_api import Page, expect
+
+from tests.e2e.helpers import (
+    path_is,
+    register,
+    stripe_subscriptions_for,
+    subscribe_with_card,
+    unique_email,
+)
+
+pytestmark = pytest.mark.e2e
+DATE = re.compile(r"[A-Z][a-z]+ \d{1,2}, \d{4}")
+
+
+def wait_for(condition, timeout: float = 20.0, what: str = "condition"):
+    """Poll `condition` until it returns something truthy (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)  # polling interval of a bounded wait on a condition
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def processed_events(live_app) -> dict[str, set[str]]:
+    path = live_app.database_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT type, status FROM stripe_event").fetchall()
+    result: dict[str, set[str]] = {}
+    for event_type, status in rows:
+        result.setdefault(event_type, set()).add(status)
+    return result
+
+
+def stripe_client(live_app):
+    return stripe.StripeClient("sk_test_e2e", base_addresses={"api": live_app.stripe_api_base})
+
+
+def test_subscription_facts_arrive_through_the_signed_webhook_path(page: Page, live_app):
+    register(page, unique_email("webhook"))
+    subscribe_with_card(page)
+    # The emulator signs and posts its events to our route; the processor applies them.
+    wait_for(
+        lambda: (
+            "done" in processed_events(live_app).get("invoice.paid", set())
+            and processed_events(live_app).get("customer.subscription.created")
+        ),
+        what="invoice.paid and customer.subscription.created to be processed",
+    )
+    page.goto("/dashboard")
+    expect(page.get_by_text("Active", exact=True)).to_be_visible()
+    expect(page.locator("main").get_by_text(DATE)).to_have_count(2)
+
+
+def test_cancel_at_period_end_then_undo(page: Page):
+    register(page, unique_email("cancel-later"))
+    subscribe_with_card(page)
+    page.goto("/dashboard")
+    expect(page.get_by_role("radio", name="At the end of the period")).to_be_checked()
+    page.get_by_role("button", name="Cancel subscription").click()
+    dialog = page.get_by_role("alertdialog")
+    expect(dialog).to_contain_text("You keep access until")
+    dialog.get_by_role("button", name="Confirm cancellation").click()
+    expect(page.get_by_role("status")).to_contain_text("You keep access until")
+    expect(page.get_by_text("Access ends")).to_be_visible()
+    expect(page.get_by_text("Active", exact=True)).to_be_visible()
+    page.get_by_role("button", name="Undo cancellation").click()
+    expect(page.get_by_role("status")).to_contain_text("renew as usual")
+    expect(page.get_by_text("Next renewal")).to_be_visible()
+    expect(page.get_by_role("button", name="Cancel subscription")).to_be_visible()
+
+
+def test_keep_subscription_closes_the_dialog_and_changes_nothing(page: Page):
+    register(page, unique_email("keep"))
+    subscribe_with_card(page)
+    page.goto("/dashboard")
+    page.get_by_role("button", name="Cancel subscription").click()
+    page.get_by_role("alertdialog").get_by_role("button", name="Keep subscription").click()
+    expect(page.get_by_role("alertdialog")).to_have_count(0)
+    expect(page.get_by_text("Next renewal")).to_be_visible()
+
+
+def test_cancel_now(page: Page, live_app):
+    email = unique_email("cancel-now")
+    register(page, email)
+    subscribe_with_card(page)
+    page.goto("/dashboard")
+    page.get_by_role("radio", name="Now").check()
+    page.get_by_role("button", name="Cancel subscription").click()
+    dialog = page.get_by_role("alertdialog")
+    expect(dialog).to_contain_text("Your access ends now")
+    dialog.get_by_role("button", name="Confirm cancellation").click()
+    expect(page.get_by_role("status")).to_contain_text("cancelled and has ended")
+    expect(page.get_by_text("No active subscription")).to_be_visible()
+    expect(page.get_by_text("Canceled", exact=True).first).to_be_visible()
+    [subscription] = stripe_subscriptions_for(live_app, email)
+    assert subscription.status == "canceled"
+
+
+def test_open_dashboard_follows_a_change_made_at_stripe_without_reload(page: Page, live_app):
+    email = unique_email("live")
+    register(page, email)
+    subscribe_with_card(page)
+    page.goto("/dashboard")
+    expect(page.get_by_text("Next renewal")).to_be_visible()
+    navigations = []
+    page.on("framenavigated", lambda frame: navigations.append(frame.url))
+
+    # Someone cancels in Stripe's dashboard: only the webhook tells us.
+    [subscription] = stripe_subscriptions_for(live_app, email)
+    stripe_client(live_app).v1.subscriptions.cancel(subscription.id)
+
+    expect(page.get_by_text("No active subscription")).to_be_visible(timeout=15_000)
+    assert navigations == []  # no reload, no navigation
+    expect(page).to_have_url(path_is("/dashboard"))
