@@ -14,10 +14,13 @@ export PATH := $(CURDIR)/$(TOOLS)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH
 export REFLEX_USE_SYSTEM_BUN := 1
 export REFLEX_TELEMETRY_ENABLED := false
 
-.PHONY: run test test-unit test-integration test-e2e lint format bench chromium clean
+.PHONY: rotate-keys run test test-unit test-integration test-e2e lint format bench chromium clean
 
 run: $(VENV)/.installed $(BUN) ## Start the app (local Stripe emulator when no Stripe keys are set)
 	$(PY) -m devtools.run
+
+rotate-keys: $(VENV)/.installed ## Re-encrypt stored Stripe IDs under the first APP_ENCRYPTION_KEYS key
+	$(PY) -m subscription_app.rotate_keys
 
 test: $(VENV)/.installed-dev $(BUN) chromium ## Install test dependencies and run every test
 	$(PY) -m ruff check .
