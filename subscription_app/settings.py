@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     stripe_api_base: str | None = None
     stripe_js_url: str = "https://js.stripe.com/v3/"
 
+    # Reverse proxies whose X-Forwarded-Proto/-For we believe: comma-separated IPs or CIDRs.
+    trusted_proxies: str = ""
     # Lifetime of a login (browser session cookie and API bearer token alike).
     session_ttl_minutes: int = Field(default=60 * 24 * 7, ge=5, le=60 * 24 * 90)
     smtp_url: str | None = None

@@ -8,6 +8,7 @@ from subscription_app import routes
 from subscription_app.api import create_api
 from subscription_app.billing.processor import run_processor
 from subscription_app.pages import auth, checkout, dashboard, landing, plan
+from subscription_app.security import SecurityMiddleware
 from subscription_app.state.auth import AuthState
 from subscription_app.state.billing import CheckoutState, DashboardState
 
@@ -41,7 +42,9 @@ def _on_load(route: str, page) -> list:
 
 def build_app() -> rx.App:
     """Create the Reflex app with the API mounted and all pages registered."""
-    application = rx.App(api_transformer=create_api())
+    # The FastAPI app is mounted first; the security middleware then wraps everything
+    # (pages served by the backend, API, websocket).
+    application = rx.App(api_transformer=[create_api(), SecurityMiddleware])
     # Each backend worker runs a webhook processor; the inbox leases events so they share.
     application.register_lifespan_task(run_processor)
     for route, page, title in PAGES:

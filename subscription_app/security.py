@@ -1,0 +1,144 @@
+"""HTTPS-only and security headers, as one ASGI middleware around the whole backend.
+
+- In production a plain-HTTP request is redirected to HTTPS (GET/HEAD) or refused (any other
+  method, the webhook route included); plain `ws://` connections are refused.
+- The request's scheme is the connection's own, or `X-Forwarded-Proto` when (and only when)
+  the peer is one of TRUSTED_PROXIES.
+- Every response carries CSP (our origin plus Stripe.js), nosniff, a referrer policy and
+  frame-ancestors 'none'; in production over HTTPS also HSTS.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from urllib.parse import urlsplit
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import PlainTextResponse, RedirectResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from subscription_app.settings import Settings, get_settings
+
+HSTS = "max-age=63072000; includeSubDomains"
+
+
+def _origin(url: str | None) -> str | None:
+    if not url:
+        return None
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else None
+
+
+@lru_cache(maxsize=4)
+def content_security_policy(js_url: str, api_base: str | None) -> str:
+    """CSP allowing our own origin and Stripe.js (and the API Stripe.js talks to)."""
+    js_origin = _origin(js_url) or "https://js.stripe.com"
+    api_origin = _origin(api_base) or "https://api.stripe.com"
+    stripe_frames = "https://js.stripe.com https://hooks.stripe.com"
+    return "; ".join(
+        [
+            "default-src 'self'",
+            # Reflex's compiled pages use inline bootstrapping and evaluate scripts it sends.
+            f"script-src 'self' 'unsafe-inline' 'unsafe-eval' {js_origin}",
+            f"connect-src 'self' ws: wss: {api_origin} {js_origin}",
+            f"frame-src {js_origin} {stripe_frames}",
+            f"img-src 'self' data: {js_origin}",
+            "style-src 'self' 'unsafe-inline'",
+            "font-src 'self' data:",
+            "object-src 'none'",
+            "base-uri 'self'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ]
+    )
+
+
+@lru_cache(maxsize=4)
+def _trusted_networks(raw: str) -> tuple:
+    networks = []
+    for part in (p.strip() for p in raw.split(",")):
+        if part:
+            networks.append(ipaddress.ip_network(part, strict=False))
+    return tuple(networks)
+
+
+def is_trusted_proxy(peer: str | None, settings: Settings) -> bool:
+    """True when `peer` (the TCP client address) is a configured trusted proxy."""
+    if not peer:
+        return False
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(address in network for network in _trusted_networks(settings.trusted_proxies))
+
+
+def request_scheme(scope: Scope, settings: Settings) -> str:
+    """The scheme the client used: ours, or the trusted proxy's word for it."""
+    scheme = scope.get("scheme", "http")
+    client = scope.get("client")
+    if is_trusted_proxy(client[0] if client else None, settings):
+        forwarded = Headers(scope=scope).get("x-forwarded-proto")
+        if forwarded:
+            scheme = forwarded.split(",")[0].strip().lower()
+    if scope["type"] == "websocket":
+        return {"ws": "http", "wss": "https"}.get(scheme, scheme)
+    return scheme
+
+
+class SecurityMiddleware:
+    """HTTPS-only in production, and security headers everywhere."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        settings = get_settings()
+        secure = request_scheme(scope, settings) == "https"
+        if settings.is_production and not secure:
+            await self._refuse_plain(scope, receive, send, settings)
+            return
+        if scope["type"] == "websocket":
+            await self.app(scope, receive, send)
+            return
+        extra = [
+            (
+                "content-security-policy",
+                content_security_policy(settings.stripe_js_url, settings.stripe_api_base),
+            ),
+            ("x-content-type-options", "nosniff"),
+            ("referrer-policy", "strict-origin-when-cross-origin"),
+            ("x-frame-options", "DENY"),
+        ]
+        if settings.is_production and secure:
+            extra.append(("strict-transport-security", HSTS))
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in extra:
+                    if name not in headers:
+                        headers.append(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    async def _refuse_plain(self, scope, receive, send, settings: Settings) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["method"] in ("GET", "HEAD"):
+            # Redirect to our configured public origin, never to a client-chosen Host.
+            target = _origin(settings.app_url) + scope.get("path", "/")
+            if scope.get("query_string"):
+                target += "?" + scope["query_string"].decode("latin-1")
+            response = RedirectResponse(target, status_code=308)
+        else:
+            response = PlainTextResponse(
+                "HTTPS is required. Send this request to the https:// address.", status_code=403
+            )
+        await response(scope, receive, send)

@@ -1,0 +1,98 @@
+"""HTTPS-only in production, the trusted-proxy rule, and security headers."""
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import func, select
+from starlette.websockets import WebSocketDisconnect
+
+from subscription_app import crypto
+from subscription_app.api import create_api
+from subscription_app.models import StripeEvent
+from subscription_app.security import SecurityMiddleware
+
+PRODUCTION = {
+    "APP_ENV": "production",
+    "APP_SECRET_KEY": "q" * 20 + "Z7x9Lm2Pk4Rt8Wv1Yb3N",
+    "APP_URL": "https://billing.example.org",
+    "DATABASE_URL": "postgresql://app@db/app",  # the test engine stands in for it
+    "STRIPE_SECRET_KEY": "sk_test_51ProdLikeKey",
+    "STRIPE_PUBLISHABLE_KEY": "pk_test_51ProdLikeKey",
+    "STRIPE_WEBHOOK_SECRET": "whsec_prodlike",
+    "STRIPE_PRICE_ID": "price_123",
+    "TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1",
+}
+
+
+@pytest.fixture
+def production(settings_env, db_engine):
+    settings_env(**PRODUCTION, APP_ENCRYPTION_KEYS=crypto.generate_key())
+    return SecurityMiddleware(create_api())
+
+
+def client(app, *, https=False, peer="203.0.113.9"):
+    base = "https://billing.example.org" if https else "http://billing.example.org"
+    return TestClient(app, base_url=base, client=(peer, 40000), follow_redirects=False)
+
+
+def test_headers_in_development(db_engine):
+    response = TestClient(SecurityMiddleware(create_api())).get("/api/v1/health")
+    assert response.status_code == 200
+    csp = response.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp
+    assert "default-src 'self'" in csp
+    assert "https://js.stripe.com" in csp
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["referrer-policy"] == "strict-origin-when-cross-origin"
+    assert "strict-transport-security" not in response.headers
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_plain_http_reads_are_redirected_to_https(production, method):
+    response = client(production).request(method, "/api/v1/health?x=1")
+    assert response.status_code == 308
+    assert response.headers["location"] == "https://billing.example.org/api/v1/health?x=1"
+
+
+def test_redirect_ignores_a_forged_host_header(production):
+    response = client(production).get("/plan", headers={"Host": "evil.example"})
+    assert response.headers["location"] == "https://billing.example.org/plan"
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/v1/auth/login", "/api/v1/auth/register", "/api/v1/webhooks/stripe"]
+)
+def test_plain_http_writes_are_refused(production, session, path):
+    response = client(production).post(path, json={"email": "a@b.co", "password": "x" * 10})
+    assert response.status_code == 403
+    assert "HTTPS is required" in response.text
+    assert session.exec(select(func.count()).select_from(StripeEvent)).one() == 0
+
+
+def test_https_gets_hsts(production):
+    response = client(production, https=True).get("/api/v1/health")
+    assert response.status_code == 200
+    assert response.headers["strict-transport-security"].startswith("max-age=")
+
+
+def test_forwarded_proto_from_a_trusted_proxy_is_believed(production):
+    response = client(production, peer="10.1.2.3").get(
+        "/api/v1/health", headers={"X-Forwarded-Proto": "https"}
+    )
+    assert response.status_code == 200
+    assert "strict-transport-security" in response.headers
+
+
+def test_forged_forwarded_proto_from_an_untrusted_peer_is_ignored(production):
+    response = client(production, peer="203.0.113.9").get(
+        "/api/v1/health", headers={"X-Forwarded-Proto": "https"}
+    )
+    assert response.status_code == 308
+    forged_post = client(production, peer="203.0.113.9").post(
+        "/api/v1/auth/login", headers={"X-Forwarded-Proto": "https"}, json={}
+    )
+    assert forged_post.status_code == 403
+
+
+def test_plain_websocket_is_refused_in_production(production):
+    with pytest.raises(WebSocketDisconnect), client(production).websocket_connect("/_event"):
+        pass
