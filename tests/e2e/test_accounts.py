@@ -68,3 +68,11 @@ def test_subscribe_leads_a_logged_out_visitor_to_log_in_first(page: Page):
     page.get_by_role("button", name="Subscribe").click()
     expect(page).to_have_url(path_is("/login"))
     assert "next=/checkout" in page.url
+
+
+def test_pages_carry_security_headers(page: Page):
+    response = page.goto("/plan")
+    headers = response.headers
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["referrer-policy"] == "strict-origin-when-cross-origin"
