@@ -85,6 +85,12 @@ class Settings(BaseSettings):
 
     # Reverse proxies whose X-Forwarded-Proto/-For we believe: comma-separated IPs or CIDRs.
     trusted_proxies: str = ""
+    # Rate limits, per window: failed logins per account; login/registration attempts per
+    # client address; registration attempts per email.
+    rate_limit_window_seconds: int = Field(default=600, ge=1)
+    rate_limit_login_failures_per_account: int = Field(default=5, ge=1)
+    rate_limit_attempts_per_address: int = Field(default=300, ge=1)
+    rate_limit_registrations_per_account: int = Field(default=5, ge=1)
     # Lifetime of a login (browser session cookie and API bearer token alike).
     session_ttl_minutes: int = Field(default=60 * 24 * 7, ge=5, le=60 * 24 * 90)
     smtp_url: str | None = None

@@ -113,3 +113,12 @@ def settings_env(monkeypatch):
 
     yield _apply
     get_settings.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rate_limits():
+    """Every test starts with empty rate-limit counters."""
+    from subscription_app import ratelimit
+
+    ratelimit.counter().clear()
+    yield

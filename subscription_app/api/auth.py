@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, status
+from fastapi import APIRouter, Depends, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from subscription_app import accounts
-from subscription_app.api.deps import CurrentUser, SessionDep, get_token
+from subscription_app import accounts, ratelimit
+from subscription_app.api.deps import CurrentUser, SessionDep, client_address, get_token
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -39,9 +39,24 @@ class TokenOut(BaseModel):
     expires_in: int
 
 
+def _too_many(exc: ratelimit.RateLimited) -> HTTPException:
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        detail=exc.message,
+        headers={"Retry-After": str(exc.retry_after)},
+    )
+
+
 @router.post("/register", status_code=status.HTTP_201_CREATED, response_model=UserOut)
-def register(body: Credentials, session: SessionDep) -> UserOut:
-    """Create an account. 409 if the email is taken, 422 if email or password is invalid."""
+def register(body: Credentials, session: SessionDep, request: Request) -> UserOut:
+    """Create an account. 409 if the email is taken, 422 if email or password is invalid.
+
+    429 (with Retry-After) when too many attempts came for this email or from this address.
+    """
+    try:
+        ratelimit.check_register(email=body.email, client_address=client_address(request))
+    except ratelimit.RateLimited as exc:
+        raise _too_many(exc) from exc
     try:
         user = accounts.register_user(session=session, email=body.email, password=body.password)
     except accounts.EmailTaken as exc:
@@ -52,11 +67,21 @@ def register(body: Credentials, session: SessionDep) -> UserOut:
 
 
 @router.post("/login", response_model=TokenOut)
-def login(body: Credentials, session: SessionDep) -> TokenOut:
-    """Exchange email and password for a bearer token (401 on any mismatch)."""
+def login(body: Credentials, session: SessionDep, request: Request) -> TokenOut:
+    """Exchange email and password for a bearer token (401 on any mismatch).
+
+    429 (with Retry-After) after too many failures for the account or attempts from the address.
+    """
+    address = client_address(request)
+    try:
+        ratelimit.check_login(email=body.email, client_address=address)
+    except ratelimit.RateLimited as exc:
+        raise _too_many(exc) from exc
     try:
         user = accounts.authenticate(session=session, email=body.email, password=body.password)
+        ratelimit.record_login(email=body.email, client_address=address, succeeded=True)
     except accounts.InvalidCredentials as exc:
+        ratelimit.record_login(email=body.email, client_address=address, succeeded=False)
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             detail=exc.message,

@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, status
+from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
 from subscription_app import accounts
 from subscription_app.db import session_scope
 from subscription_app.models import User
+from subscription_app.security import is_trusted_proxy
+from subscription_app.settings import get_settings
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -51,3 +53,13 @@ def get_current_user(session: SessionDep, token: Annotated[str, Depends(get_toke
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+def client_address(request: Request) -> str | None:
+    """The client's IP: the connection's, or X-Forwarded-For's when sent by a trusted proxy."""
+    peer = request.client.host if request.client else None
+    if is_trusted_proxy(peer, get_settings()):
+        forwarded = request.headers.get("x-forwarded-for")
+        if forwarded:
+            return forwarded.split(",")[0].strip()
+    return peer

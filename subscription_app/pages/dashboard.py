@@ -90,7 +90,8 @@ def _cancel_section() -> rx.Component:
             rx.el.legend("When should it end?", style={"marginBottom": "0.5rem"}),
             rx.radio_group(
                 [CANCEL_AT_PERIOD_END, CANCEL_NOW],
-                value=DashboardState.cancel_when,
+                # Uncontrolled: the choice shows at once; the state follows via on_change.
+                default_value=CANCEL_AT_PERIOD_END,
                 on_change=DashboardState.set_cancel_when,
                 direction="column",
             ),

@@ -6,7 +6,7 @@ import asyncio
 
 import reflex as rx
 
-from subscription_app import accounts, routes
+from subscription_app import accounts, ratelimit, routes
 from subscription_app.db import session_scope
 from subscription_app.models import User
 from subscription_app.settings import get_settings
@@ -101,13 +101,19 @@ class AuthState(rx.State):
         yield
         email = str(form_data.get("email", ""))
         password = str(form_data.get("password", ""))
+        address = self.router.session.client_ip or None
 
         def _do() -> str | tuple[str, int, str]:
             with session_scope() as session:
                 try:
+                    ratelimit.check_login(email=email, client_address=address)
                     user = accounts.authenticate(session=session, email=email, password=password)
-                except accounts.AccountError as exc:
+                except ratelimit.RateLimited as exc:
                     return exc.message
+                except accounts.AccountError as exc:
+                    ratelimit.record_login(email=email, client_address=address, succeeded=False)
+                    return exc.message
+                ratelimit.record_login(email=email, client_address=address, succeeded=True)
                 return _login_result(user, session)
 
         result = await asyncio.to_thread(_do)
@@ -132,9 +138,12 @@ class AuthState(rx.State):
             self.submitting, self.form_error = False, "The two passwords do not match."
             return
 
+        address = self.router.session.client_ip or None
+
         def _do() -> str | tuple[str, int, str]:
             with session_scope() as session:
                 try:
+                    ratelimit.check_register(email=email, client_address=address)
                     user = accounts.register_user(session=session, email=email, password=password)
                 except accounts.AccountError as exc:
                     return exc.message

@@ -260,6 +260,7 @@ class DashboardState(AuthState):
             return None
         self.result_message = self.action_error = ""
         self.cancel_dialog_open = False
+        self.cancel_when = CANCEL_AT_PERIOD_END  # matches the radio group's default
         try:
             await self._refresh(user_id)
         except service.BillingError as exc:

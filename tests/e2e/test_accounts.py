@@ -1,5 +1,6 @@
 """A person registers, logs out, logs in, and visits the plan and the dashboard."""
 
+import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -76,3 +77,24 @@ def test_pages_carry_security_headers(page: Page):
     assert "frame-ancestors 'none'" in headers["content-security-policy"]
     assert headers["x-content-type-options"] == "nosniff"
     assert headers["referrer-policy"] == "strict-origin-when-cross-origin"
+
+
+def test_repeated_failed_logins_are_rate_limited_with_a_clear_message(page: Page, live_app):
+    email = unique_email("ratelimit")
+    register(page, email)
+    page.get_by_role("button", name="Log out").click()
+    expect(page).to_have_url(path_is("/"))
+    page.goto("/login")
+    log_in(page, email, "wrong-password")
+    expect(page.get_by_role("alert")).to_have_text("Incorrect email or password.")
+    # Someone keeps guessing (through the API, which shares the limits).
+    for _ in range(4):
+        guess = httpx.post(
+            f"{live_app.url}/api/v1/auth/login",
+            json={"email": email, "password": "another-guess"},
+            timeout=30,
+        )
+        assert guess.status_code == 401
+    log_in(page, email)  # the right password, too late
+    expect(page.get_by_role("alert")).to_contain_text("Too many attempts. Please wait")
+    expect(page).to_have_url(path_is("/login"))
