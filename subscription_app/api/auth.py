@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from subscription_app import accounts, ratelimit
+from subscription_app import accounts, ratelimit, session_cookie
 from subscription_app.api.deps import CurrentUser, SessionDep, client_address, get_token
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -103,3 +103,45 @@ def logout(
 def me(user: CurrentUser) -> UserOut:
     """The account behind the token."""
     return UserOut(id=user.id, email=user.email, created_at=user.created_at)
+
+
+class HandoffIn(BaseModel):
+    """A handoff code given to the page after a login in the web app."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    handoff: str = Field(min_length=1, max_length=4096)
+
+
+@router.post("/session", status_code=status.HTTP_204_NO_CONTENT)
+def start_browser_session(body: HandoffIn, session: SessionDep) -> Response:
+    """Exchange a login's handoff code for the HttpOnly session cookie (web app use)."""
+    try:
+        token = session_cookie.redeem_handoff(body.handoff)
+    except session_cookie.InvalidHandoff as exc:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, detail="Invalid or expired login handoff. Log in again."
+        ) from exc
+    if accounts.user_for_token(session=session, token=token) is None:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail="That login has ended.")
+    response = Response(status_code=status.HTTP_204_NO_CONTENT)
+    response.set_cookie(value=token, **session_cookie.cookie_options())
+    return response
+
+
+@router.delete("/session", status_code=status.HTTP_204_NO_CONTENT)
+def end_browser_session(request: Request, session: SessionDep) -> Response:
+    """Log the browser out: revoke the cookie's session and delete the cookie."""
+    token = request.cookies.get(session_cookie.COOKIE_NAME, "")
+    if token:
+        accounts.revoke_token(session=session, token=token)
+    response = Response(status_code=status.HTTP_204_NO_CONTENT)
+    options = session_cookie.cookie_options()
+    response.delete_cookie(
+        options["key"],
+        path=options["path"],
+        secure=options["secure"],
+        httponly=True,
+        samesite="lax",
+    )
+    return response

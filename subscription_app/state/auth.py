@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import reflex as rx
 
-from subscription_app import accounts, ratelimit, routes
+from subscription_app import accounts, ratelimit, routes, session_cookie
 from subscription_app.db import session_scope
 from subscription_app.models import User
-from subscription_app.settings import get_settings
 
-SESSION_COOKIE = "sa_session"
+SESSION_COOKIE = session_cookie.COOKIE_NAME
+
+
+def _fetch_js(method: str, path: str, body: dict | None = None) -> str:
+    """Script for the page: call our API with its cookies; resolves to true when it worked."""
+    options = {"method": method, "credentials": "same-origin"}
+    if body is not None:
+        options["headers"] = {"Content-Type": "application/json"}
+        options["body"] = json.dumps(body)
+    return f"fetch({json.dumps(path)}, {json.dumps(options)}).then(r => r.ok).catch(() => false)"
 
 
 def _lookup_user(token: str) -> tuple[int, str] | None:
@@ -30,15 +39,11 @@ def _login_result(user: User, session) -> tuple[str, int, str]:
 class AuthState(rx.State):
     """Who is logged in. Pages that need a user put `require_login` in their on_load."""
 
-    session_token: str = rx.Cookie(
-        "",
-        name=SESSION_COOKIE,
-        max_age=get_settings().session_ttl_minutes * 60,
-        same_site="lax",
-        secure=get_settings().is_production,
-    )
     user_email: str = ""
-    # Backend-only: never sent to the browser.
+    # Backend-only (never sent to the browser): the session token from this tab's login, and
+    # the user it belongs to. After a reload the token comes from the HttpOnly cookie, which
+    # the browser sends with the websocket handshake.
+    _session_token: str = ""
     _user_id: int | None = None
     auth_checked: bool = False
     form_error: str = ""
@@ -49,12 +54,15 @@ class AuthState(rx.State):
         """True when a valid session was found."""
         return self.user_email != ""
 
+    def _token(self) -> str:
+        return self._session_token or session_cookie.token_from_cookie_header(
+            self.router.headers.cookie
+        )
+
     async def _refresh_user(self) -> None:
-        found = await asyncio.to_thread(_lookup_user, self.session_token)
+        found = await asyncio.to_thread(_lookup_user, self._token())
         if found is None:
-            self._user_id, self.user_email = None, ""
-            if self.session_token:
-                self.session_token = ""  # expired or revoked: forget it
+            self._user_id, self.user_email, self._session_token = None, "", ""
         else:
             self._user_id, self.user_email = found
         self.auth_checked = True
@@ -88,9 +96,21 @@ class AuthState(rx.State):
     def _next_target(self) -> str:
         return routes.safe_next(self.router.url.query_parameters.get("next"))
 
-    def _apply_login(self, result: tuple[str, int, str]) -> None:
-        self.session_token, self._user_id, self.user_email = result
+    def _apply_login(self, result: tuple[str, int, str]):
+        """Remember the login here and have the page store the HttpOnly cookie."""
+        token, self._user_id, self.user_email = result
+        self._session_token = token
         self.auth_checked = True
+        handoff = session_cookie.make_handoff(token)
+        return rx.call_script(
+            _fetch_js("POST", "/api/v1/auth/session", {"handoff": handoff}),
+            callback=AuthState.session_stored,
+        )
+
+    @rx.event
+    def session_stored(self, ok: bool):
+        """The cookie is set (or could not be: the login still works in this tab)."""
+        return rx.redirect(self._next_target())
 
     @rx.event
     async def login(self, form_data: dict):
@@ -121,8 +141,7 @@ class AuthState(rx.State):
         if isinstance(result, str):
             self.form_error = result
             return
-        self._apply_login(result)
-        yield rx.redirect(self._next_target())
+        yield self._apply_login(result)
 
     @rx.event
     async def register(self, form_data: dict):
@@ -154,20 +173,26 @@ class AuthState(rx.State):
         if isinstance(result, str):
             self.form_error = result
             return
-        self._apply_login(result)
-        yield rx.redirect(self._next_target())
+        yield self._apply_login(result)
 
     @rx.event
     async def logout(self):
-        """End the session on the server and in the browser."""
-        token = self.session_token
+        """End the session on the server and in the browser (the cookie is deleted)."""
+        token = self._token()
 
         def _do() -> None:
             with session_scope() as session:
                 accounts.revoke_token(session=session, token=token)
 
         await asyncio.to_thread(_do)
-        self.session_token, self.user_email, self._user_id = "", "", None
+        self._session_token, self.user_email, self._user_id = "", "", None
+        return rx.call_script(
+            _fetch_js("DELETE", "/api/v1/auth/session"), callback=AuthState.logged_out
+        )
+
+    @rx.event
+    def logged_out(self, ok: bool):
+        """After the cookie is gone: back to the landing page."""
         return rx.redirect(routes.LANDING)
 
     @rx.event

@@ -98,3 +98,16 @@ def test_repeated_failed_logins_are_rate_limited_with_a_clear_message(page: Page
     log_in(page, email)  # the right password, too late
     expect(page.get_by_role("alert")).to_contain_text("Too many attempts. Please wait")
     expect(page).to_have_url(path_is("/login"))
+
+
+def test_session_cookie_is_httponly_and_invisible_to_page_scripts(page: Page):
+    register(page, unique_email("cookie"))
+    cookies = {c["name"]: c for c in page.context.cookies()}
+    assert cookies["sa_session"]["httpOnly"] is True
+    assert cookies["sa_session"]["sameSite"] == "Lax"
+    assert "sa_session" not in page.evaluate("document.cookie")
+    page.reload()
+    expect(page.get_by_text("No active subscription")).to_be_visible()
+    page.get_by_role("button", name="Log out").click()
+    expect(page).to_have_url(path_is("/"))
+    assert "sa_session" not in {c["name"] for c in page.context.cookies()}

@@ -1,0 +1,81 @@
+"""The browser session cookie: HttpOnly, SameSite=Lax, Secure in production; handoff rules."""
+
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from subscription_app import accounts, crypto, session_cookie
+from subscription_app.api import create_api
+from subscription_app.security import SecurityMiddleware
+from tests.integration.test_security import PRODUCTION
+
+
+@pytest.fixture
+def login_token(session):
+    user = accounts.register_user(session=session, email="c@example.com", password="s3cret-pass")
+    token = accounts.issue_token(session=session, user=user).token
+    session.commit()
+    return token
+
+
+def set_cookie_header(response) -> str:
+    return response.headers["set-cookie"]
+
+
+def test_handoff_sets_an_httponly_lax_cookie_once(db_engine, login_token):
+    api = TestClient(create_api())
+    handoff = session_cookie.make_handoff(login_token)
+    assert login_token not in handoff  # page scripts only ever see the sealed code
+    response = api.post("/api/v1/auth/session", json={"handoff": handoff})
+    assert response.status_code == 204
+    header = set_cookie_header(response).lower()
+    assert header.startswith("sa_session=")
+    assert "httponly" in header and "samesite=lax" in header and "path=/" in header
+    assert "secure" not in header  # development over http
+    replay = api.post("/api/v1/auth/session", json={"handoff": handoff})
+    assert replay.status_code == 400
+
+
+def test_cookie_is_secure_in_production(settings_env, db_engine, session):
+    settings_env(**PRODUCTION, APP_ENCRYPTION_KEYS=crypto.generate_key())
+    user = accounts.register_user(session=session, email="p@example.com", password="s3cret-pass")
+    handoff = session_cookie.make_handoff(accounts.issue_token(session=session, user=user).token)
+    session.commit()
+    api = TestClient(SecurityMiddleware(create_api()), base_url="https://billing.example.org")
+    response = api.post("/api/v1/auth/session", json={"handoff": handoff})
+    assert response.status_code == 204
+    header = set_cookie_header(response).lower()
+    assert "secure" in header and "httponly" in header and "samesite=lax" in header
+
+
+@pytest.mark.parametrize("case", ["garbage", "tampered", "expired", "revoked"])
+def test_bad_handoffs_are_refused(db_engine, session, login_token, monkeypatch, case):
+    api = TestClient(create_api())
+    if case == "garbage":
+        handoff = "not-a-code"
+    elif case == "tampered":
+        good = session_cookie.make_handoff(login_token)
+        handoff = good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB")
+    elif case == "expired":
+        monkeypatch.setattr(session_cookie.time, "time", lambda: time.monotonic() - 10**9)
+        handoff = session_cookie.make_handoff(login_token)
+        monkeypatch.undo()
+    else:
+        accounts.revoke_token(session=session, token=login_token)
+        session.commit()
+        handoff = session_cookie.make_handoff(login_token)
+    response = api.post("/api/v1/auth/session", json={"handoff": handoff})
+    assert response.status_code == 400
+    assert "set-cookie" not in response.headers
+
+
+def test_delete_revokes_the_session_and_clears_the_cookie(db_engine, session, login_token):
+    api = TestClient(create_api())
+    api.cookies.set("sa_session", login_token)
+    response = api.delete("/api/v1/auth/session")
+    assert response.status_code == 204
+    assert 'sa_session=""' in set_cookie_header(response) or "Max-Age=0" in set_cookie_header(
+        response
+    )
+    assert accounts.user_for_token(session=session, token=login_token) is None
