@@ -61,11 +61,15 @@ $(BUN):
 	$(BUN) --version
 
 # Playwright cannot download its browsers here; Debian's Chromium works (see README).
+# nginx runs the reverse-proxy test of deploy/nginx.conf.template.
 chromium:
-	@if [ -x "$(CHROMIUM)" ]; then exit 0; fi; \
-	echo "Installing Chromium for the end-to-end tests (Debian package)"; \
+	@missing=""; \
+	[ -x "$(CHROMIUM)" ] || missing="$$missing chromium"; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	echo "Installing for the end-to-end tests (Debian packages):$$missing"; \
 	if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
-	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null
+	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing >/dev/null
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .web .states reflex.lock

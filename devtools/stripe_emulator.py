@@ -28,10 +28,13 @@ What is added on top of localstripe 1.15.10:
 * magic test tokens / payment methods (``tok_visa``, ``pm_card_chargeDeclined``...),
   ``payment_methods.create(card={"token": ...})``,
   ``GET /v1/customers/{id}/payment_methods``;
-* Stripe-shaped errors (``card_error`` for 402, ``resource_missing`` for 404).
+* Stripe-shaped errors (``card_error`` for 402, ``resource_missing`` for 404);
+* renewals, like a Stripe test clock reaching the end of a period:
+  ``POST /_config/subscriptions/{id}/renew`` (see :func:`renew_subscription`).
 
-The helpers :func:`start_in_background`, :func:`register_webhook` and
-:func:`reset` drive an emulator from tests and dev scripts.
+The helpers :func:`start_in_background`, :func:`register_webhook`,
+:func:`renew_subscription` and :func:`reset` drive an emulator from tests and
+dev scripts.
 """
 
 from __future__ import annotations
@@ -50,14 +53,17 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import warnings
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
 import httpx
 from aiohttp import web
+from dateutil.relativedelta import relativedelta
 from localstripe import errors as ls_errors
 from localstripe import resources as ls
 
@@ -74,6 +80,7 @@ __all__ = [
     "install",
     "main",
     "register_webhook",
+    "renew_subscription",
     "reset",
     "start_in_background",
 ]
@@ -884,6 +891,9 @@ class _Flags:
     # Set while Subscription.__init__ runs (it pays the first invoice inline).
     creating_subscription = False
     defer_first_payment = False
+    # Set while a renewal pays its invoice: the renewal reports the status
+    # change itself, in one customer.subscription.updated event.
+    renewing = False
 
 
 _orig_sub_create = ls.Subscription._api_create.__func__
@@ -1116,13 +1126,155 @@ def _subscription_initial_success(self, invoice):
         if pi.payment_method:
             self.default_payment_method = pi.payment_method
             _attach(ls.PaymentMethod._api_retrieve(pi.payment_method), self.customer)
-    if not _Flags.creating_subscription and previous_status != self.status:
+    if not _Flags.creating_subscription and not _Flags.renewing and previous_status != self.status:
         _schedule_event("customer.subscription.updated", self, {"status": previous_status})
 
 
 def _invoice_payment_success(self):
+    # The event snapshots the invoice now, so set what localstripe only sets
+    # afterwards: an invoice.paid payload must say when it was paid.
+    self.status_transitions["paid_at"] = int(time.time())
     _schedule_event("invoice.paid", self)
     _orig_invoice_success(self)
+
+
+# --------------------------------------------------------------------------
+# Renewals (what a Stripe test clock does at the end of a period)
+# --------------------------------------------------------------------------
+
+_INTERVALS = {
+    "day": lambda n: relativedelta(days=n),
+    "week": lambda n: relativedelta(weeks=n),
+    "month": lambda n: relativedelta(months=n),
+    "year": lambda n: relativedelta(years=n),
+}
+_RENEWABLE = ("active", "past_due")
+
+
+def _period_bound(anchor: int, plan: ls.Plan, periods: int) -> int:
+    step = _INTERVALS[plan.interval](periods * (plan.interval_count or 1))
+    return int((datetime.fromtimestamp(anchor, tz=UTC) + step).timestamp())
+
+
+_orig_item_current_period = ls.SubscriptionItem._current_period
+
+
+def _item_current_period(self):
+    # localstripe derives the one and only period from start_date. Renewals
+    # count periods instead, always from start_date like Stripe's billing
+    # cycle anchor (so Jan 31 renews on Feb 28 and then on Mar 31, no drift).
+    sub = ls.store.get("subscription:" + self._subscription) if self._subscription else None
+    if sub is None or not sub._renewals:
+        return _orig_item_current_period(self)
+    return {
+        "start": _period_bound(sub.start_date, self.plan, sub._renewals),
+        "end": _period_bound(sub.start_date, self.plan, sub._renewals + 1),
+    }
+
+
+def _renewal_payment_method(sub: ls.Subscription) -> str | None:
+    if sub.default_payment_method:
+        pm = ls.store.get("payment_method:" + sub.default_payment_method)
+        # A detached card cannot be charged; Stripe falls back to the customer's.
+        if pm is not None and pm.customer == sub.customer:
+            return pm.id
+    customer = ls.Customer._api_retrieve(sub.customer)
+    default = customer._get_default_payment_method_or_source()
+    return default.id if default is not None else None
+
+
+def _end_at_period_end(sub: ls.Subscription, period_end: int) -> ls.Subscription:
+    # canceled_at keeps the time the cancellation was asked for, as on Stripe.
+    sub.status = "canceled"
+    sub.ended_at = min(sub.cancel_at or period_end, period_end)
+    _schedule_event("customer.subscription.deleted", sub)
+    return sub
+
+
+def _renew(id: str) -> ls.Subscription:
+    """Move subscription ``id`` into its next period and try to charge it.
+
+    What Stripe does when a test clock passes ``current_period_end``: the
+    subscription starts a new period; a scheduled cancellation ends it instead.
+    Otherwise a ``subscription_cycle`` invoice for the new period is finalized
+    and charged off-session to the subscription's default payment method (else
+    the customer's invoice default). Paid: the subscription is ``active``.
+    Declined, no payment method or authentication required: the invoice stays
+    ``open`` with its PaymentIntent and the subscription becomes ``past_due``.
+    """
+    sub = ls.Subscription._api_retrieve(id)
+    if sub.status not in _RENEWABLE:
+        raise _invalid(
+            f"This subscription is {sub.status}; only active or past_due "
+            "subscriptions can be renewed.",
+            "id",
+        )
+    before = sub._export()
+    old_start, old_end = sub.current_period_start, sub.current_period_end
+    if sub.cancel_at_period_end or (sub.cancel_at is not None and sub.cancel_at <= old_end):
+        return _end_at_period_end(sub, old_end)
+
+    # Everything that can fail runs before the subscription changes.
+    pm_id = _renewal_payment_method(sub)
+    sub._renewals += 1
+    invoice = ls.Invoice(
+        customer=sub.customer,
+        subscription=sub.id,
+        items=list(sub.items._list),
+        tax_percent=sub.tax_percent,
+        default_tax_rates=[tr.id for tr in (sub.default_tax_rates or [])] or None,
+        date=sub.current_period_start,
+    )
+    invoice.billing_reason = "subscription_cycle"
+    # Stripe: an invoice's own period looks back one period; its lines
+    # cover the new one (which they already do).
+    invoice.period_start, invoice.period_end = old_start, old_end
+    invoice._finalize()
+    _schedule_event("invoice.finalized", invoice)
+
+    _Flags.renewing = True
+    try:
+        if invoice.status == "paid":  # nothing to charge (zero amount)
+            invoice._on_payment_success()
+        else:
+            pi = ls.PaymentIntent(
+                amount=invoice.total,
+                currency=invoice.currency,
+                customer=sub.customer,
+                payment_method=pm_id,
+            )
+            pi.invoice = invoice.id
+            invoice.payment_intent = pi.id
+            if pm_id is not None:
+                # A decline must not raise here: it is reported below, as
+                # webhooks, the way an off-session charge is.
+                pi._confirm(on_failure_now=lambda: None)
+            if pi.status == "requires_payment_method":
+                if pi.latest_charge is not None:
+                    _schedule_event("payment_intent.payment_failed", pi)
+                _schedule_event("invoice.payment_failed", invoice)
+                sub.status = "past_due"
+            elif pi.status == "requires_action":
+                _schedule_event("invoice.payment_action_required", invoice)
+                _schedule_event("invoice.payment_failed", invoice)
+                sub.status = "past_due"
+            # succeeded: _invoice_payment_success has run (status "active").
+            # processing (SEPA): localstripe settles it about 0.5 s later.
+    finally:
+        _Flags.renewing = False
+
+    changes = _changed_fields(before, sub._export())
+    if changes:
+        _schedule_event("customer.subscription.updated", sub, changes)
+    return sub
+
+
+@_route("POST", "/_config/subscriptions/{id}/renew")
+async def _renew_route(request: web.Request, id: str) -> web.Response:
+    data = await _request_data(request)
+    expand = data.pop("expand", None)
+    _reject_unknown(data, set())
+    return _json(_renew(id), expand)
 
 
 # --------------------------------------------------------------------------
@@ -1311,9 +1463,12 @@ def install(
     ls.Subscription.default_payment_method = None
     ls.Subscription.description = None
     ls.Subscription.pending_setup_intent = None
+    # A class default, so subscriptions from older state files load as-is.
+    ls.Subscription._renewals = 0
     ls.SubscriptionItem.price = property(_item_price)
     ls.SubscriptionItem.current_period_start = property(_item_period_start)
     ls.SubscriptionItem.current_period_end = property(_item_period_end)
+    ls.SubscriptionItem._current_period = _item_current_period
 
     ls.Invoice._api_pay_invoice = classmethod(_pay_invoice)
     ls.Invoice._on_payment_success = _invoice_payment_success
@@ -1544,6 +1699,35 @@ def register_webhook(
         f"{api_base.rstrip('/')}/_config/webhooks/{endpoint_id}", data=form, timeout=10
     )
     response.raise_for_status()
+
+
+def renew_subscription(api_base: str, subscription_id: str) -> dict:
+    """Renew a subscription now, as a Stripe test clock would at its period end.
+
+    ``POST /_config/subscriptions/{id}/renew``: the subscription starts its
+    next period and a ``subscription_cycle`` invoice is charged to its default
+    payment method (else the customer's invoice default). A declined card
+    leaves the invoice ``open`` and the subscription ``past_due``; a subscription
+    set to cancel at period end is canceled instead. The usual webhooks follow
+    about a second later. Returns the subscription (as ``GET
+    /v1/subscriptions/{id}`` would).
+
+    Raises ``httpx.HTTPStatusError`` carrying the emulator's error message: 404
+    for an unknown subscription, 400 for one that is not active or past_due.
+    """
+    path = urllib.parse.quote(subscription_id, safe="")
+    response = httpx.post(f"{api_base.rstrip('/')}/_config/subscriptions/{path}/renew", timeout=10)
+    if response.is_error:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text
+        raise httpx.HTTPStatusError(
+            f"renewing {subscription_id} failed ({response.status_code}): {message}",
+            request=response.request,
+            response=response,
+        )
+    return response.json()
 
 
 def reset(api_base: str) -> None:

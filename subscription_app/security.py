@@ -99,6 +99,18 @@ class SecurityMiddleware:
             return
         settings = get_settings()
         secure = request_scheme(scope, settings) == "https"
+        client = scope.get("client")
+        if is_trusted_proxy(client[0] if client else None, settings):
+            # Like uvicorn's proxy-headers middleware: the app sees the client's scheme and
+            # address, so the URLs it builds (redirects) are https and limits hit the client.
+            scope = dict(scope)
+            if scope["type"] == "websocket":
+                scope["scheme"] = "wss" if secure else "ws"
+            else:
+                scope["scheme"] = "https" if secure else "http"
+            forwarded_for = Headers(scope=scope).get("x-forwarded-for")
+            if forwarded_for:
+                scope["client"] = (forwarded_for.split(",")[0].strip(), 0)
         if settings.is_production and not secure:
             await self._refuse_plain(scope, receive, send, settings)
             return

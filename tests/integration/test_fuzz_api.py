@@ -38,9 +38,7 @@ header_text = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_si
 headers = st.fixed_dictionaries(
     {},
     optional={
-        "Authorization": st.one_of(
-            st.just("VALID"), header_text.map(lambda t: f"Bearer {t}")
-        ),
+        "Authorization": st.one_of(st.just("VALID"), header_text.map(lambda t: f"Bearer {t}")),
         "Stripe-Signature": header_text,
         "Content-Type": st.sampled_from(["application/json", "text/plain", "x/y"]),
     },

@@ -7,6 +7,7 @@ matter. A second, short-lived emulator checks start/stop/reset.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import queue
@@ -14,7 +15,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -23,6 +24,7 @@ import stripe
 from devtools.stripe_emulator import (
     EmulatorProcess,
     register_webhook,
+    renew_subscription,
     reset,
     start_in_background,
 )
@@ -30,6 +32,7 @@ from devtools.stripe_emulator import (
 CARD_OK = "4242424242424242"
 CARD_DECLINED_ON_ATTACH = "4000000000000002"
 CARD_DECLINED_ON_CHARGE = "4000000000000341"
+MONTH_SECONDS = (28 * 86400, 31 * 86400)
 
 
 def _free_port() -> int:
@@ -450,6 +453,202 @@ def test_registered_webhook_receives_signed_events(client, emulator):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def _webhook_receiver(emulator: EmulatorProcess, events: list[str]) -> Iterator[Callable]:
+    """Register a local endpoint for `events`; yields `wait(predicate)` -> verified event.
+
+    Endpoints registered by earlier tests stay registered with the module's
+    emulator, so the receiver may get other deliveries (possibly signed with
+    another secret): only events that verify with our secret are considered.
+    """
+    received: queue.Queue = queue.Queue()
+    handler = type("Sink", (_WebhookSink,), {"received": received})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    secret = "whsec_test_" + uuid.uuid4().hex
+    register_webhook(
+        emulator.url,
+        f"http://127.0.0.1:{server.server_address[1]}/stripe/webhook",
+        secret,
+        endpoint_id=_unique("renewal"),
+        events=events,
+    )
+    seen: list[stripe.Event] = []
+
+    def wait(predicate: Callable[[stripe.Event], bool], timeout: float = 10) -> stripe.Event:
+        # Events arrive about a second after they happen, in no guaranteed order.
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in seen:
+                if predicate(event):
+                    return event
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no matching event among {[e.type for e in seen]}"
+            try:
+                body, signature = received.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            with contextlib.suppress(stripe.SignatureVerificationError):
+                seen.append(stripe.Webhook.construct_event(body, signature, secret))
+
+    try:
+        yield wait
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _subscribed(client: stripe.StripeClient, amount: int = 1200):
+    price = _price(client, amount)
+    customer = client.v1.customers.create({"email": f"{_unique('u')}@example.com"})
+    pm = client.v1.payment_methods.create({"type": "card", "card": {"token": "tok_visa"}})
+    client.v1.payment_methods.attach(pm.id, {"customer": customer.id})
+    sub = client.v1.subscriptions.create(
+        {"customer": customer.id, "items": [{"price": price.id}], "default_payment_method": pm.id}
+    )
+    assert sub.status == "active"
+    return customer, sub
+
+
+def _period(sub) -> tuple[int, int]:
+    item = sub["items"]["data"][0]
+    return item["current_period_start"], item["current_period_end"]
+
+
+def test_renewal_with_a_card_that_fails_later_makes_the_subscription_past_due(client, emulator):
+    customer, sub = _subscribed(client, 1200)
+    first_invoice = sub.latest_invoice
+    old_start, old_end = _period(sub)
+
+    # The card attaches fine; every charge to it is declined.
+    failing = client.v1.payment_methods.create(
+        {"type": "card", "card": {"token": "tok_chargeCustomerFail"}}
+    )
+    client.v1.payment_methods.attach(failing.id, {"customer": customer.id})
+    client.v1.customers.update(
+        customer.id, {"invoice_settings": {"default_payment_method": failing.id}}
+    )
+    client.v1.subscriptions.update(sub.id, {"default_payment_method": failing.id})
+
+    with _webhook_receiver(
+        emulator, ["invoice.payment_failed", "customer.subscription.updated"]
+    ) as wait:
+        renewed = renew_subscription(emulator.url, sub.id)
+
+        assert renewed["id"] == sub.id
+        assert renewed["object"] == "subscription"
+        assert renewed["status"] == "past_due"
+        start, end = _period(renewed)
+        assert start == old_end
+        assert MONTH_SECONDS[0] <= end - start <= MONTH_SECONDS[1]
+        assert (renewed["current_period_start"], renewed["current_period_end"]) == (start, end)
+
+        fetched = client.v1.subscriptions.retrieve(sub.id, {"expand": ["latest_invoice"]})
+        assert fetched.status == "past_due"
+        invoice = fetched.latest_invoice
+        assert invoice.id not in (first_invoice, None)
+        assert invoice.status == "open"
+        assert invoice.billing_reason == "subscription_cycle"
+        assert invoice.amount_due == 1200
+        assert invoice.amount_paid == 0
+        assert invoice.parent.subscription_details.subscription == sub.id
+        assert invoice.subscription == sub.id
+        assert (invoice.period_start, invoice.period_end) == (old_start, old_end)
+        assert (invoice.lines.data[0].period.start, invoice.lines.data[0].period.end) == (
+            start,
+            end,
+        )
+        pi = client.v1.payment_intents.retrieve(invoice.payments.data[0].payment.payment_intent)
+        assert pi.status == "requires_payment_method"
+        assert pi.payment_method == failing.id
+        assert pi.last_payment_error.code == "card_declined"
+
+        failed = wait(
+            lambda e: e.type == "invoice.payment_failed" and e.data.object.id == invoice.id
+        )
+        # What the app reads to find the subscription, in both API shapes.
+        assert failed.data.object.parent.subscription_details.subscription == sub.id
+        assert failed.data.object.subscription == sub.id
+        assert failed.data.object.status == "open"
+        assert failed.created > 0
+        updated = wait(
+            lambda e: (
+                e.type == "customer.subscription.updated"
+                and e.data.object.id == sub.id
+                and e.data.object.status == "past_due"
+            )
+        )
+        assert updated.data.previous_attributes.status == "active"
+        assert updated.data.object["items"].data[0].current_period_end == end
+        assert updated.created > 0
+
+
+def test_renewal_with_a_good_card_stays_active_and_advances_the_period(client, emulator):
+    _, sub = _subscribed(client, 900)
+    _, old_end = _period(sub)
+
+    renewed = renew_subscription(emulator.url, sub.id)
+    assert renewed["status"] == "active"
+    start, end = _period(renewed)
+    assert start == old_end
+    assert MONTH_SECONDS[0] <= end - start <= MONTH_SECONDS[1]
+    invoice = client.v1.invoices.retrieve(renewed["latest_invoice"])
+    assert invoice.id != sub.latest_invoice
+    assert invoice.status == "paid"
+    assert invoice.amount_paid == 900
+    assert invoice.billing_reason == "subscription_cycle"
+    assert invoice.status_transitions.paid_at is not None
+
+    # Periods keep counting from the start: the next one follows on.
+    again = renew_subscription(emulator.url, sub.id)
+    assert _period(again)[0] == end
+    assert client.v1.subscriptions.retrieve(sub.id).status == "active"
+
+
+def test_renewal_of_past_due_with_a_good_card_again_is_active(client, emulator):
+    customer, sub = _subscribed(client)
+    good = sub.default_payment_method
+    failing = client.v1.payment_methods.create(
+        {"type": "card", "card": {"token": "tok_chargeCustomerFail"}}
+    )
+    client.v1.payment_methods.attach(failing.id, {"customer": customer.id})
+    client.v1.subscriptions.update(sub.id, {"default_payment_method": failing.id})
+    assert renew_subscription(emulator.url, sub.id)["status"] == "past_due"
+
+    client.v1.subscriptions.update(sub.id, {"default_payment_method": good})
+    renewed = renew_subscription(emulator.url, sub.id)
+    assert renewed["status"] == "active"
+    assert client.v1.invoices.retrieve(renewed["latest_invoice"]).status == "paid"
+
+
+def test_renewal_ends_a_subscription_set_to_cancel_at_period_end(client, emulator):
+    _, sub = _subscribed(client)
+    _, period_end = _period(sub)
+    client.v1.subscriptions.update(sub.id, {"cancel_at_period_end": True})
+
+    ended = renew_subscription(emulator.url, sub.id)
+    assert ended["status"] == "canceled"
+    assert ended["ended_at"] == period_end
+    assert ended["latest_invoice"] == sub.latest_invoice  # nothing more was billed
+
+
+def test_renewal_errors_are_stripe_shaped(client, emulator):
+    with pytest.raises(httpx.HTTPStatusError) as missing:
+        renew_subscription(emulator.url, "sub_doesnotexist")
+    assert missing.value.response.status_code == 404
+    error = missing.value.response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["code"] == "resource_missing"
+
+    _, sub = _subscribed(client)
+    client.v1.subscriptions.cancel(sub.id)
+    with pytest.raises(httpx.HTTPStatusError) as canceled:
+        renew_subscription(emulator.url, sub.id)
+    assert canceled.value.response.status_code == 400
+    assert "canceled" in canceled.value.response.json()["error"]["message"]
 
 
 def test_background_emulator_reset_and_clean_stop():

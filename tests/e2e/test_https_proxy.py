@@ -1,0 +1,156 @@
+"""A subscribe in Chromium over HTTPS through the reverse proxy shipped in deploy/."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from string import Template
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from playwright.sync_api import BrowserType, expect
+
+from devtools.liveapp import ROOT, free_port, start_live_app
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.helpers import fill_card, path_is, register, unique_email
+
+pytestmark = pytest.mark.e2e
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, made with `cryptography`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "tls.crt", directory / "tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture(scope="module")
+def https_proxy(tmp_path_factory):
+    """nginx from deploy/nginx.conf.template in front of an app that trusts it."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        pytest.fail("nginx is not installed; `make test` installs it (Debian package nginx)")
+    workdir = tmp_path_factory.mktemp("nginx")
+    cert, key = self_signed_certificate(workdir)
+    http_port, https_port = free_port(), free_port()
+    public_url = f"https://127.0.0.1:{https_port}"
+    # Reflex's page assumes HTTPS is on port 443 unless told the public backend URL; this app
+    # gets its own build (REFLEX_WEB_WORKDIR) so the shared e2e app is not disturbed.
+    live_app = start_live_app(
+        tmp_path_factory.mktemp("proxied_app"),
+        APP_URL=public_url,
+        TRUSTED_PROXIES="127.0.0.1",
+        REFLEX_API_URL=public_url,
+        REFLEX_WEB_WORKDIR=str(workdir / "web"),
+    )
+    template = Template((ROOT / "deploy" / "nginx.conf.template").read_text())
+    config = template.safe_substitute(
+        SERVER_NAME="127.0.0.1",
+        HTTP_PORT=http_port,
+        HTTPS_PORT=https_port,
+        APP_UPSTREAM=live_app.url.removeprefix("http://"),
+        TLS_CERT=cert,
+        TLS_KEY=key,
+    )
+    (workdir / "nginx.conf").write_text(config)
+    (workdir / "logs").mkdir()
+    proc = subprocess.Popen(
+        [
+            nginx,
+            "-p",
+            str(workdir),
+            "-c",
+            str(workdir / "nginx.conf"),
+            "-g",
+            f"daemon off; pid {workdir}/nginx.pid; error_log {workdir}/error.log;",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = public_url
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"nginx exited: {proc.stderr.read().decode()}")
+        try:
+            if httpx.get(f"{url}/api/v1/health", verify=str(cert), timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("nginx did not answer in time")
+        time.sleep(0.2)  # polling interval while nginx starts
+    yield {"https": url, "http": f"http://127.0.0.1:{http_port}"}
+    proc.terminate()
+    proc.wait(timeout=10)
+    live_app.stop()
+
+
+def test_plain_http_is_sent_to_https(https_proxy):
+    response = httpx.get(f"{https_proxy['http']}/plan?x=1", follow_redirects=False)
+    assert response.status_code == 301
+    assert response.headers["location"] == f"{https_proxy['https']}/plan?x=1"
+
+
+def test_subscribe_over_https_through_the_proxy(https_proxy, browser_type: BrowserType):
+    # The local emulator serves its Stripe.js over plain HTTP; Stripe's own is HTTPS. Only
+    # this test browser may load that one insecure script into the HTTPS page.
+    browser = browser_type.launch(
+        executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, "--allow-running-insecure-content"]
+    )
+    context = browser.new_context(ignore_https_errors=True, base_url=https_proxy["https"])
+    page = context.new_page()
+    websockets = []
+    page.on("websocket", lambda ws: websockets.append(ws.url))
+    try:
+        register(page, unique_email("https"))
+        page.goto("/plan")
+        page.get_by_role("button", name="Subscribe").click()
+        expect(page).to_have_url(path_is("/checkout"))
+        expect(page.get_by_role("button", name="Subscribe")).to_be_enabled(timeout=15_000)
+        fill_card(page, "4242424242424242")
+        page.get_by_role("button", name="Subscribe").click()
+        expect(page.get_by_role("status")).to_contain_text("You're subscribed!", timeout=20_000)
+        page.goto("/dashboard")
+        expect(page.get_by_text("Active", exact=True)).to_be_visible()
+        assert page.url.startswith("https://")
+        assert websockets and all(url.startswith("wss://") for url in websockets)
+        cookie = next(c for c in context.cookies() if c["name"] == "sa_session")
+        assert cookie["httpOnly"] is True
+    finally:
+        context.close()
+        browser.close()
