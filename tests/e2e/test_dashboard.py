@@ -8,6 +8,7 @@ import pytest
 import stripe
 from playwright.sync_api import Page, expect
 
+from devtools.stripe_emulator import renew_subscription
 from tests.e2e.helpers import (
     path_is,
     register,
@@ -122,3 +123,32 @@ def test_open_dashboard_follows_a_change_made_at_stripe_without_reload(page: Pag
     expect(page.get_by_text("No active subscription")).to_be_visible(timeout=15_000)
     assert navigations == []  # no reload, no navigation
     expect(page).to_have_url(path_is("/dashboard"))
+
+
+def test_a_card_that_fails_at_renewal_shows_the_past_due_warning_live(page: Page, live_app):
+    email = unique_email("past-due")
+    register(page, email)
+    subscribe_with_card(page)
+    page.goto("/dashboard")
+    expect(page.get_by_text("Active", exact=True)).to_be_visible()
+
+    # The customer's card is replaced by one whose charges fail (4000 0000 0000 0341),
+    # then the billing period ends: Stripe's renewal charge fails.
+    client = stripe_client(live_app)
+    [subscription] = stripe_subscriptions_for(live_app, email)
+    failing = client.v1.payment_methods.create(
+        params={"type": "card", "card": {"token": "tok_chargeCustomerFail"}}
+    )
+    client.v1.payment_methods.attach(failing.id, params={"customer": subscription.customer})
+    client.v1.customers.update(
+        subscription.customer,
+        params={"invoice_settings": {"default_payment_method": failing.id}},
+    )
+    client.v1.subscriptions.update(subscription.id, params={"default_payment_method": failing.id})
+    renewed = renew_subscription(live_app.stripe_api_base, subscription.id)
+    assert renewed["status"] == "past_due"
+
+    # Only the signed webhooks tell the app; the open page updates without a reload.
+    warning = page.get_by_role("alert").filter(has_text="Your last payment failed")
+    expect(warning).to_have_text("Your last payment failed; Stripe will retry.", timeout=15_000)
+    expect(page.get_by_text("Past due", exact=True)).to_be_visible()
