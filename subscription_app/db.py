@@ -27,6 +27,8 @@ def make_engine(url: str) -> Engine:
             # are off by default in SQLite.
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
+            # Safe with WAL (no corruption; survives app crashes), one fsync less per commit.
+            cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
