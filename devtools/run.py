@@ -75,12 +75,19 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def _stop_on_sigterm(signum, frame) -> None:
+    # `kill` (SIGTERM) must clean up like Ctrl-C, or the emulator would outlive us.
+    raise KeyboardInterrupt
+
+
 def main() -> None:
-    """Start the emulator (if needed) and the app; block until Ctrl-C."""
+    """Start the emulator (if needed) and the app; block until Ctrl-C (or SIGTERM)."""
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     os.chdir(ROOT)
     # `.env` values are the user's; environment variables win over both files.
     for key, value in _read_env_file(ROOT / ".env").items():
-        os.environ.setdefault(key, value)
+        if value and not os.environ.get(key):  # an empty `KEY=` means "not set"
+            os.environ[key] = value
     os.environ.setdefault("APP_URL", f"http://localhost:{APP_PORT}")
 
     local_stripe = not os.environ.get("STRIPE_SECRET_KEY")
@@ -89,7 +96,8 @@ def main() -> None:
             # The emulator's webhook secret is ours to choose; with real Stripe it is not.
             if key == "STRIPE_WEBHOOK_SECRET" and not local_stripe:
                 continue
-            os.environ.setdefault(key, value)
+            if not os.environ.get(key):
+                os.environ[key] = value
 
     started: list = []
     emulator = None
@@ -165,7 +173,7 @@ def main() -> None:
         code = reflex.wait()
         sys.exit(code)
     except KeyboardInterrupt:
-        print("\nStopping...")
+        print("\nStopping...", flush=True)
     finally:
         for proc in reversed(started):
             if isinstance(proc, subprocess.Popen):
