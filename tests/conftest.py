@@ -93,7 +93,9 @@ def session(db_engine):
     """A database session on the migrated test database."""
     from sqlmodel import Session
 
-    with Session(db_engine, expire_on_commit=False) as s:
+    # Expire on commit/rollback, so a read after `session.rollback()` sees what other
+    # connections (the app under test) committed.
+    with Session(db_engine) as s:
         yield s
         s.rollback()
 

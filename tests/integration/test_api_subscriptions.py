@@ -34,6 +34,7 @@ def subscribe(api, headers, payment_method_id):
 
 
 def count(session, model) -> int:
+    session.rollback()  # a fresh snapshot of what the app committed
     return session.exec(select(func.count()).select_from(model)).one()
 
 

@@ -49,6 +49,7 @@ def test_full_subscribe_and_cancel_leaves_no_stripe_id_in_clear(
     headers = auth_headers(api, "secret@example.com")
     pm = make_payment_method()
     assert subscribe(api, headers, pm).status_code == 200
+    session.rollback()
     row = session.exec(sa.select(Subscription)).scalars().one()
     sub_id = crypto.decrypt(row.stripe_subscription_id_enc)
     cus_id = crypto.decrypt(row.stripe_customer_id_enc)
@@ -107,7 +108,7 @@ def test_rotation_rekeys_every_row_and_lookups_still_work(
 
     settings_env(APP_ENCRYPTION_KEYS=new_key)  # old key gone: everything must still decrypt
     new_id = crypto.key_id(base64.urlsafe_b64decode(new_key))
-    session.expire_all()
+    session.rollback()  # end the read snapshot: see what other connections committed
     for model, columns in [
         (BillingCustomer, ["stripe_customer_id_enc"]),
         (Subscription, ["stripe_customer_id_enc", "stripe_subscription_id_enc"]),

@@ -65,6 +65,7 @@ def test_plain_http_writes_are_refused(production, session, path):
     response = client(production).post(path, json={"email": "a@b.co", "password": "x" * 10})
     assert response.status_code == 403
     assert "HTTPS is required" in response.text
+    session.rollback()  # a fresh snapshot
     assert session.exec(select(func.count()).select_from(StripeEvent)).one() == 0
 
 

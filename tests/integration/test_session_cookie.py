@@ -78,4 +78,5 @@ def test_delete_revokes_the_session_and_clears_the_cookie(db_engine, session, lo
     assert 'sa_session=""' in set_cookie_header(response) or "Max-Age=0" in set_cookie_header(
         response
     )
+    session.rollback()
     assert accounts.user_for_token(session=session, token=login_token) is None

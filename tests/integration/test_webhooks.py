@@ -97,12 +97,12 @@ def seed_user(
 
 
 def events(session: Session) -> list[StripeEvent]:
-    session.expire_all()
+    session.rollback()  # a fresh snapshot of what others committed
     return list(session.exec(select(StripeEvent).order_by(StripeEvent.id)).all())
 
 
 def status_of(session: Session, user_id: int) -> str:
-    session.expire_all()
+    session.rollback()  # a fresh snapshot of what others committed
     return repository.current_subscription(session, user_id).status
 
 
@@ -213,6 +213,7 @@ def test_event_for_an_unknown_subscription_links_through_the_customer(hook, sess
     # A customer nobody here owns: recorded and skipped, nothing created.
     post(hook, event_body("customer.subscription.created", subscription_object("sub_x", "cus_x")))
     assert drain().skipped == 1
+    session.rollback()
     assert session.exec(select(func.count()).select_from(Subscription)).one() == 1
 
 
@@ -221,7 +222,7 @@ def test_deleted_event_marks_the_subscription_canceled(hook, session):
     gone = subscription_object(status="canceled", canceled_at=T0 + 50, ended_at=T0 + 50)
     post(hook, event_body("customer.subscription.deleted", gone, created=T0 + 50))
     drain()
-    session.expire_all()
+    session.rollback()  # a fresh snapshot of what others committed
     view = repository.current_subscription(session, user_id)
     assert view.status == "canceled" and view.canceled_at is not None
 
