@@ -23,17 +23,7 @@ from pathlib import Path
 import httpx
 import stripe
 
-from devtools.liveapp import LiveApp, start_live_app
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from devtools.liveapp import CHROMIUM, CHROMIUM_ARGS, LiveApp, start_live_app
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -96,9 +86,7 @@ def bench_ui(app: LiveApp, runs: int, timing_log: Path) -> tuple[list[float], li
 
     totals, in_stripe = [], []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
-        )
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         for _ in range(runs):
             token = new_user(app)
             context = browser.new_context(base_url=app.url)

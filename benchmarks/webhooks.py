@@ -263,22 +263,10 @@ def database(backend: str, postgres_url: str | None) -> Iterator[str]:
         with tempfile.TemporaryDirectory(prefix="bench-webhooks-") as workdir:
             yield f"sqlite:///{Path(workdir) / 'bench.db'}"
         return
-    import sqlalchemy as sa
+    from devtools.pgschema import fresh_schema
 
-    from subscription_app.settings import Settings
-
-    base = Settings(database_url=postgres_url).sqlalchemy_url
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    separator = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{separator}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with fresh_schema(postgres_url, prefix="bench") as url:
+        yield url
 
 
 def configure(database_url: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -51,22 +50,10 @@ def empty_database_url(request, tmp_path) -> Iterator[str]:
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'test.db'}"
         return
-    import sqlalchemy as sa
+    from devtools.pgschema import fresh_schema
 
-    from subscription_app.settings import Settings as _S
-
-    base = _S(database_url=TEST_DATABASE_URL).sqlalchemy_url
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    separator = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{separator}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with fresh_schema(TEST_DATABASE_URL) as url:
+        yield url
 
 
 def pytest_generate_tests(metafunc) -> None:

@@ -6,24 +6,12 @@ plan, migrations, Reflex in production mode on one port) against a fresh SQLite 
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from devtools.liveapp import LiveApp, start_live_app
-
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from devtools.liveapp import CHROMIUM, CHROMIUM_ARGS, LiveApp, start_live_app
 
 
 @pytest.fixture(scope="session")

@@ -18,8 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from playwright.sync_api import BrowserType, expect
 
-from devtools.liveapp import ROOT, free_port, start_live_app
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
+from devtools.liveapp import CHROMIUM, CHROMIUM_ARGS, ROOT, free_port, start_live_app
 from tests.e2e.helpers import fill_card, path_is, register, unique_email
 
 pytestmark = pytest.mark.e2e

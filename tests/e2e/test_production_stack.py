@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-import uuid
 
 import pytest
 import sqlalchemy as sa
 from playwright.sync_api import Browser, expect
 
 from devtools.liveapp import start_live_app
+from devtools.pgschema import fresh_schema
 from subscription_app.settings import Settings
 from tests.e2e.helpers import path_is, register, subscribe_with_card, unique_email
 
@@ -33,31 +33,26 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture(scope="module")
 def production_stack(tmp_path_factory):
     """The app on PostgreSQL (fresh schema) and Redis, with Reflex's several workers."""
-    base = Settings(database_url=DATABASE).sqlalchemy_url
-    schema = f"e2e_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
     workdir = tmp_path_factory.mktemp("production_stack")
-    app = start_live_app(
-        workdir,
-        DATABASE_URL=f"{DATABASE}{'&' if '?' in DATABASE else '?'}options=-csearch_path%3D{schema}",
-        REDIS_URL=REDIS,
-        REFLEX_WEB_WORKDIR=str(workdir / "web"),  # its own build: another app runs too
-    )
-    try:
-        yield app, admin, schema
-    finally:
-        app.stop()
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with fresh_schema(DATABASE, prefix="e2e") as database_url:
+        app = start_live_app(
+            workdir,
+            DATABASE_URL=database_url,
+            REDIS_URL=REDIS,
+            REFLEX_WEB_WORKDIR=str(workdir / "web"),  # its own build: another app runs too
+        )
+        admin = sa.create_engine(Settings(database_url=database_url).sqlalchemy_url)
+        try:
+            yield app, admin
+        finally:
+            app.stop()
+            admin.dispose()
 
 
 def test_subscribe_reload_and_webhooks_across_workers(
     production_stack, stack_name, browser: Browser
 ):
-    app, admin, schema = production_stack
+    app, admin = production_stack
     workers = [
         line
         for line in subprocess.run(
@@ -85,9 +80,7 @@ def test_subscribe_reload_and_webhooks_across_workers(
         with admin.connect() as conn:
             return [
                 tuple(row)
-                for row in conn.execute(
-                    sa.text(f'SELECT type, status, attempts FROM "{schema}".stripe_event')
-                )
+                for row in conn.execute(sa.text("SELECT type, status, attempts FROM stripe_event"))
             ]
 
     deadline = time.monotonic() + 20
