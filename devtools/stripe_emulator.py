@@ -285,6 +285,59 @@ def _user_error_init(self, code, message=None, contents=None):
             self.body["error"].setdefault("decline_code", "generic_decline")
 
 
+# Stripe's test cards for specific declines (localstripe declines them all generically).
+# number -> (code, decline_code, message), as Stripe reports them.
+_SPECIFIC_DECLINES = {
+    "4000000000009995": (
+        "card_declined",
+        "insufficient_funds",
+        "Your card has insufficient funds.",
+    ),
+    "4000000000009987": ("card_declined", "lost_card", "Your card was declined."),
+    "4000000000009979": ("card_declined", "stolen_card", "Your card was declined."),
+    "4000000000000069": ("expired_card", None, "Your card has expired."),
+    "4000000000000127": ("incorrect_cvc", None, "Your card's security code is incorrect."),
+    "4000000000000119": (
+        "processing_error",
+        None,
+        "An error occurred while processing your card. Try again in a little bit.",
+    ),
+}
+
+
+def _specific_decline(error: UserError, pm) -> UserError:
+    """Rewrite a generic 402 for one of Stripe's specific-decline test cards."""
+    found = _SPECIFIC_DECLINES.get(getattr(pm, "_card_number", None) or "")
+    if error.code == 402 and found:
+        code, decline_code, message = found
+        body = error.body["error"]
+        body.update(code=code, message=message)
+        if decline_code:
+            body["decline_code"] = decline_code
+        else:
+            body.pop("decline_code", None)
+    return error
+
+
+_orig_pm_api_attach = ls.PaymentMethod._api_attach.__func__
+_orig_seti_attach_pm = ls.SetupIntent._attach_pm
+
+
+def _pm_api_attach(cls, id, customer=None, **kwargs):
+    try:
+        return _orig_pm_api_attach(cls, id, customer=customer, **kwargs)
+    except UserError as e:
+        pm = ls.PaymentMethod._api_retrieve(id) if isinstance(id, str) else None
+        raise _specific_decline(e, pm) from None
+
+
+def _seti_attach_pm(self, pm):
+    try:
+        return _orig_seti_attach_pm(self, pm)
+    except UserError as e:
+        raise _specific_decline(e, pm) from None
+
+
 _orig_retrieve = ls.StripeObject._api_retrieve.__func__
 
 
@@ -646,6 +699,8 @@ _TEST_CARDS = {
     "chargeDeclined": "4000000000000002",
     "visa_chargeDeclined": "4000000000000002",
     "chargeCustomerFail": "4000000000000341",
+    "chargeDeclinedInsufficientFunds": "4000000000009995",
+    "chargeDeclinedExpiredCard": "4000000000000069",
     "threeDSecure2Required": "4000000000003220",
 }
 
@@ -830,6 +885,14 @@ def _confirm_setup_intent(id: str, data: dict) -> ls.SetupIntent:
             _attach(ls.PaymentMethod._api_retrieve(seti.payment_method), seti.customer)
         _schedule_event("setup_intent.succeeded", seti)
     return seti
+
+
+@_route("POST", "/v1/payment_methods/{id}/attach")
+async def _payment_method_attach_route(request: web.Request, id: str) -> web.Response:
+    # localstripe bound its own attach handler at import; this one reports specific declines.
+    data = await _request_data(request)
+    expand = data.pop("expand", None)
+    return _json(_pm_api_attach(ls.PaymentMethod, id, **data), expand)
 
 
 @_route("POST", "/v1/setup_intents/{id}/confirm")
@@ -1442,6 +1505,8 @@ def install(
     ls.Token._api_retrieve = classmethod(_token_retrieve)
     ls.PaymentMethod._try_get_canonical_test_article = classmethod(_canonical_pm)
     ls.PaymentMethod._api_create = classmethod(_pm_create)
+    ls.PaymentMethod._api_attach = classmethod(_pm_api_attach)
+    ls.SetupIntent._attach_pm = _seti_attach_pm
     ls.PaymentMethod._api_list_all = classmethod(_pm_list)
     ls.Customer._api_update = classmethod(_customer_update)
     ls.SetupIntent._api_create = classmethod(_setup_intent_create)

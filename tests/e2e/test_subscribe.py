@@ -176,3 +176,12 @@ def test_invalid_card_data_gets_a_clear_message_and_can_be_corrected(page: Page)
     fill_card(page, "4242424242424242")
     page.get_by_role("button", name="Subscribe").click()
     expect_subscribed(page)
+
+
+def test_insufficient_funds_is_said_plainly(page: Page):
+    register(page, unique_email("nsf"))
+    open_checkout(page)
+    fill_card(page, "4000000000009995")
+    page.get_by_role("button", name="Subscribe").click()
+    expect(page.get_by_role("alert")).to_contain_text("insufficient funds", timeout=20_000)
+    expect_dashboard_empty(page)

@@ -68,6 +68,21 @@ def test_declined_card_gets_402_and_leaves_nothing(api, make_payment_method, ses
     assert me == {"subscription": None}
 
 
+@pytest.mark.parametrize(
+    ("token", "message"),
+    [
+        ("tok_chargeDeclinedInsufficientFunds", "Your card has insufficient funds."),
+        ("tok_chargeDeclinedExpiredCard", "Your card has expired."),
+    ],
+)
+def test_specific_declines_get_specific_messages(api, make_payment_method, session, token, message):
+    headers = auth_headers(api, "specific@example.com")
+    response = subscribe(api, headers, make_payment_method(token))
+    assert response.status_code == 402, response.text
+    assert response.json()["detail"].startswith(message)
+    assert count(session, Subscription) == 0
+
+
 def test_already_subscribed_is_refused(api, make_payment_method, session):
     headers = auth_headers(api, "twice@example.com")
     assert subscribe(api, headers, make_payment_method()).status_code == 200
