@@ -93,3 +93,18 @@ def test_forged_and_garbage_tokens_are_rejected(session):
     for token in [forged, none_alg, "", "abc.def.ghi", issued.token + "x", "x" * 5000]:
         assert accounts.user_for_token(session=session, token=token) is None
     assert session.get(User, user.id) is not None
+
+
+def test_a_token_past_its_own_expiry_is_rejected(session):
+    from subscription_app.settings import get_settings
+
+    user = accounts.register_user(session=session, email="old@example.com", password="s3cret-pass")
+    issued = accounts.issue_token(session=session, user=user)
+    session.commit()
+    claims = jwt.decode(issued.token, options={"verify_signature": False})
+    claims["exp"] = int(utcnow().timestamp()) - 5  # same session, same key, but expired
+    expired = jwt.encode(
+        claims, get_settings().app_secret_key.get_secret_value(), algorithm="HS256"
+    )
+    assert accounts.user_for_token(session=session, token=expired) is None
+    assert accounts.user_for_token(session=session, token=issued.token).id == user.id
