@@ -64,13 +64,28 @@ class SubscriptionStatus(enum.StrEnum):
     @property
     def is_live(self) -> bool:
         """A live subscription blocks starting another one."""
-        return self in {
-            SubscriptionStatus.ACTIVE,
-            SubscriptionStatus.TRIALING,
-            SubscriptionStatus.PAST_DUE,
-            SubscriptionStatus.UNPAID,
-            SubscriptionStatus.PAUSED,
-        }
+        return self in LIVE_STATUSES
+
+    @property
+    def is_open(self) -> bool:
+        """Live, or a first payment still in progress: at most one per person."""
+        return self in OPEN_STATUSES
+
+
+LIVE_STATUSES = frozenset(
+    {
+        SubscriptionStatus.ACTIVE,
+        SubscriptionStatus.TRIALING,
+        SubscriptionStatus.PAST_DUE,
+        SubscriptionStatus.UNPAID,
+        SubscriptionStatus.PAUSED,
+    }
+)
+OPEN_STATUSES = LIVE_STATUSES | {SubscriptionStatus.INCOMPLETE}
+# The database's last guard against two subscriptions for one person (see `Subscription`).
+ONE_OPEN_SUBSCRIPTION_WHERE = "status IN ({})".format(
+    ", ".join(f"'{status.value}'" for status in sorted(OPEN_STATUSES))
+)
 
 
 class EventStatus(enum.StrEnum):
@@ -130,7 +145,17 @@ class Subscription(SQLModel, table=True):
     """Our copy of a Stripe subscription. Stripe is the source of truth; webhooks update it."""
 
     __tablename__ = "subscription"
-    __table_args__ = (_enum_check("status", SubscriptionStatus, "ck_subscription_status"),)
+    __table_args__ = (
+        _enum_check("status", SubscriptionStatus, "ck_subscription_status"),
+        # At most one live or in-progress subscription per person, whatever the code above does.
+        sa.Index(
+            "uq_subscription_one_open_per_user",
+            "user_id",
+            unique=True,
+            sqlite_where=sa.text(ONE_OPEN_SUBSCRIPTION_WHERE),
+            postgresql_where=sa.text(ONE_OPEN_SUBSCRIPTION_WHERE),
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     user_id: int = Field(foreign_key="user_account.id", index=True, ondelete="CASCADE")
@@ -147,9 +172,12 @@ class Subscription(SQLModel, table=True):
     cancel_at_period_end: bool = Field(default=False)
     canceled_at: datetime | None = _ts()
     ended_at: datetime | None = _ts()
-    # Time of the newest Stripe state applied (event `created`, or our own read): an older
-    # event must never roll the row back.
+    # When Stripe's state was last applied. Informational only: Stripe's clock (whole seconds)
+    # and ours are never compared; ordering comes from re-reading Stripe under a lock.
     stripe_updated_at: datetime | None = _ts()
+    # Became live at least once. An attempt whose first payment never went through is kept
+    # (as Stripe reports it) but is not shown as a subscription.
+    activated: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
 
@@ -192,3 +220,13 @@ class Notification(SQLModel, table=True):
     text: str = Field(max_length=1000)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     read_at: datetime | None = _ts()
+
+
+class AppLock(SQLModel, table=True):
+    """A named lease (SQLite's stand-in for PostgreSQL advisory locks; see `locks.py`)."""
+
+    __tablename__ = "app_lock"
+
+    name: str = Field(primary_key=True, max_length=128)
+    holder: str = Field(max_length=64)
+    expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False)

@@ -7,9 +7,11 @@ developer's shell, fresh secrets.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +33,12 @@ os.environ.update(
 get_settings.cache_clear()
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
+_STRIPE_FIXTURES = Path(__file__).parent / "fixtures" / "stripe_fixtures3.json"
+
+
+def stripe_fixture(name: str) -> dict:
+    """A fresh copy of Stripe's own published example object `name` (see tests/fixtures)."""
+    return json.loads(_STRIPE_FIXTURES.read_text())["resources"][name]
 
 
 def _backends() -> list:

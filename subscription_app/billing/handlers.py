@@ -1,8 +1,10 @@
 """Webhook event handlers, one per event type, registered with `@handles(...)`.
 
-Each handler runs inside the transaction that marks its event done, so an event's effects
-are applied exactly once. Stripe is the source of truth: invoice events re-fetch the
-subscription; subscription events carry it and are applied unless older than what we hold.
+Stripe is the source of truth: every subscription and invoice event re-reads the
+subscription from Stripe and applies it through `sync.sync_subscription` (which commits under
+the subscription's lock), so events that arrive late, twice or out of order cannot roll a
+row back. Notifications are written in the transaction that marks the event done, so each is
+written once.
 """
 
 from __future__ import annotations
@@ -12,11 +14,10 @@ from dataclasses import dataclass, field
 
 from sqlmodel import Session
 
-from subscription_app.billing import repository
-from subscription_app.billing.client import get_client
+from subscription_app.billing import repository, sync
 from subscription_app.billing.inbox import ClaimedEvent
-from subscription_app.billing.reader import read_invoice, read_subscription
-from subscription_app.models import EventStatus, utcnow
+from subscription_app.billing.reader import read_invoice
+from subscription_app.models import EventStatus
 
 PAYMENT_FAILED_TEXT = "Your last payment failed; Stripe will retry."
 ACTION_REQUIRED_TEXT = (
@@ -63,16 +64,7 @@ def dispatch(session: Session, event: ClaimedEvent) -> HandlerResult:
     return handler(session, event)
 
 
-def _owner(session: Session, subscription_id: str | None, customer_id: str | None) -> int | None:
-    # A subscription we never saw (made outside the app, or before our own write) is still
-    # ours when its customer is: link it through the customer.
-    if subscription_id:
-        user_id = repository.user_id_for_subscription(session, subscription_id)
-        if user_id is not None:
-            return user_id
-    if customer_id:
-        return repository.user_id_for_customer(session, customer_id)
-    return None
+NOT_LINKED = "customer is not linked to any user"
 
 
 @handles(
@@ -83,32 +75,29 @@ def _owner(session: Session, subscription_id: str | None, customer_id: str | Non
     "customer.subscription.resumed",
 )
 def on_subscription_changed(session: Session, event: ClaimedEvent) -> HandlerResult:
-    """Apply the subscription the event carries, unless we already hold newer state."""
-    snapshot = read_subscription(event.payload["data"]["object"])
-    user_id = _owner(session, snapshot.id, snapshot.customer_id)
-    if user_id is None:
-        return HandlerResult(EventStatus.SKIPPED, "customer is not linked to any user")
-    changed = repository.apply_snapshot(
-        session, user_id=user_id, snapshot=snapshot, observed_at=event.created
-    )
-    if not changed:
-        return HandlerResult(note="older than the stored state; not applied")
-    return HandlerResult(changed_users={user_id})
+    """Something changed: apply what Stripe says about the subscription now.
+
+    The event's own copy may be older than another event's of the same second, so it only
+    tells us which subscription to re-read (see `billing/sync.py`).
+    """
+    subscription_id = event.payload["data"]["object"].get("id")
+    if not isinstance(subscription_id, str) or not subscription_id:
+        return HandlerResult(EventStatus.SKIPPED, "event names no subscription")
+    synced = sync.sync_subscription(session=session, subscription_id=subscription_id)
+    if synced.user_id is None:
+        return HandlerResult(EventStatus.SKIPPED, NOT_LINKED)
+    return HandlerResult(changed_users={synced.user_id} if synced.changed else set())
 
 
 def _refresh_from_stripe(session: Session, event: ClaimedEvent) -> tuple[int | None, str | None]:
     invoice = read_invoice(event.payload["data"]["object"])
     if not invoice.subscription_id:
         return None, "invoice has no subscription"
-    user_id = _owner(session, invoice.subscription_id, invoice.customer_id)
-    if user_id is None:
-        return None, "customer is not linked to any user"
     # The invoice does not carry the subscription's new state: read it from Stripe.
-    current = get_client().v1.subscriptions.retrieve(invoice.subscription_id)
-    repository.apply_snapshot(
-        session, user_id=user_id, snapshot=read_subscription(current), observed_at=utcnow()
-    )
-    return user_id, None
+    synced = sync.sync_subscription(session=session, subscription_id=invoice.subscription_id)
+    if synced.user_id is None:
+        return None, NOT_LINKED
+    return synced.user_id, None
 
 
 @handles("invoice.paid")

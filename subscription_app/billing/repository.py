@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from subscription_app import crypto
 from subscription_app.billing.reader import SubscriptionSnapshot
 from subscription_app.models import (
+    OPEN_STATUSES,
     BillingCustomer,
     Notification,
     Subscription,
@@ -97,12 +98,22 @@ def _row_by_stripe_id(session: Session, subscription_id: str) -> Subscription | 
     ).first()
 
 
-def _current_row(session: Session, user_id: int) -> Subscription | None:
+def _shown_rows(session: Session, user_id: int) -> list[Subscription]:
+    """The user's rows that are (or were) a subscription, newest first.
+
+    A first attempt that never went through (declined, abandoned 3-D Secure) stays stored as
+    Stripe reports it, but is not shown to the person as a subscription.
+    """
     rows = session.exec(
         select(Subscription)
         .where(Subscription.user_id == user_id)
         .order_by(col(Subscription.created_at).desc(), col(Subscription.id).desc())
     ).all()
+    return [r for r in rows if r.activated or r.status == SubscriptionStatus.INCOMPLETE.value]
+
+
+def _current_row(session: Session, user_id: int) -> Subscription | None:
+    rows = _shown_rows(session, user_id)
     for row in rows:
         if SubscriptionStatus(row.status).is_live:
             return row
@@ -123,10 +134,56 @@ def live_subscription_id(session: Session, user_id: int) -> str | None:
     return crypto.decrypt(row.stripe_subscription_id_enc)
 
 
+@dataclass(frozen=True)
+class OpenSubscription:
+    """The user's one live or in-progress subscription."""
+
+    id: str
+    status: str
+
+
+def open_subscriptions(session: Session, user_id: int) -> list[OpenSubscription]:
+    """The user's live or in-progress (incomplete) subscriptions: one at most, by constraint."""
+    rows = session.exec(
+        select(Subscription).where(
+            Subscription.user_id == user_id,
+            col(Subscription.status).in_([s.value for s in OPEN_STATUSES]),
+        )
+    ).all()
+    return [OpenSubscription(crypto.decrypt(r.stripe_subscription_id_enc), r.status) for r in rows]
+
+
+def attempt_number(session: Session, user_id: int) -> int:
+    """How many subscriptions of the user we have recorded (rows are never deleted).
+
+    A subscribe attempt's idempotency key includes it: a retry of the same attempt (nothing
+    recorded in between) repeats the key; the next attempt gets a new one.
+    """
+    return session.exec(
+        select(func.count()).select_from(Subscription).where(Subscription.user_id == user_id)
+    ).one()
+
+
 def latest_subscription_id(session: Session, user_id: int) -> str | None:
     """The Stripe id of the user's most relevant subscription (live first), or None."""
     row = _current_row(session, user_id)
     return crypto.decrypt(row.stripe_subscription_id_enc) if row else None
+
+
+class SecondOpenSubscription(Exception):
+    """Stripe reports an open subscription for a person who already has another one."""
+
+
+def _fields(row: Subscription) -> tuple:
+    return (
+        row.price_id,
+        row.status,
+        row.started_at,
+        row.current_period_end,
+        row.cancel_at_period_end,
+        row.canceled_at,
+        row.ended_at,
+    )
 
 
 def apply_snapshot(
@@ -134,12 +191,17 @@ def apply_snapshot(
     *,
     user_id: int,
     snapshot: SubscriptionSnapshot,
-    observed_at: datetime,
+    only_if_new: bool = False,
 ) -> bool:
-    """Insert or update the row for `snapshot`, unless we already hold newer state.
+    """Make our row for `snapshot.id` say what the snapshot says; True if anything changed.
 
-    `observed_at` is when Stripe produced this state (an event's `created`, or the time of
-    our own API call). Returns True when the row changed.
+    No clock decides here: callers hold the subscription's lock (see `billing/sync.py`) and
+    pass what Stripe said while they held it, so the last writer has the newest state.
+    `only_if_new` records a row only if there is none yet (a create call's answer must not
+    overwrite what a webhook already read fresher).
+
+    Raises:
+        SecondOpenSubscription: the user already has another live or in-progress row.
     """
     row = _row_by_stripe_id(session, snapshot.id)
     now = utcnow()
@@ -154,8 +216,9 @@ def apply_snapshot(
             status=snapshot.status,
             created_at=now,
         )
-    elif row.stripe_updated_at is not None and observed_at < row.stripe_updated_at:
-        return False  # an older state must never roll the row back
+    elif only_if_new:
+        return False
+    before = _fields(row) if row.id is not None else None
     row.price_id = snapshot.price_id or row.price_id
     row.status = SubscriptionStatus(snapshot.status).value
     row.started_at = snapshot.started_at
@@ -163,25 +226,26 @@ def apply_snapshot(
     row.cancel_at_period_end = snapshot.cancel_at_period_end
     row.canceled_at = snapshot.canceled_at
     row.ended_at = snapshot.ended_at
-    row.stripe_updated_at = observed_at
+    row.activated = row.activated or SubscriptionStatus(row.status).is_live
+    if before == _fields(row):
+        return False
+    row.stripe_updated_at = now
     row.updated_at = now
     session.add(row)
     try:
         with session.begin_nested():
             session.flush()
-    except IntegrityError:
-        # A concurrent writer inserted the same subscription: update theirs instead.
+    except IntegrityError as exc:
         session.expunge(row)
-        return apply_snapshot(session, user_id=user_id, snapshot=snapshot, observed_at=observed_at)
+        if _row_by_stripe_id(session, snapshot.id) is not None:
+            # A concurrent writer inserted this subscription: update theirs instead.
+            return apply_snapshot(
+                session, user_id=user_id, snapshot=snapshot, only_if_new=only_if_new
+            )
+        raise SecondOpenSubscription(
+            "Stripe reports a second live or in-progress subscription for one user"
+        ) from exc
     return True
-
-
-def delete_subscription(session: Session, subscription_id: str) -> None:
-    """Forget a subscription row (used when a first payment failed and nothing was bought)."""
-    row = _row_by_stripe_id(session, subscription_id)
-    if row is not None:
-        session.delete(row)
-        session.flush()
 
 
 def user_id_for_subscription(session: Session, subscription_id: str) -> int | None:

@@ -11,13 +11,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import stripe
 from sqlmodel import Session
 
-from subscription_app.billing import catalog, repository
+from subscription_app import locks
+from subscription_app.billing import catalog, repository, sync
 from subscription_app.billing.client import get_client
 from subscription_app.billing.reader import (
     SubscriptionSnapshot,
@@ -25,7 +27,7 @@ from subscription_app.billing.reader import (
     read_subscription,
 )
 from subscription_app.billing.repository import SubscriptionView
-from subscription_app.models import User, utcnow
+from subscription_app.models import SubscriptionStatus, User
 from subscription_app.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,12 @@ UNAVAILABLE = (
     "We could not reach our payment provider. Nothing was charged; please try again in a minute."
 )
 AUTHENTICATION_FAILED = "Card authentication failed. Your subscription was not started."
+ATTEMPT_IN_PROGRESS = (
+    "Another change to your subscription is still in progress. Please try again in a moment."
+)
+STILL_PROCESSING = (
+    "Your previous payment is still being processed. Check your dashboard in a minute."
+)
 
 
 class BillingError(Exception):
@@ -169,12 +177,6 @@ def get_subscription(*, session: Session, user: User) -> SubscriptionView | None
     return repository.current_subscription(session, user.id)
 
 
-def _record(session: Session, user: User, snapshot: SubscriptionSnapshot) -> SubscriptionView:
-    repository.apply_snapshot(session, user_id=user.id, snapshot=snapshot, observed_at=utcnow())
-    session.commit()
-    return repository.current_subscription(session, user.id)
-
-
 def _payment_of(client: stripe.StripeClient, snapshot: SubscriptionSnapshot):
     payment = snapshot.payment
     if payment and payment.payment_intent_id and payment.status is None:
@@ -184,73 +186,112 @@ def _payment_of(client: stripe.StripeClient, snapshot: SubscriptionSnapshot):
     return payment
 
 
-def _abandon(client: stripe.StripeClient, session: Session, snapshot: SubscriptionSnapshot):
-    """Cancel an incomplete subscription whose first payment failed: nothing half-made."""
-    try:
-        client.v1.subscriptions.cancel(snapshot.id)
-    except stripe.StripeError:
-        # Stripe expires incomplete subscriptions by itself after 23 hours anyway.
-        logger.warning("could not cancel an incomplete subscription; Stripe will expire it")
-    repository.delete_subscription(session, snapshot.id)
-    session.commit()
+def _abandon(session: Session, user: User, subscription_id: str) -> None:
+    """Cancel an attempt whose first payment did not go through, and record what Stripe says.
+
+    Cancelling voids its invoice, so completing that payment later cannot charge anyone.
+    """
+    sync.change_subscription(
+        session=session,
+        subscription_id=subscription_id,
+        user_id=user.id,
+        call=lambda client: client.v1.subscriptions.cancel(subscription_id),
+    )
+
+
+def _settle_open_attempts(client: stripe.StripeClient, session: Session, user: User) -> None:
+    """Before a new attempt: refuse if the person has a subscription, else clear the way.
+
+    An earlier attempt still `incomplete` (waiting for 3-D Secure) is cancelled in Stripe
+    before a new one starts: the person chose another card, so the new attempt wins. One
+    whose payment is already processing is left alone and the new attempt is refused.
+    """
+    for current in repository.open_subscriptions(session, user.id):
+        if SubscriptionStatus(current.status).is_live:
+            raise AlreadySubscribed()
+        synced = sync.sync_subscription(
+            session=session,
+            subscription_id=current.id,
+            user_id=user.id,
+            expand=SUBSCRIPTION_EXPAND,
+        )
+        snapshot = synced.snapshot
+        if SubscriptionStatus(snapshot.status).is_live:
+            raise AlreadySubscribed()
+        if snapshot.status != "incomplete":
+            continue  # expired or cancelled meanwhile: nothing in the way
+        payment = _payment_of(client, snapshot)
+        if payment and payment.status in ("processing", "succeeded"):
+            raise BillingError(STILL_PROCESSING, kind="conflict")
+        _abandon(session, user, snapshot.id)
 
 
 def _outcome(
     client: stripe.StripeClient, session: Session, user: User, snapshot: SubscriptionSnapshot
 ) -> SubscribeResult:
-    if snapshot.status in ("active", "trialing"):
-        return SubscribeResult(status="active", subscription=_record(session, user, snapshot))
+    """Turn a freshly created or re-read subscription into the answer for the person."""
+    if SubscriptionStatus(snapshot.status).is_live:
+        return SubscribeResult(
+            status="active", subscription=repository.current_subscription(session, user.id)
+        )
     if snapshot.status == "incomplete":
         payment = _payment_of(client, snapshot)
         if payment and payment.status in ("requires_action", "requires_confirmation"):
-            _record(session, user, snapshot)
             return SubscribeResult(
-                status="requires_action",
-                subscription=None,
-                client_secret=payment.client_secret,
+                status="requires_action", subscription=None, client_secret=payment.client_secret
             )
         if payment and payment.status in ("processing", "succeeded"):
             return SubscribeResult(
-                status="processing", subscription=_record(session, user, snapshot)
+                status="processing", subscription=repository.current_subscription(session, user.id)
             )
-        _abandon(client, session, snapshot)
+        try:
+            _abandon(session, user, snapshot.id)
+        except (stripe.StripeError, locks.LockTimeout):
+            # The row stays `incomplete`; the next attempt cancels it before starting.
+            logger.warning("could not cancel a declined first attempt; the next one will")
         raise BillingError(
             _card_message(payment.error_code if payment else None, None), kind="card"
         )
     # incomplete_expired, canceled, ...: the attempt did not produce a subscription.
-    repository.delete_subscription(session, snapshot.id)
-    session.commit()
     raise BillingError("Your subscription could not be started. Please try again.", kind="card")
 
 
-def start_subscription(*, session: Session, user: User, payment_method_id: str) -> SubscribeResult:
-    """Subscribe `user` to the default plan, paying with `payment_method_id`.
+def _attempt_key(session: Session, user: User, customer_id: str) -> str:
+    # One key per attempt: the same until this attempt's subscription is recorded (so a
+    # retried request gets the same subscription back from Stripe), new for the next attempt.
+    attempt = repository.attempt_number(session, user.id)
+    return hashlib.sha256(f"subscribe:{user.id}:{customer_id}:{attempt}".encode()).hexdigest()
 
-    Steps: refuse a second live subscription; ensure the customer; check the payment method
-    belongs to that customer (or attach it); make it the invoice default; create the
-    subscription with an idempotency key derived from user and payment method (a retry or a
-    double click returns the same subscription); record Stripe's answer at once.
-    """
-    validate_payment_method_id(payment_method_id)
-    if repository.live_subscription_id(session, user.id):
-        raise AlreadySubscribed()
+
+def _adopt_unrecorded(session: Session, user: User, customer_id: str) -> None:
+    """Record subscriptions Stripe has for this customer that we never got to record."""
+    listed = get_client().v1.subscriptions.list(params={"customer": customer_id, "status": "all"})
+    for item in listed.auto_paging_iter():
+        if repository.user_id_for_subscription(session, item.id) is None:
+            sync.sync_subscription(session=session, subscription_id=item.id, user_id=user.id)
+
+
+def _start_locked(
+    session: Session, user: User, payment_method_id: str, *, retried: bool = False
+) -> SubscribeResult:
     client = get_client()
+    _settle_open_attempts(client, session, user)
     customer_id = ensure_customer(session=session, user=user, client=client)
+    # Durable before the Stripe calls below: a retry must find the same customer.
     session.commit()
+    payment_method = client.v1.payment_methods.retrieve(payment_method_id)
+    owner = payment_method.customer
+    owner_id = owner if isinstance(owner, str) or owner is None else owner.id
+    if owner_id is None:
+        client.v1.payment_methods.attach(payment_method_id, params={"customer": customer_id})
+    elif owner_id != customer_id:
+        # Someone else's card: answer exactly as for an unknown one (no probing).
+        raise BillingError("That payment method was not found.", kind="invalid")
+    client.v1.customers.update(
+        customer_id,
+        params={"invoice_settings": {"default_payment_method": payment_method_id}},
+    )
     try:
-        payment_method = client.v1.payment_methods.retrieve(payment_method_id)
-        owner = payment_method.customer
-        owner_id = owner if isinstance(owner, str) or owner is None else owner.id
-        if owner_id is None:
-            client.v1.payment_methods.attach(payment_method_id, params={"customer": customer_id})
-        elif owner_id != customer_id:
-            # Someone else's card: answer exactly as for an unknown one (no probing).
-            raise BillingError("That payment method was not found.", kind="invalid")
-        client.v1.customers.update(
-            customer_id,
-            params={"invoice_settings": {"default_payment_method": payment_method_id}},
-        )
-        key_material = f"subscribe:{user.id}:{payment_method_id}".encode()
         created = client.v1.subscriptions.create(
             params={
                 "customer": customer_id,
@@ -260,39 +301,80 @@ def start_subscription(*, session: Session, user: User, payment_method_id: str) 
                 "metadata": {"user_id": str(user.id)},
                 "expand": SUBSCRIPTION_EXPAND,
             },
-            options={"idempotency_key": hashlib.sha256(key_material).hexdigest()},
+            options={"idempotency_key": _attempt_key(session, user, customer_id)},
         )
-        return _outcome(client, session, user, read_subscription(created))
+    except stripe.IdempotencyError:
+        if retried:
+            raise
+        # This attempt's key was used before with other details and its subscription never
+        # got recorded here (the request died half-way): record it, then start afresh.
+        _adopt_unrecorded(session, user, customer_id)
+        return _start_locked(session, user, payment_method_id, retried=True)
+    snapshot = read_subscription(created)
+    try:
+        sync.record_created(session=session, user_id=user.id, snapshot=snapshot)
+    except repository.SecondOpenSubscription:
+        # The database's last guard: another subscription of this person is open in Stripe
+        # (made outside this app meanwhile). Do not leave a second one running.
+        logger.error("a subscribe attempt met another open subscription; cancelling the new one")
+        client.v1.subscriptions.cancel(snapshot.id)
+        raise AlreadySubscribed() from None
+    return _outcome(client, session, user, snapshot)
+
+
+def start_subscription(*, session: Session, user: User, payment_method_id: str) -> SubscribeResult:
+    """Subscribe `user` to the default plan, paying with `payment_method_id`.
+
+    One person's attempts run one at a time, across every worker (`sync.subscriber_lock`),
+    so two tabs or two clients cannot both create a subscription. Steps: refuse a second
+    live subscription and cancel a pending one (see `_settle_open_attempts`); ensure the
+    customer; check the payment method belongs to that customer (or attach it); make it the
+    invoice default; create the subscription with a per-attempt idempotency key; record
+    Stripe's answer at once.
+    """
+    validate_payment_method_id(payment_method_id)
+    session.commit()  # hold no transaction while waiting for the lock
+    try:
+        with sync.subscriber_lock(user.id):
+            return _start_locked(session, user, payment_method_id)
+    except locks.LockTimeout as exc:
+        raise BillingError(ATTEMPT_IN_PROGRESS, kind="conflict") from exc
     except stripe.StripeError as exc:
         raise _translate(exc) from exc
 
 
 def confirm_subscription(*, session: Session, user: User) -> SubscribeResult:
-    """After the browser finished 3-D Secure: re-read the subscription and settle it."""
-    view = repository.current_subscription(session, user.id)
-    subscription_id = repository.latest_subscription_id(session, user.id)
-    if view is None or subscription_id is None or view.status not in ("incomplete", "active"):
-        # Only an attempt in progress (or one that already went through) is ours to settle.
-        raise BillingError("There is no subscription waiting for confirmation.", kind="conflict")
-    client = get_client()
+    """After the browser finished 3-D Secure: re-read the subscription and settle it.
+
+    Applies what Stripe says; a subscription Stripe calls live is never undone here.
+    """
+    session.commit()
     try:
-        current = client.v1.subscriptions.retrieve(
-            subscription_id, params={"expand": SUBSCRIPTION_EXPAND}
-        )
-        snapshot = read_subscription(current)
-        if snapshot.status in ("active", "trialing"):
-            return _outcome(client, session, user, snapshot)
-        if snapshot.status == "incomplete":
-            payment = _payment_of(client, snapshot)
-            if payment and payment.status in ("processing", "succeeded"):
+        with sync.subscriber_lock(user.id):
+            pending = repository.open_subscriptions(session, user.id)
+            if not pending:
+                raise BillingError(
+                    "There is no subscription waiting for confirmation.", kind="conflict"
+                )
+            client = get_client()
+            synced = sync.sync_subscription(
+                session=session,
+                subscription_id=pending[0].id,
+                user_id=user.id,
+                expand=SUBSCRIPTION_EXPAND,
+            )
+            snapshot = synced.snapshot
+            if SubscriptionStatus(snapshot.status).is_live:
                 return _outcome(client, session, user, snapshot)
-        # Authentication failed or was abandoned: undo the attempt, whatever state it left.
-        if snapshot.status == "incomplete":
-            _abandon(client, session, snapshot)
-        else:
-            repository.delete_subscription(session, snapshot.id)
-            session.commit()
-        raise BillingError(AUTHENTICATION_FAILED, kind="card")
+            if snapshot.status == "incomplete":
+                payment = _payment_of(client, snapshot)
+                if payment and payment.status in ("processing", "succeeded"):
+                    return _outcome(client, session, user, snapshot)
+                # Authentication failed or was abandoned: undo the attempt in Stripe.
+                _abandon(session, user, snapshot.id)
+            raise BillingError(AUTHENTICATION_FAILED, kind="card")
+    except locks.LockTimeout as exc:
+        raise BillingError(ATTEMPT_IN_PROGRESS, kind="conflict") from exc
     except stripe.StripeError as exc:
         raise _translate(exc) from exc
 
@@ -309,14 +391,37 @@ def _long_date(value) -> str:
     return f"{value:%B} {value.day}, {value.year}" if value else "the end of the period"
 
 
+def _change(
+    session: Session,
+    user: User,
+    subscription_id: str,
+    call,
+    kind: str,
+    message: Callable[[SubscriptionSnapshot], str],
+) -> CancelResult:
+    """Change the subscription in Stripe, record Stripe's answer and tell the person."""
+    from subscription_app.notify import tell_user
+
+    try:
+        synced = sync.change_subscription(
+            session=session, subscription_id=subscription_id, user_id=user.id, call=call
+        )
+    except locks.LockTimeout as exc:
+        raise BillingError(ATTEMPT_IN_PROGRESS, kind="conflict") from exc
+    except stripe.StripeError as exc:
+        raise _translate(exc) from exc
+    text = message(synced.snapshot)
+    tell_user(session, user_id=user.id, email=user.email, kind=kind, text=text)
+    session.commit()
+    return CancelResult(repository.current_subscription(session, user.id), text)
+
+
 def cancel_subscription(*, session: Session, user: User, at_period_end: bool) -> CancelResult:
     """Cancel the user's live subscription, now or at the end of the paid period.
 
     Raises:
         BillingError: (conflict) no live subscription, or already set to end at period end.
     """
-    from subscription_app.notify import tell_user
-
     subscription_id = repository.live_subscription_id(session, user.id)
     view = repository.current_subscription(session, user.id)
     if subscription_id is None or view is None:
@@ -326,28 +431,28 @@ def cancel_subscription(*, session: Session, user: User, at_period_end: bool) ->
             f"Your subscription is already set to end on {_long_date(view.current_period_end)}.",
             kind="conflict",
         )
-    client = get_client()
-    try:
-        if at_period_end:
-            updated = client.v1.subscriptions.update(
-                subscription_id, params={"cancel_at_period_end": True}
-            )
-        else:
-            updated = client.v1.subscriptions.cancel(subscription_id)
-    except stripe.StripeError as exc:
-        raise _translate(exc) from exc
-    snapshot = read_subscription(updated)
-    repository.apply_snapshot(session, user_id=user.id, snapshot=snapshot, observed_at=utcnow())
     if at_period_end:
-        message = (
-            "Your subscription is cancelled. You keep access until "
-            f"{_long_date(snapshot.current_period_end)}."
+        return _change(
+            session,
+            user,
+            subscription_id,
+            lambda c: c.v1.subscriptions.update(
+                subscription_id, params={"cancel_at_period_end": True}
+            ),
+            "canceled",
+            lambda snapshot: (
+                "Your subscription is cancelled. You keep access until "
+                f"{_long_date(snapshot.current_period_end)}."
+            ),
         )
-    else:
-        message = "Your subscription is cancelled and has ended."
-    tell_user(session, user_id=user.id, email=user.email, kind="canceled", text=message)
-    session.commit()
-    return CancelResult(repository.current_subscription(session, user.id), message)
+    return _change(
+        session,
+        user,
+        subscription_id,
+        lambda c: c.v1.subscriptions.cancel(subscription_id),
+        "canceled",
+        lambda _: "Your subscription is cancelled and has ended.",
+    )
 
 
 def resume_subscription(*, session: Session, user: User) -> CancelResult:
@@ -356,27 +461,22 @@ def resume_subscription(*, session: Session, user: User) -> CancelResult:
     Raises:
         BillingError: (conflict) nothing to undo.
     """
-    from subscription_app.notify import tell_user
-
     subscription_id = repository.live_subscription_id(session, user.id)
     view = repository.current_subscription(session, user.id)
     if subscription_id is None or view is None or not view.cancel_at_period_end:
         raise BillingError(
             "Your subscription is not set to end, so there is nothing to undo.", kind="conflict"
         )
-    try:
-        updated = get_client().v1.subscriptions.update(
+    return _change(
+        session,
+        user,
+        subscription_id,
+        lambda c: c.v1.subscriptions.update(
             subscription_id, params={"cancel_at_period_end": False}
-        )
-    except stripe.StripeError as exc:
-        raise _translate(exc) from exc
-    repository.apply_snapshot(
-        session, user_id=user.id, snapshot=read_subscription(updated), observed_at=utcnow()
+        ),
+        "resumed",
+        lambda _: "Your subscription will renew as usual.",
     )
-    message = "Your subscription will renew as usual."
-    tell_user(session, user_id=user.id, email=user.email, kind="resumed", text=message)
-    session.commit()
-    return CancelResult(repository.current_subscription(session, user.id), message)
 
 
 def publishable_config() -> dict[str, str]:

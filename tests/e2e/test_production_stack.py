@@ -8,16 +8,26 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 
+import httpx
 import pytest
 import sqlalchemy as sa
+import stripe
 from playwright.sync_api import Browser, expect
 
 from devtools.liveapp import start_live_app
 from devtools.pgschema import fresh_schema
 from subscription_app.settings import Settings
-from tests.e2e.helpers import path_is, register, subscribe_with_card, unique_email
+from tests.e2e.helpers import (
+    PASSWORD,
+    path_is,
+    register,
+    stripe_subscriptions_for,
+    subscribe_with_card,
+    unique_email,
+)
 
 pytestmark = pytest.mark.e2e
 DATABASE, REDIS = os.environ.get("TEST_DATABASE_URL"), os.environ.get("TEST_REDIS_URL")
@@ -89,3 +99,60 @@ def test_subscribe_reload_and_webhooks_across_workers(
     rows = events()
     assert ("invoice.paid", "done", 1) in rows, rows
     assert all(status != "pending" and attempts == 1 for _, status, attempts in rows), rows
+
+
+def _api_user(app) -> tuple[str, dict[str, str]]:
+    email = unique_email("prod-race")
+    with httpx.Client(base_url=app.url, timeout=30) as api:
+        registered = api.post("/api/v1/auth/register", json={"email": email, "password": PASSWORD})
+        assert registered.status_code == 201, registered.text
+        token = api.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
+    return email, {"Authorization": f"Bearer {token.json()['access_token']}"}
+
+
+def _card(app, token: str) -> str:
+    client = stripe.StripeClient("sk_test_e2e", base_addresses={"api": app.stripe_api_base})
+    return client.v1.payment_methods.create(params={"type": "card", "card": {"token": token}}).id
+
+
+def _subscribe(app, headers, card: str) -> httpx.Response:
+    with httpx.Client(base_url=app.url, timeout=60) as api:
+        return api.post(
+            "/api/v1/subscriptions/subscribe", json={"payment_method_id": card}, headers=headers
+        )
+
+
+def test_concurrent_subscribes_on_several_workers_make_one_subscription(
+    production_stack, stack_name
+):
+    app, _ = production_stack
+    email, headers = _api_user(app)
+    cards = [_card(app, "tok_visa"), _card(app, "tok_mastercard")]
+    start = threading.Barrier(len(cards))
+    answers: list[httpx.Response] = []
+
+    def attempt(card: str) -> None:
+        start.wait()
+        answers.append(_subscribe(app, headers, card))
+
+    threads = [threading.Thread(target=attempt, args=(card,)) for card in cards]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sorted(a.status_code for a in answers) == [200, 409], [a.text for a in answers]
+    subs = stripe_subscriptions_for(app, email)
+    assert [s.status for s in subs] == ["active"]
+
+
+def test_second_card_during_3ds_on_several_workers_leaves_one_live_subscription(
+    production_stack, stack_name
+):
+    app, _ = production_stack
+    email, headers = _api_user(app)
+    pending = _subscribe(app, headers, _card(app, "tok_threeDSecure2Required"))
+    assert pending.json()["status"] == "requires_action", pending.text
+    second = _subscribe(app, headers, _card(app, "tok_visa"))
+    assert second.status_code == 200 and second.json()["status"] == "active", second.text
+    statuses = sorted(s.status for s in stripe_subscriptions_for(app, email))
+    assert statuses.count("active") == 1 and len(statuses) == 2, statuses

@@ -54,3 +54,20 @@ def make_payment_method(stripe_client):
         return pm.id
 
     return _make
+
+
+def auth_headers(api, email: str, password: str = "s3cret-pass") -> dict[str, str]:
+    """Register `email` through the API and return its bearer-token header."""
+    registered = api.post("/api/v1/auth/register", json={"email": email, "password": password})
+    assert registered.status_code == 201, registered.text
+    token = api.post("/api/v1/auth/login", json={"email": email, "password": password})
+    return {"Authorization": f"Bearer {token.json()['access_token']}"}
+
+
+def subscribe(api, headers: dict[str, str], payment_method_id: str):
+    """POST /api/v1/subscriptions/subscribe with this payment method."""
+    return api.post(
+        "/api/v1/subscriptions/subscribe",
+        json={"payment_method_id": payment_method_id},
+        headers=headers,
+    )

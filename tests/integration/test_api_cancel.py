@@ -6,7 +6,7 @@ from fastapi.testclient import TestClient
 
 from devtools.liveapp import free_port
 from subscription_app.api import create_api
-from tests.integration.test_api_subscriptions import auth_headers, subscribe
+from tests.integration.conftest import auth_headers, subscribe
 
 
 class Inbox:

@@ -5,32 +5,14 @@ from fastapi.testclient import TestClient
 from sqlmodel import func, select
 
 from subscription_app.api import create_api
-from subscription_app.models import BillingCustomer, Subscription
+from subscription_app.models import Subscription
+from tests.integration.conftest import auth_headers, subscribe
 
 
 @pytest.fixture
 def api(db_engine, stripe_env):
     with TestClient(create_api(), raise_server_exceptions=False) as client:
         yield client
-
-
-def auth_headers(api, email: str) -> dict[str, str]:
-    assert (
-        api.post(
-            "/api/v1/auth/register", json={"email": email, "password": "s3cret-pass"}
-        ).status_code
-        == 201
-    )
-    token = api.post("/api/v1/auth/login", json={"email": email, "password": "s3cret-pass"})
-    return {"Authorization": f"Bearer {token.json()['access_token']}"}
-
-
-def subscribe(api, headers, payment_method_id):
-    return api.post(
-        "/api/v1/subscriptions/subscribe",
-        json={"payment_method_id": payment_method_id},
-        headers=headers,
-    )
 
 
 def count(session, model) -> int:
@@ -90,23 +72,6 @@ def test_already_subscribed_is_refused(api, make_payment_method, session):
     assert again.status_code == 409
     assert "already have an active subscription" in again.json()["detail"]
     assert count(session, Subscription) == 1
-
-
-def test_repeated_request_with_same_payment_method_creates_one_subscription(
-    api, make_payment_method, session, stripe_client
-):
-    headers = auth_headers(api, "double@example.com")
-    pm = make_payment_method()
-    first = subscribe(api, headers, pm)
-    assert first.status_code == 200
-    second = subscribe(api, headers, pm)
-    assert second.status_code == 409
-    customer = session.exec(select(BillingCustomer)).one()
-    from subscription_app import crypto
-
-    customer_id = crypto.decrypt(customer.stripe_customer_id_enc)
-    subs = stripe_client.v1.subscriptions.list(params={"customer": customer_id, "status": "all"})
-    assert len(subs.data) == 1
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,154 @@
+"""Apply what Stripe says about a subscription: the one path for every write of its row.
+
+Webhook handlers, our own calls that change a subscription (create, cancel, resume), the
+3-D Secure confirmation and resync all end here. Two rules make the row converge on Stripe's
+latest state whatever order events arrive in, and however many workers run:
+
+1. Nothing compares clocks. Stripe's event time has whole seconds, and two events of one
+   second have no order, so an event is only a hint that something changed: we re-read the
+   subscription from Stripe (as dj-stripe and Pay do) and apply that.
+2. Reading Stripe and writing the row happen under one lock per subscription, and the write
+   commits before the lock is released. So whoever applies later also read later.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import stripe
+from sqlmodel import Session
+
+from subscription_app import crypto, locks
+from subscription_app.billing import repository
+from subscription_app.billing.client import get_client
+from subscription_app.billing.reader import SubscriptionSnapshot, read_subscription
+
+logger = logging.getLogger(__name__)
+
+# Waiting for a second subscription's lock while holding one: short, so two workers that
+# happen to take the same two locks in opposite order give up quickly and retry.
+NESTED_LOCK_TIMEOUT_SECONDS = 5.0
+
+
+@contextmanager
+def subscription_lock(subscription_id: str, *, timeout: float | None = None) -> Iterator[None]:
+    """Hold the lock of one Stripe subscription (named by its blind index, not its id)."""
+    name = f"subscription:{crypto.blind_index(subscription_id)}"
+    with locks.hold(name, **({"timeout": timeout} if timeout else {})):
+        yield
+
+
+@contextmanager
+def subscriber_lock(user_id: int) -> Iterator[None]:
+    """Hold the lock that serializes one person's subscribe attempts (all workers)."""
+    with locks.hold(f"subscriber:{user_id}"):
+        yield
+
+
+@dataclass(frozen=True)
+class Synced:
+    """What Stripe said, whose row it is (None: no user of ours), and whether the row changed."""
+
+    snapshot: SubscriptionSnapshot
+    user_id: int | None
+    changed: bool
+
+
+def owner_of(session: Session, subscription_id: str, customer_id: str | None) -> int | None:
+    """The user a subscription belongs to: by our row, else through its customer.
+
+    A subscription we never recorded (made in the portal, in the Stripe dashboard, or still
+    on its way back from our own create call) is still ours when its customer is.
+    """
+    user_id = repository.user_id_for_subscription(session, subscription_id)
+    if user_id is None and customer_id:
+        user_id = repository.user_id_for_customer(session, customer_id)
+    return user_id
+
+
+def _apply(
+    session: Session, snapshot: SubscriptionSnapshot, user_id: int | None, only_if_new: bool
+) -> Synced:
+    owner = user_id if user_id is not None else owner_of(session, snapshot.id, snapshot.customer_id)
+    if owner is None:
+        return Synced(snapshot, None, False)
+    try:
+        changed = repository.apply_snapshot(
+            session, user_id=owner, snapshot=snapshot, only_if_new=only_if_new
+        )
+    except repository.SecondOpenSubscription:
+        # Our other open row may be stale (its own events still on the way): ask Stripe about
+        # it first. If Stripe really has two open subscriptions, the error stands.
+        _refresh_other_open(session, owner, snapshot.id)
+        changed = repository.apply_snapshot(
+            session, user_id=owner, snapshot=snapshot, only_if_new=only_if_new
+        )
+    # Committed before the caller releases the lock: the next holder must see this write.
+    session.commit()
+    return Synced(snapshot, owner, changed)
+
+
+def _refresh_other_open(session: Session, user_id: int, except_id: str) -> None:
+    client = get_client()
+    for other in repository.open_subscriptions(session, user_id):
+        if other.id == except_id:
+            continue
+        with subscription_lock(other.id, timeout=NESTED_LOCK_TIMEOUT_SECONDS):
+            current = read_subscription(client.v1.subscriptions.retrieve(other.id))
+            repository.apply_snapshot(session, user_id=user_id, snapshot=current)
+            session.commit()
+
+
+def sync_subscription(
+    *,
+    session: Session,
+    subscription_id: str,
+    user_id: int | None = None,
+    expand: list[str] | None = None,
+) -> Synced:
+    """Re-read a subscription from Stripe and apply it to our row (creating it if needed).
+
+    Idempotent; safe to call from any worker at any time. Commits.
+
+    Raises:
+        stripe.StripeError: Stripe could not be asked; nothing was applied (retry later).
+        locks.LockTimeout: another worker held the subscription for too long.
+    """
+    session.commit()  # read below only after the lock is held
+    with subscription_lock(subscription_id):
+        params: dict[str, Any] = {"expand": expand} if expand else {}
+        current = get_client().v1.subscriptions.retrieve(subscription_id, params=params)
+        return _apply(session, read_subscription(current), user_id, only_if_new=False)
+
+
+def change_subscription(
+    *,
+    session: Session,
+    subscription_id: str,
+    user_id: int,
+    call: Callable[[stripe.StripeClient], Any],
+) -> Synced:
+    """Change a subscription in Stripe (`call`) and apply Stripe's answer, under its lock.
+
+    Any event about a later change waits for the lock and then reads a later state, so our
+    answer can never overwrite it. Commits.
+    """
+    session.commit()
+    with subscription_lock(subscription_id):
+        updated = call(get_client())
+        return _apply(session, read_subscription(updated), user_id, only_if_new=False)
+
+
+def record_created(*, session: Session, user_id: int, snapshot: SubscriptionSnapshot) -> Synced:
+    """Record a subscription our own create call returned, unless a webhook already did.
+
+    A webhook handler that got there first read Stripe later than our create call answered,
+    so its row stands. Commits.
+    """
+    session.commit()
+    with subscription_lock(snapshot.id):
+        return _apply(session, snapshot, user_id, only_if_new=True)

@@ -1,0 +1,108 @@
+"""Named locks that hold across threads, processes and backend workers.
+
+Billing writes that must not interleave (two subscribe attempts of one person; two workers
+applying what Stripe says about one subscription) run inside `hold(name)`:
+
+- PostgreSQL: a transaction-scoped advisory lock (`pg_advisory_xact_lock`) on a connection of
+  its own, so the work inside may commit as often as it needs while the lock stays held. If the
+  process dies, PostgreSQL ends the transaction and the lock goes with it.
+- SQLite: a lease row in `app_lock`, taken with one compare-and-set statement. A lease that was
+  never released (a crashed process) lapses after `LEASE`, so nothing stays locked for good.
+
+Waiting is bounded: after `timeout` seconds `LockTimeout` is raised and the caller answers
+"try again" (a request) or retries later (a webhook event).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from subscription_app import db
+from subscription_app.models import AppLock, utcnow
+
+# Longer than any Stripe call may take (20 s timeout, two retries), so a live holder keeps it.
+LEASE = timedelta(seconds=120)
+DEFAULT_TIMEOUT_SECONDS = 30.0
+_POLL_FIRST, _POLL_MAX = 0.005, 0.1
+
+
+class LockTimeout(RuntimeError):
+    """Another holder kept the lock for longer than the caller was willing to wait."""
+
+
+def _advisory_key(name: str) -> int:
+    # pg advisory locks take a signed 64-bit key.
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+@contextmanager
+def _hold_postgresql(engine: Engine, name: str, timeout: float) -> Iterator[None]:
+    with engine.connect() as conn:
+        # A blocked wait ends with an error after `timeout` (SET LOCAL: this transaction only).
+        conn.execute(sa.text(f"SET LOCAL lock_timeout = '{int(timeout * 1000)}ms'"))
+        try:
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_advisory_key(name))))
+        except sa.exc.OperationalError as exc:
+            conn.rollback()
+            raise LockTimeout(name) from exc
+        try:
+            yield
+        finally:
+            conn.rollback()  # ends the transaction, which releases the lock
+
+
+def _try_lease(engine: Engine, name: str, holder: str) -> bool:
+    now = utcnow()
+    table = AppLock.__table__
+    insert = sa.dialects.sqlite.insert(table).values(
+        name=name, holder=holder, expires_at=now + LEASE
+    )
+    statement = insert.on_conflict_do_update(
+        index_elements=[table.c.name],
+        set_={"holder": insert.excluded.holder, "expires_at": insert.excluded.expires_at},
+        where=table.c.expires_at < now,
+    )
+    with engine.begin() as conn:
+        return conn.execute(statement).rowcount == 1
+
+
+@contextmanager
+def _hold_lease(engine: Engine, name: str, timeout: float) -> Iterator[None]:
+    holder = uuid.uuid4().hex
+    deadline = time.monotonic() + timeout
+    pause = _POLL_FIRST
+    while not _try_lease(engine, name, holder):
+        if time.monotonic() >= deadline:
+            raise LockTimeout(name)
+        time.sleep(pause)
+        pause = min(_POLL_MAX, pause * 2)
+    try:
+        yield
+    finally:
+        table = AppLock.__table__
+        with engine.begin() as conn:
+            conn.execute(sa.delete(table).where(table.c.name == name, table.c.holder == holder))
+
+
+@contextmanager
+def hold(name: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> Iterator[None]:
+    """Hold the lock called `name` for the duration of the block (blocking; use in a thread).
+
+    Raises:
+        LockTimeout: the lock could not be had within `timeout` seconds.
+    """
+    engine = db.get_engine()
+    if engine.dialect.name == "postgresql":
+        with _hold_postgresql(engine, name, timeout):
+            yield
+    else:
+        with _hold_lease(engine, name, timeout):
+            yield

@@ -1,0 +1,96 @@
+"""Named locks across connections (PostgreSQL advisory locks, SQLite leases)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from subscription_app import locks
+from subscription_app.models import AppLock, utcnow
+
+
+def try_in_other_thread(name: str, timeout: float) -> BaseException | None:
+    """Try to take `name` from another thread (its own connection); the error, if any."""
+    outcome: list[BaseException | None] = []
+
+    def attempt() -> None:
+        try:
+            with locks.hold(name, timeout=timeout):
+                outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=attempt)
+    thread.start()
+    thread.join(timeout=30)
+    return outcome[0]
+
+
+def test_a_held_lock_keeps_others_out_until_released(db_engine):
+    with locks.hold("subscriber:1"):
+        assert isinstance(try_in_other_thread("subscriber:1", timeout=0.3), locks.LockTimeout)
+        assert try_in_other_thread("subscriber:2", timeout=0.3) is None  # other names are free
+    assert try_in_other_thread("subscriber:1", timeout=0.3) is None
+
+
+def test_the_holder_can_commit_inside_without_releasing(db_engine, session):
+    with locks.hold("subscription:x"):
+        session.execute(sa.text("SELECT 1"))
+        session.commit()
+        assert isinstance(try_in_other_thread("subscription:x", timeout=0.3), locks.LockTimeout)
+
+
+def test_a_waiter_gets_the_lock_when_the_holder_lets_go(db_engine):
+    held, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def holder() -> None:
+        with locks.hold("subscriber:7"):
+            held.set()
+            release.wait(timeout=30)
+            order.append("released")
+
+    def waiter() -> None:
+        with locks.hold("subscriber:7", timeout=30):
+            order.append("got")
+
+    first = threading.Thread(target=holder)
+    first.start()
+    held.wait(timeout=30)
+    second = threading.Thread(target=waiter)
+    second.start()
+    release.set()
+    first.join(timeout=30)
+    second.join(timeout=30)
+    assert order == ["released", "got"]
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path, monkeypatch):
+    from subscription_app import db
+    from subscription_app.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'locks.db'}"
+    upgrade(url)
+    engine = db.make_engine(url)
+    monkeypatch.setattr(db, "get_engine", lambda: engine)
+    yield engine
+    engine.dispose()
+
+
+def test_a_sqlite_lease_left_by_a_crashed_process_lapses(sqlite_engine):
+    with sqlite_engine.begin() as conn:
+        conn.execute(
+            sa.insert(AppLock.__table__).values(
+                name="subscriber:9", holder="dead", expires_at=utcnow() + timedelta(seconds=60)
+            )
+        )
+    assert isinstance(try_in_other_thread("subscriber:9", timeout=0.3), locks.LockTimeout)
+    with sqlite_engine.begin() as conn:
+        conn.execute(
+            sa.update(AppLock.__table__).values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+    assert try_in_other_thread("subscriber:9", timeout=0.3) is None

@@ -1,0 +1,159 @@
+"""One live subscription per person, whatever they do (SQLite and PostgreSQL, real SDK calls).
+
+Each test asks Stripe (the emulator) what really exists afterwards, not only our database.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import select
+
+from subscription_app import crypto
+from subscription_app.api import create_api
+from subscription_app.billing import sync
+from subscription_app.models import BillingCustomer, User
+from tests.integration.conftest import auth_headers, subscribe
+
+
+@pytest.fixture
+def api(db_engine, stripe_env):
+    with TestClient(create_api(), raise_server_exceptions=False) as client:
+        yield client
+
+
+def stripe_state(session, stripe_client, email: str) -> tuple[list, list]:
+    """(subscriptions, paid invoices) that Stripe holds for this person's customer."""
+    session.rollback()  # a fresh snapshot of what the app committed
+    user = session.exec(select(User).where(User.email == email)).one()
+    customer = session.exec(select(BillingCustomer).where(BillingCustomer.user_id == user.id)).one()
+    customer_id = crypto.decrypt(customer.stripe_customer_id_enc)
+    subs = stripe_client.v1.subscriptions.list(
+        params={"customer": customer_id, "status": "all"}
+    ).data
+    invoices = stripe_client.v1.invoices.list(params={"customer": customer_id}).data
+    return subs, [i for i in invoices if i.status == "paid"]
+
+
+def live(subs) -> list:
+    return [s for s in subs if s.status in ("active", "trialing", "past_due", "unpaid")]
+
+
+def test_two_concurrent_subscribes_with_two_cards_make_one_subscription_and_one_charge(
+    api, make_payment_method, stripe_client, session
+):
+    headers = auth_headers(api, "tabs@example.com")
+    cards = [make_payment_method("tok_visa"), make_payment_method("tok_mastercard")]
+    start = threading.Barrier(len(cards))
+    answers = []
+
+    def attempt(card: str) -> None:
+        # A client of its own per caller: two tabs, or a page and an API client.
+        with TestClient(create_api(), raise_server_exceptions=False) as client:
+            start.wait()
+            answers.append(subscribe(client, headers, card))
+
+    threads = [threading.Thread(target=attempt, args=(card,)) for card in cards]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [200, 409], [a.text for a in answers]
+    refused = next(a for a in answers if a.status_code == 409)
+    assert "already have an active subscription" in refused.json()["detail"]
+    subs, paid = stripe_state(session, stripe_client, "tabs@example.com")
+    assert len(subs) == 1 and len(live(subs)) == 1
+    assert len(paid) == 1
+
+
+def test_second_card_while_3ds_is_pending_leaves_exactly_one_live_subscription(
+    api, make_payment_method, stripe_client, session
+):
+    headers = auth_headers(api, "pending@example.com")
+    first = subscribe(api, headers, make_payment_method("tok_threeDSecure2Required"))
+    assert first.status_code == 200, first.text
+    assert first.json()["status"] == "requires_action"
+    pending_intent = first.json()["client_secret"].split("_secret_")[0]
+
+    second = subscribe(api, headers, make_payment_method("tok_visa"))
+    assert second.status_code == 200, second.text
+    assert second.json()["status"] == "active"
+
+    # Completing the first attempt's payment later must not charge a second time.
+    with pytest.raises(Exception):
+        stripe_client.v1.payment_intents.confirm(pending_intent)
+    subs, paid = stripe_state(session, stripe_client, "pending@example.com")
+    assert len(subs) == 2 and len(live(subs)) == 1
+    assert {s.status for s in subs} - {"active"} <= {"canceled", "incomplete_expired"}
+    assert len(paid) == 1
+    me = api.get("/api/v1/subscriptions/me", headers=headers).json()["subscription"]
+    assert me["status"] == "active"
+
+
+def test_retry_after_a_request_died_half_way_returns_the_same_subscription(
+    api, make_payment_method, stripe_client, session, monkeypatch
+):
+    # The first request created the subscription in Stripe, then died before recording it.
+    # Only the idempotency key keeps the retry from creating a second one.
+    headers = auth_headers(api, "retry@example.com")
+    card = make_payment_method("tok_visa")
+    real_record = sync.record_created
+    calls = []
+
+    def die_once(**kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("worker killed")
+        return real_record(**kwargs)
+
+    monkeypatch.setattr(sync, "record_created", die_once)
+    assert subscribe(api, headers, card).status_code == 500
+    retry = subscribe(api, headers, card)
+    assert retry.status_code == 200, retry.text
+    assert retry.json()["status"] == "active"
+    subs, paid = stripe_state(session, stripe_client, "retry@example.com")
+    assert len(subs) == 1 and len(paid) == 1
+
+
+def test_retry_with_another_card_after_a_request_died_adopts_the_first_subscription(
+    api, make_payment_method, stripe_client, session, monkeypatch
+):
+    headers = auth_headers(api, "retry2@example.com")
+    real_record = sync.record_created
+    calls = []
+
+    def die_once(**kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("worker killed")
+        return real_record(**kwargs)
+
+    monkeypatch.setattr(sync, "record_created", die_once)
+    assert subscribe(api, headers, make_payment_method("tok_visa")).status_code == 500
+    again = subscribe(api, headers, make_payment_method("tok_mastercard"))
+    assert again.status_code == 409, again.text
+    subs, paid = stripe_state(session, stripe_client, "retry2@example.com")
+    assert len(subs) == 1 and len(paid) == 1
+    me = api.get("/api/v1/subscriptions/me", headers=headers).json()["subscription"]
+    assert me["status"] == "active"
+
+
+def test_subscribing_again_after_cancelling_with_the_same_card_starts_a_new_subscription(
+    api, make_payment_method, stripe_client, session
+):
+    # Keys are per attempt, not per card: the same card later is a new attempt.
+    headers = auth_headers(api, "again@example.com")
+    card = make_payment_method("tok_visa")
+    assert subscribe(api, headers, card).status_code == 200
+    ended = api.post("/api/v1/subscriptions/cancel", json={"at_period_end": False}, headers=headers)
+    assert ended.status_code == 200
+    again = subscribe(api, headers, card)
+    assert again.status_code == 200, again.text
+    assert again.json()["status"] == "active"
+    subs, paid = stripe_state(session, stripe_client, "again@example.com")
+    assert sorted(s.status for s in subs) == ["active", "canceled"]
+    assert len(paid) == 2
