@@ -204,27 +204,48 @@ def _decode(token: str) -> dict | None:
         return None
 
 
+def session_id_for_token(token: str) -> str | None:
+    """The id of the login session a token names (its stored, hashed form), or None.
+
+    Only checks the signature and expiry; `user_for_session` checks the session itself. The
+    id is not a credential: the API accepts only the signed token.
+    """
+    claims = _decode(token)
+    return _hash_session_id(str(claims["sid"])) if claims else None
+
+
+def user_for_session(*, session: Session, session_id: str) -> User | None:
+    """The user of a login session, or None if it is unknown, logged out or expired."""
+    if not session_id:
+        return None
+    auth = session.get(AuthSession, session_id)
+    if auth is None or auth.revoked_at is not None or auth.expires_at <= utcnow():
+        return None
+    return session.get(User, auth.user_id)
+
+
 def user_for_token(*, session: Session, token: str) -> User | None:
     """The user a token belongs to, or None if it is invalid, expired or logged out."""
     claims = _decode(token)
     if claims is None:
         return None
-    auth = session.get(AuthSession, _hash_session_id(str(claims["sid"])))
-    if auth is None or auth.revoked_at is not None or auth.expires_at <= utcnow():
+    user = user_for_session(session=session, session_id=_hash_session_id(str(claims["sid"])))
+    if user is None or str(user.id) != str(claims["sub"]):
         return None
-    if str(auth.user_id) != str(claims["sub"]):
-        return None
-    return session.get(User, auth.user_id)
+    return user
 
 
-def revoke_token(*, session: Session, token: str) -> bool:
-    """Log out: revoke the session behind `token`. Returns False if it was not valid."""
-    claims = _decode(token)
-    if claims is None:
-        return False
-    auth = session.get(AuthSession, _hash_session_id(str(claims["sid"])))
+def revoke_session(*, session: Session, session_id: str) -> bool:
+    """Log out a login session by its id. False if it was not active."""
+    auth = session.get(AuthSession, session_id) if session_id else None
     if auth is None or auth.revoked_at is not None:
         return False
     auth.revoked_at = utcnow()
     session.add(auth)
     return True
+
+
+def revoke_token(*, session: Session, token: str) -> bool:
+    """Log out: revoke the session behind `token`. Returns False if it was not valid."""
+    session_id = session_id_for_token(token)
+    return revoke_session(session=session, session_id=session_id) if session_id else False

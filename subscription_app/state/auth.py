@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
+from typing import TypeVar
 
 import reflex as rx
+from sqlmodel import Session
 
 from subscription_app import accounts, ratelimit, routes, session_cookie
 from subscription_app.db import session_scope
 from subscription_app.models import User
 
 SESSION_COOKIE = session_cookie.COOKIE_NAME
+T = TypeVar("T")
 
 
 def _fetch_js(method: str, path: str, body: dict | None = None) -> str:
@@ -23,28 +27,39 @@ def _fetch_js(method: str, path: str, body: dict | None = None) -> str:
     return f"fetch({json.dumps(path)}, {json.dumps(options)}).then(r => r.ok).catch(() => false)"
 
 
-def _lookup_user(token: str) -> tuple[int, str] | None:
-    if not token:
-        return None
+class SessionEnded(Exception):
+    """The login behind this tab was logged out (any tab, the API), expired, or never was."""
+
+
+def _user_of(session_id: str) -> tuple[str, str] | None:
     with session_scope() as session:
-        user = accounts.user_for_token(session=session, token=token)
-        return (user.id, user.email) if user else None
+        user = accounts.user_for_session(session=session, session_id=session_id)
+        return (session_id, user.email) if user else None
 
 
-def _login_result(user: User, session) -> tuple[str, int, str]:
+def call_as_user(session_id: str, fn: Callable[[Session, User], T]) -> T:
+    """Run `fn` for the session's user, in one transaction that first re-checks the session."""
+    with session_scope() as session:
+        user = accounts.user_for_session(session=session, session_id=session_id)
+        if user is None:
+            raise SessionEnded()
+        return fn(session, user)
+
+
+def _login_result(user: User, session) -> tuple[str, str, str]:
     issued = accounts.issue_token(session=session, user=user)
-    return issued.token, user.id, user.email
+    return issued.token, accounts.session_id_for_token(issued.token) or "", user.email
 
 
 class AuthState(rx.State):
     """Who is logged in. Pages that need a user put `require_login` in their on_load."""
 
     user_email: str = ""
-    # Backend-only (never sent to the browser): the session token from this tab's login, and
-    # the user it belongs to. After a reload the token comes from the HttpOnly cookie, which
-    # the browser sends with the websocket handshake.
-    _session_token: str = ""
-    _user_id: int | None = None
+    # Backend-only (never sent to the browser): which login session this tab belongs to, as
+    # its stored (hashed) id, which is no credential. After a reload it comes from the
+    # HttpOnly cookie the browser sends with the websocket handshake. Every event that reads
+    # or changes account or billing data re-checks that session in the database first.
+    _auth_session_id: str = ""
     auth_checked: bool = False
     form_error: str = ""
     submitting: bool = False
@@ -54,22 +69,41 @@ class AuthState(rx.State):
         """True when a valid session was found."""
         return self.user_email != ""
 
-    def _token(self) -> str:
-        return self._session_token or session_cookie.token_from_cookie_header(
-            self.router.headers.cookie
-        )
+    def _session_ref(self) -> str:
+        if self._auth_session_id:
+            return self._auth_session_id
+        token = session_cookie.token_from_cookie_header(self.router.headers.cookie)
+        return accounts.session_id_for_token(token) or "" if token else ""
 
-    async def _refresh_user(self) -> None:
-        found = await asyncio.to_thread(_lookup_user, self._token())
-        if found is None:
-            self._user_id, self.user_email, self._session_token = None, "", ""
-        else:
-            self._user_id, self.user_email = found
+    def _forget(self) -> None:
+        self._auth_session_id, self.user_email = "", ""
         self.auth_checked = True
 
-    def current_user_id(self) -> int | None:
-        """The logged-in user's id (call after `check_session`)."""
-        return self._user_id
+    async def _refresh_user(self) -> None:
+        ref = self._session_ref()
+        found = await asyncio.to_thread(_user_of, ref) if ref else None
+        if found is None:
+            self._forget()
+        else:
+            self._auth_session_id, self.user_email = found
+        self.auth_checked = True
+
+    async def _run_as_user(self, fn: Callable[[Session, User], T]) -> T:
+        """Run a blocking service call for this tab's user, after re-checking the session.
+
+        Raises:
+            SessionEnded: logged out, expired or unknown; this tab then forgets the login.
+        """
+        auth = await self.get_state(AuthState)  # this tab's login, also from a substate
+        try:
+            return await asyncio.to_thread(call_as_user, auth._session_ref(), fn)
+        except SessionEnded:
+            auth._forget()
+            raise
+
+    def _to_login(self):
+        """Where a tab goes once its session has ended: the login page, then back here."""
+        return rx.redirect(f"{routes.LOGIN}?next={self.router.url.path}")
 
     @rx.event
     async def check_session(self):
@@ -81,7 +115,7 @@ class AuthState(rx.State):
         """On_load guard: send a logged-out visitor to the login page, then back here."""
         await self._refresh_user()
         if not self.logged_in:
-            return rx.redirect(f"{routes.LOGIN}?next={self.router.url.path}")
+            return self._to_login()
         return None
 
     @rx.event
@@ -96,10 +130,9 @@ class AuthState(rx.State):
     def _next_target(self) -> str:
         return routes.safe_next(self.router.url.query_parameters.get("next"))
 
-    def _apply_login(self, result: tuple[str, int, str]):
+    def _apply_login(self, result: tuple[str, str, str]):
         """Remember the login here and have the page store the HttpOnly cookie."""
-        token, self._user_id, self.user_email = result
-        self._session_token = token
+        token, self._auth_session_id, self.user_email = result
         self.auth_checked = True
         handoff = session_cookie.make_handoff(token)
         return rx.call_script(
@@ -123,7 +156,7 @@ class AuthState(rx.State):
         password = str(form_data.get("password", ""))
         address = self.router.session.client_ip or None
 
-        def _do() -> str | tuple[str, int, str]:
+        def _do() -> str | tuple[str, str, str]:
             with session_scope() as session:
                 try:
                     ratelimit.check_login(email=email, client_address=address)
@@ -159,7 +192,7 @@ class AuthState(rx.State):
 
         address = self.router.session.client_ip or None
 
-        def _do() -> str | tuple[str, int, str]:
+        def _do() -> str | tuple[str, str, str]:
             with session_scope() as session:
                 try:
                     ratelimit.check_register(email=email, client_address=address)
@@ -178,14 +211,15 @@ class AuthState(rx.State):
     @rx.event
     async def logout(self):
         """End the session on the server and in the browser (the cookie is deleted)."""
-        token = self._token()
+        ref = self._session_ref()
 
         def _do() -> None:
             with session_scope() as session:
-                accounts.revoke_token(session=session, token=token)
+                accounts.revoke_session(session=session, session_id=ref)
 
-        await asyncio.to_thread(_do)
-        self._session_token, self.user_email, self._user_id = "", "", None
+        if ref:
+            await asyncio.to_thread(_do)
+        self._forget()
         return rx.call_script(
             _fetch_js("DELETE", "/api/v1/auth/session"), callback=AuthState.logged_out
         )

@@ -13,13 +13,12 @@ from typing import Any, TypeVar
 import reflex as rx
 from sqlmodel import Session
 
-from subscription_app import changes
+from subscription_app import changes, routes
 from subscription_app.billing import repository, service
 from subscription_app.billing.plans import DEFAULT_PLAN
 from subscription_app.billing.repository import SubscriptionView
-from subscription_app.db import session_scope
 from subscription_app.models import User
-from subscription_app.state.auth import AuthState
+from subscription_app.state.auth import AuthState, SessionEnded, call_as_user
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -40,19 +39,6 @@ CHECKOUT_JS = "/checkout.js"
 def format_date(value: datetime | None) -> str:
     """A date as people read it, e.g. "November 22, 2026" (UTC)."""
     return f"{value:%B} {value.day}, {value.year}" if value else ""
-
-
-async def run_for_user(user_id: int | None, fn: Callable[[Session, User], T]) -> T:
-    """Run a blocking service call for the user in a worker thread with its own session."""
-
-    def _call() -> T:
-        with session_scope() as session:
-            user = session.get(User, user_id) if user_id is not None else None
-            if user is None:
-                raise service.BillingError("Your session has expired. Log in again.")
-            return fn(session, user)
-
-    return await asyncio.to_thread(_call)
 
 
 def _js_call(function: str, *args: Any) -> str:
@@ -77,36 +63,30 @@ class CheckoutState(AuthState):
     pending: bool = False
     already_subscribed: bool = False
 
-    async def _uid(self) -> int | None:
-        auth = await self.get_state(AuthState)
-        return auth.current_user_id()
-
     def _reset(self) -> None:
         self.setup_client_secret, self.error = "", ""
         self.card_ready = self.processing = self.succeeded = self.pending = False
         self.already_subscribed = False
 
     async def _new_setup_intent(self):
-        user_id = await self._uid()
-        self.setup_client_secret = await run_for_user(
-            user_id, lambda s, u: service.create_setup_intent(session=s, user=u)
+        self.setup_client_secret = await self._run_as_user(
+            lambda s, u: service.create_setup_intent(session=s, user=u)
         )
 
     @rx.event
     async def prepare(self):
         """On load: refuse a second subscription, else create a SetupIntent and mount the card."""
         self._reset()
-        user_id = await self._uid()
-        if user_id is None:
-            return None
-        current = await run_for_user(
-            user_id, lambda s, u: service.get_subscription(session=s, user=u)
-        )
-        if current is not None and current.is_live:
-            self.already_subscribed = True
-            return None
         try:
+            current = await self._run_as_user(
+                lambda s, u: service.get_subscription(session=s, user=u)
+            )
+            if current is not None and current.is_live:
+                self.already_subscribed = True
+                return None
             await self._new_setup_intent()
+        except SessionEnded:
+            return self._to_login()
         except service.BillingError as exc:
             self.error = exc.message
             return None
@@ -139,8 +119,11 @@ class CheckoutState(AuthState):
         self.error, self.processing = message, False
         try:
             await self._new_setup_intent()  # the old one is used up after a confirm
+        except SessionEnded:
+            return self._to_login()
         except service.BillingError as exc:
             self.error = exc.message
+        return None
 
     @rx.event
     async def card_confirmed(self, result: Any):
@@ -152,18 +135,19 @@ class CheckoutState(AuthState):
             return None
         payment_method_id = str(result["payment_method_id"])
         try:
-            outcome = await run_for_user(
-                await self._uid(),
+            outcome = await self._run_as_user(
                 lambda s, u: service.start_subscription(
                     session=s, user=u, payment_method_id=payment_method_id
                 ),
             )
+        except SessionEnded:
+            self.processing = False
+            return self._to_login()
         except service.AlreadySubscribed as exc:
             self.error, self.processing, self.already_subscribed = exc.message, False, True
             return None
         except service.BillingError as exc:
-            await self._fail(exc.message)
-            return None
+            return await self._fail(exc.message)
         return self._settle(outcome)
 
     def _settle(self, outcome: service.SubscribeResult):
@@ -181,13 +165,14 @@ class CheckoutState(AuthState):
     async def payment_confirmed(self, result: Any):
         """3-D Secure finished in the browser (either way): ask Stripe what happened."""
         try:
-            outcome = await run_for_user(
-                await self._uid(),
+            outcome = await self._run_as_user(
                 lambda s, u: service.confirm_subscription(session=s, user=u),
             )
+        except SessionEnded:
+            self.processing = False
+            return self._to_login()
         except service.BillingError as exc:
-            await self._fail(exc.message)
-            return None
+            return await self._fail(exc.message)
         return self._settle(outcome)
 
 
@@ -196,14 +181,12 @@ CANCEL_NOW = "Now"
 WATCH_SECONDS = 30 * 60  # a dashboard left open stops listening after half an hour
 
 
-def _version(user_id: int) -> str:
-    with session_scope() as session:
-        return repository.subscription_version(session, user_id)
-
-
-def _messages(user_id: int) -> list[str]:
-    with session_scope() as session:
-        return [n.text for n in repository.recent_notifications(session, user_id)]
+def _dashboard_data(session: Session, user: User) -> tuple[SubscriptionView | None, list, str]:
+    return (
+        service.get_subscription(session=session, user=user),
+        [n.text for n in repository.recent_notifications(session, user.id)],
+        repository.subscription_version(session, user.id),
+    )
 
 
 class DashboardState(AuthState):
@@ -224,7 +207,9 @@ class DashboardState(AuthState):
     working: bool = False
     result_message: str = ""
     action_error: str = ""
-    _watch_generation: int = 0
+    # Backend-only: the tab's one watcher (see `watch`), and what it last showed.
+    _watching: bool = False
+    _watch_requested: bool = False
     _seen_version: str = ""
 
     @rx.var
@@ -242,62 +227,73 @@ class DashboardState(AuthState):
         self.cancel_at_period_end = bool(view and view.cancel_at_period_end)
         self.canceled_on = format_date(view.canceled_at) if view else ""
 
-    async def _uid(self) -> int | None:
-        auth = await self.get_state(AuthState)
-        return auth.current_user_id()
-
-    async def _refresh(self, user_id: int) -> None:
-        view = await run_for_user(user_id, lambda s, u: service.get_subscription(session=s, user=u))
+    def _apply(self, data: tuple[SubscriptionView | None, list, str]) -> None:
+        view, self.messages, self._seen_version = data
         self._show(view)
-        self.messages = await asyncio.to_thread(_messages, user_id)
-        self._seen_version = await asyncio.to_thread(_version, user_id)
 
     @rx.event
     async def load(self):
         """On load: read the subscription, then keep the page up to date."""
-        user_id = await self._uid()
-        if user_id is None:
-            return None
         self.result_message = self.action_error = ""
         self.cancel_dialog_open = False
         self.cancel_when = CANCEL_AT_PERIOD_END  # matches the radio group's default
         try:
-            await self._refresh(user_id)
+            self._apply(await self._run_as_user(_dashboard_data))
+        except SessionEnded:
+            return self._to_login()
         except service.BillingError as exc:
             self.load_error = exc.message
             return None
         self.load_error = ""
-        self._watch_generation += 1
-        return DashboardState.watch(self._watch_generation)
+        self._watch_requested = True
+        return DashboardState.watch
 
     @rx.event(background=True)
-    async def watch(self, generation: int):
+    async def watch(self):
         """Follow changes (webhooks, other tabs, API calls) while the dashboard is open.
 
-        Woken at once by the webhook processor in this process; re-checks the database every
-        second for changes made by other processes.
+        Runs at most once per tab, and only when `load` asked for it: a call from the browser
+        on its own does nothing. Woken at once by the webhook processor in this process;
+        re-checks every second for changes made by other processes. Stops when the person
+        leaves the page, after half an hour, or when the session ends.
         """
         async with self:
-            user_id = await self._uid()
-        if user_id is None:
-            return
-        deadline = time.monotonic() + WATCH_SECONDS
-        while time.monotonic() < deadline:
-            await changes.wait_for_change(user_id, timeout=1.0)
-            async with self:
-                if self._watch_generation != generation or not self.router.url.path.startswith(
-                    "/dashboard"
-                ):
-                    return  # a newer watcher took over, or the user left the page
-                seen = self._seen_version
-            try:
-                current = await asyncio.to_thread(_version, user_id)
-            except Exception:  # database hiccup: try again next round
-                logger.warning("dashboard watcher could not read the database", exc_info=True)
-                continue
-            if current != seen:
+            if self._watching or not self._watch_requested:
+                return
+            self._watching, self._watch_requested = True, False
+            ref = (await self.get_state(AuthState))._session_ref()
+        try:
+            user_id = await asyncio.to_thread(call_as_user, ref, lambda s, u: u.id)
+            deadline = time.monotonic() + WATCH_SECONDS
+            while True:
                 async with self:
-                    await self._refresh(user_id)
+                    if self._watch_requested:  # the page was loaded again: keep going
+                        self._watch_requested = False
+                        deadline = time.monotonic() + WATCH_SECONDS
+                    here = self.router.url.path.startswith(routes.DASHBOARD)
+                    if not here or time.monotonic() >= deadline:
+                        self._watching = False
+                        return
+                    seen = self._seen_version
+                await changes.wait_for_change(user_id, timeout=1.0)
+                try:
+                    data = await asyncio.to_thread(call_as_user, ref, _dashboard_data)
+                except SessionEnded:
+                    raise
+                except Exception:  # database hiccup: try again next round
+                    logger.warning("dashboard watcher could not read the database", exc_info=True)
+                    continue
+                if data[2] != seen:
+                    async with self:
+                        self._apply(data)
+        except SessionEnded:
+            async with self:
+                self._watching = False
+                (await self.get_state(AuthState))._forget()
+                return self._to_login()
+        finally:
+            async with self:
+                self._watching = False
 
     @rx.event
     def set_cancel_when(self, value: str):
@@ -316,49 +312,40 @@ class DashboardState(AuthState):
         """Keep the subscription."""
         self.cancel_dialog_open = False
 
-    @rx.event
-    async def confirm_cancel(self):
-        """Cancel as chosen, and show the result at once."""
+    async def _act(self, fn: Callable[[Session, User], service.CancelResult]):
+        """Run a cancel or undo for the user and show its result (a generator of updates)."""
         if self.working:
             return
         self.working, self.action_error, self.result_message = True, "", ""
         yield
-        at_period_end = self.cancel_when != CANCEL_NOW
-        user_id = await self._uid()
         try:
-            result = await run_for_user(
-                user_id,
-                lambda s, u: service.cancel_subscription(
-                    session=s, user=u, at_period_end=at_period_end
-                ),
-            )
+            self.result_message = (await self._run_as_user(fn)).message
+        except SessionEnded:
+            yield self._to_login()
+            return
         except service.BillingError as exc:
             self.action_error = exc.message
-        else:
-            self.result_message = result.message
-        self.working, self.cancel_dialog_open = False, False
-        if user_id is not None:
-            await self._refresh(user_id)
+        finally:
+            self.working, self.cancel_dialog_open = False, False
+        try:
+            self._apply(await self._run_as_user(_dashboard_data))
+        except SessionEnded:
+            yield self._to_login()
+
+    @rx.event
+    async def confirm_cancel(self):
+        """Cancel as chosen, and show the result at once."""
+        at_period_end = self.cancel_when != CANCEL_NOW
+        async for update in self._act(
+            lambda s, u: service.cancel_subscription(session=s, user=u, at_period_end=at_period_end)
+        ):
+            yield update
 
     @rx.event
     async def undo_cancel(self):
         """Keep the subscription after all (before the period ends)."""
-        if self.working:
-            return
-        self.working, self.action_error, self.result_message = True, "", ""
-        yield
-        user_id = await self._uid()
-        try:
-            result = await run_for_user(
-                user_id, lambda s, u: service.resume_subscription(session=s, user=u)
-            )
-        except service.BillingError as exc:
-            self.action_error = exc.message
-        else:
-            self.result_message = result.message
-        self.working = False
-        if user_id is not None:
-            await self._refresh(user_id)
+        async for update in self._act(lambda s, u: service.resume_subscription(session=s, user=u)):
+            yield update
 
 
 PLAN_NAME = DEFAULT_PLAN.name

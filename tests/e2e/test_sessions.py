@@ -1,0 +1,71 @@
+"""Sessions end everywhere: a tab opened before a logout (or expiry) can no longer act."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from tests.e2e.helpers import (
+    path_is,
+    register,
+    stripe_subscriptions_for,
+    subscribe_with_card,
+    unique_email,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def try_to_cancel(tab: Page) -> None:
+    tab.get_by_role("button", name="Cancel subscription").click()
+    tab.get_by_role("alertdialog").get_by_role("button", name="Confirm cancellation").click()
+
+
+def expect_nothing_cancelled(live_app, email: str) -> None:
+    [subscription] = stripe_subscriptions_for(live_app, email)
+    assert subscription.status == "active"
+    assert subscription.cancel_at_period_end is False
+
+
+def test_logout_in_one_tab_stops_an_older_tab_from_cancelling(browser: Browser, live_app):
+    context = browser.new_context(base_url=live_app.url)
+    try:
+        first = context.new_page()
+        email = unique_email("two-tabs")
+        register(first, email)
+        subscribe_with_card(first)
+        second = context.new_page()
+        second.goto("/dashboard")
+        expect(second.get_by_text("Active", exact=True)).to_be_visible()
+
+        first.goto("/dashboard")
+        first.get_by_role("button", name="Log out").click()
+        expect(first).to_have_url(path_is("/"))
+
+        try_to_cancel(second)
+        expect(second).to_have_url(path_is("/login"))
+        expect(second.get_by_role("button", name="Log in")).to_be_visible()
+        expect_nothing_cancelled(live_app, email)
+    finally:
+        context.close()
+
+
+def test_an_expired_sessions_event_is_refused(page: Page, live_app):
+    email = unique_email("expired")
+    register(page, email)
+    subscribe_with_card(page)
+    page.goto("/dashboard")
+    expect(page.get_by_text("Active", exact=True)).to_be_visible()
+
+    # The login runs out while the page is open.
+    with sqlite3.connect(live_app.database_url.removeprefix("sqlite:///")) as db:
+        db.execute(
+            "UPDATE auth_session SET expires_at = '2000-01-01 00:00:00.000000' WHERE user_id = "
+            "(SELECT id FROM user_account WHERE email = ?)",
+            (email,),
+        )
+    try_to_cancel(page)
+    expect(page).to_have_url(path_is("/login"))
+    expect_nothing_cancelled(live_app, email)
