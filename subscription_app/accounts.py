@@ -18,6 +18,7 @@ from pwdlib import PasswordHash
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+from subscription_app import ratelimit
 from subscription_app.models import AuthSession, User, utcnow
 from subscription_app.settings import get_settings
 
@@ -149,6 +150,18 @@ def authenticate(*, session: Session, email: str, password: str) -> User:
     return user
 
 
+def account_key(email: str) -> str:
+    """The email as login normalizes it: what per-account limits count against.
+
+    An address typed with full-width letters logs into the plain one, so both must count
+    against the same account.
+    """
+    try:
+        return normalize_email(email)
+    except InvalidEmail:
+        return (email or "").strip().lower()
+
+
 @dataclass(frozen=True)
 class IssuedToken:
     """A bearer token and when it stops working."""
@@ -249,3 +262,33 @@ def revoke_token(*, session: Session, token: str) -> bool:
     """Log out: revoke the session behind `token`. Returns False if it was not valid."""
     session_id = session_id_for_token(token)
     return revoke_session(session=session, session_id=session_id) if session_id else False
+
+
+def login(
+    *, session: Session, email: str, password: str, client_address: str | None
+) -> IssuedToken:
+    """The one login path (web page and API): limits, password check, counters, token.
+
+    Raises:
+        ratelimit.RateLimited: too many attempts (counted before the password is checked).
+        InvalidCredentials: unknown email or wrong password.
+    """
+    account = account_key(email)
+    ratelimit.before_login(account=account, client_address=client_address)
+    try:
+        user = authenticate(session=session, email=email, password=password)
+    except InvalidCredentials:
+        ratelimit.login_failed(account=account)
+        raise
+    ratelimit.login_succeeded(account=account, client_address=client_address)
+    return issue_token(session=session, user=user)
+
+
+def register(*, session: Session, email: str, password: str, client_address: str | None) -> User:
+    """The one registration path: limits, then `register_user`.
+
+    Raises:
+        ratelimit.RateLimited, InvalidEmail, InvalidPassword, EmailTaken.
+    """
+    ratelimit.check_register(account=account_key(email), client_address=client_address)
+    return register_user(session=session, email=email, password=password)

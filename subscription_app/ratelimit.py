@@ -1,134 +1,126 @@
-"""Rate limits for login and registration, per account and per client address.
+"""Rate limits for login and registration, on `limits` (atomic windows in Redis or memory).
 
-Fixed windows counted in Redis when REDIS_URL is set (shared by every backend worker), else
-in this process's memory (one worker, development).
+Counters live in Redis when REDIS_URL is set (shared by every backend worker), else in this
+process's memory (one worker, development). Every limit is taken with `hit`, an atomic
+increment-and-check, *before* the password is checked, so 40 parallel guesses cannot all get
+past a limit of 5. Accounts are keyed by the email exactly as login normalizes it.
+
+Login (see README, "Login limits"):
+- per client address: `rate_limit_attempts_per_address` attempts per window, any account;
+- per account and address: `rate_limit_login_failures_per_account` attempts per window that
+  did not end in a login (a successful login clears it). A stranger's guesses from their
+  address do not lock the owner out of theirs;
+- per account from every address: past `rate_limit_account_failure_ceiling` failures in a
+  window the account slows down to one attempt every `ACCOUNT_SLOW_SECONDS` seconds. Guessing
+  from many addresses gets nowhere, and the owner still gets in.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import threading
 import time
 from functools import lru_cache
 
-from subscription_app.accounts import AccountError
+from limits import RateLimitItem, RateLimitItemPerSecond
+from limits.storage import Storage, storage_from_string
+from limits.strategies import FixedWindowRateLimiter
+
 from subscription_app.settings import get_settings
 
+ACCOUNT_SLOW_SECONDS = 5
 
-class RateLimited(AccountError):
-    """Too many attempts; `retry_after` seconds until the window resets."""
+
+class RateLimited(Exception):
+    """Too many attempts; `retry_after` seconds until the next one may be made."""
 
     def __init__(self, retry_after: int) -> None:
-        minutes = max(1, math.ceil(retry_after / 60))
-        unit = "minute" if minutes == 1 else "minutes"
-        super().__init__(f"Too many attempts. Please wait {minutes} {unit} and try again.")
-        self.retry_after = retry_after
-
-
-class _MemoryCounter:
-    def __init__(self) -> None:
-        self._counts: dict[str, tuple[int, float]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: str, window: int) -> tuple[int, int]:
-        now = time.time()
-        with self._lock:
-            count, expires = self._counts.get(key, (0, now + window))
-            if expires <= now:
-                self._counts.pop(key, None)
-                return 0, window
-            return count, int(expires - now) + 1
-
-    def incr(self, key: str, window: int) -> None:
-        now = time.time()
-        with self._lock:
-            count, expires = self._counts.get(key, (0, now + window))
-            if expires <= now:
-                count, expires = 0, now + window
-            self._counts[key] = (count + 1, expires)
-            if len(self._counts) > 100_000:  # bound memory: drop expired entries
-                for stale in [k for k, (_, e) in self._counts.items() if e <= now]:
-                    del self._counts[stale]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._counts.clear()
-
-
-class _RedisCounter:
-    def __init__(self, url: str) -> None:
-        import redis
-
-        self._redis = redis.Redis.from_url(url, socket_timeout=2)
-
-    def get(self, key: str, window: int) -> tuple[int, int]:
-        pipe = self._redis.pipeline()
-        pipe.get(key)
-        pipe.ttl(key)
-        count, ttl = pipe.execute()
-        return int(count or 0), int(ttl) if ttl and ttl > 0 else window
-
-    def incr(self, key: str, window: int) -> None:
-        pipe = self._redis.pipeline()
-        pipe.incr(key)
-        pipe.expire(key, window, nx=True)
-        pipe.execute()
-
-    def clear(self) -> None:
-        for key in self._redis.scan_iter("ratelimit:*"):
-            self._redis.delete(key)
+        seconds = max(1, retry_after)
+        if seconds < 60:
+            wait = f"{seconds} second{'s' if seconds != 1 else ''}"
+        else:
+            minutes = math.ceil(seconds / 60)
+            wait = f"{minutes} minute{'s' if minutes != 1 else ''}"
+        self.message = f"Too many attempts. Please wait {wait} and try again."
+        super().__init__(self.message)
+        self.retry_after = seconds
 
 
 @lru_cache(maxsize=2)
-def _counter(redis_url: str | None):
-    return _RedisCounter(redis_url) if redis_url else _MemoryCounter()
+def _storage(redis_url: str | None) -> Storage:
+    return storage_from_string(redis_url or "memory://")
 
 
-def counter():
+def storage() -> Storage:
     """The counter store in use (Redis or memory)."""
-    return _counter(get_settings().redis_url)
+    return _storage(get_settings().redis_url)
 
 
-def _key(kind: str, subject: str) -> str:
-    # Hash the subject: no email addresses or IPs sit in Redis in clear.
-    digest = hashlib.sha256(subject.strip().lower().encode()).hexdigest()[:32]
-    return f"ratelimit:{kind}:{digest}"
+def _limiter() -> FixedWindowRateLimiter:
+    return FixedWindowRateLimiter(storage())
 
 
-def _check(kind: str, subject: str, limit: int) -> None:
-    window = get_settings().rate_limit_window_seconds
-    count, retry_after = counter().get(_key(kind, subject), window)
-    if count >= limit:
-        raise RateLimited(retry_after)
+def reset() -> None:
+    """Forget every counter (tests)."""
+    storage().reset()
 
 
-def _hit(kind: str, subject: str) -> None:
-    counter().incr(_key(kind, subject), get_settings().rate_limit_window_seconds)
+def _id(subject: str) -> str:
+    # Hashed: no email addresses or IPs sit in Redis in clear.
+    return hashlib.sha256(subject.encode()).hexdigest()[:32]
 
 
-def check_login(*, email: str, client_address: str | None) -> None:
-    """Raise `RateLimited` before a login attempt that is over a limit."""
+def _window(amount: int) -> RateLimitItem:
+    return RateLimitItemPerSecond(amount, get_settings().rate_limit_window_seconds)
+
+
+def _take(item: RateLimitItem, kind: str, *subjects: str) -> None:
+    """Count one attempt against `item`; raise `RateLimited` when it is over."""
+    limiter = _limiter()
+    ids = (kind, *(_id(s) for s in subjects))
+    if not limiter.hit(item, *ids):
+        reset_at = limiter.get_window_stats(item, *ids).reset_time
+        raise RateLimited(math.ceil(reset_at - time.time()))
+
+
+def before_login(*, account: str, client_address: str | None) -> None:
+    """Count a login attempt before the password is checked.
+
+    `account` is the email as login normalizes it. Raises `RateLimited`.
+    """
     settings = get_settings()
     if client_address:
-        _check("addr", client_address, settings.rate_limit_attempts_per_address)
-    _check("login-fail", email, settings.rate_limit_login_failures_per_account)
+        _take(_window(settings.rate_limit_attempts_per_address), "addr", client_address)
+    ceiling = _window(settings.rate_limit_account_failure_ceiling)
+    if not _limiter().test(ceiling, "account-failures", _id(account)):
+        slow = RateLimitItemPerSecond(1, ACCOUNT_SLOW_SECONDS)
+        _take(slow, "account-slow", account)
+    _take(
+        _window(settings.rate_limit_login_failures_per_account),
+        "account-addr",
+        account,
+        client_address or "-",
+    )
 
 
-def record_login(*, email: str, client_address: str | None, succeeded: bool) -> None:
-    """Count a login attempt (failures also count against the account)."""
-    if client_address:
-        _hit("addr", client_address)
-    if not succeeded:
-        _hit("login-fail", email)
+def login_failed(*, account: str) -> None:
+    """A wrong password: count it towards the account's ceiling (every address)."""
+    _limiter().hit(
+        _window(get_settings().rate_limit_account_failure_ceiling),
+        "account-failures",
+        _id(account),
+    )
 
 
-def check_register(*, email: str, client_address: str | None) -> None:
-    """Raise `RateLimited` before a registration that is over a limit; count it otherwise."""
+def login_succeeded(*, account: str, client_address: str | None) -> None:
+    """The owner got in from this address: their attempts there start afresh."""
+    item = _window(get_settings().rate_limit_login_failures_per_account)
+    _limiter().clear(item, "account-addr", _id(account), _id(client_address or "-"))
+
+
+def check_register(*, account: str, client_address: str | None) -> None:
+    """Count a registration attempt; raise `RateLimited` when over a limit."""
     settings = get_settings()
     if client_address:
-        _check("addr", client_address, settings.rate_limit_attempts_per_address)
-    _check("register", email, settings.rate_limit_registrations_per_account)
-    if client_address:
-        _hit("addr", client_address)
-    _hit("register", email)
+        _take(_window(settings.rate_limit_attempts_per_address), "addr", client_address)
+    _take(_window(settings.rate_limit_registrations_per_account), "register", account)

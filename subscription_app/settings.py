@@ -89,6 +89,7 @@ class Settings(BaseSettings):
     # client address; registration attempts per email.
     rate_limit_window_seconds: int = Field(default=600, ge=1)
     rate_limit_login_failures_per_account: int = Field(default=5, ge=1)
+    rate_limit_account_failure_ceiling: int = Field(default=50, ge=1)
     rate_limit_attempts_per_address: int = Field(default=300, ge=1)
     rate_limit_registrations_per_account: int = Field(default=5, ge=1)
     # Lifetime of a login (browser session cookie and API bearer token alike).

@@ -117,5 +117,5 @@ def _fresh_rate_limits():
     """Every test starts with empty rate-limit counters."""
     from subscription_app import ratelimit
 
-    ratelimit.counter().clear()
+    ratelimit.reset()
     yield

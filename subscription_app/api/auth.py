@@ -54,11 +54,14 @@ def register(body: Credentials, session: SessionDep, request: Request) -> UserOu
     429 (with Retry-After) when too many attempts came for this email or from this address.
     """
     try:
-        ratelimit.check_register(email=body.email, client_address=client_address(request))
+        user = accounts.register(
+            session=session,
+            email=body.email,
+            password=body.password,
+            client_address=client_address(request),
+        )
     except ratelimit.RateLimited as exc:
         raise _too_many(exc) from exc
-    try:
-        user = accounts.register_user(session=session, email=body.email, password=body.password)
     except accounts.EmailTaken as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=exc.message) from exc
     except accounts.AccountError as exc:
@@ -72,22 +75,21 @@ def login(body: Credentials, session: SessionDep, request: Request) -> TokenOut:
 
     429 (with Retry-After) after too many failures for the account or attempts from the address.
     """
-    address = client_address(request)
     try:
-        ratelimit.check_login(email=body.email, client_address=address)
+        issued = accounts.login(
+            session=session,
+            email=body.email,
+            password=body.password,
+            client_address=client_address(request),
+        )
     except ratelimit.RateLimited as exc:
         raise _too_many(exc) from exc
-    try:
-        user = accounts.authenticate(session=session, email=body.email, password=body.password)
-        ratelimit.record_login(email=body.email, client_address=address, succeeded=True)
     except accounts.InvalidCredentials as exc:
-        ratelimit.record_login(email=body.email, client_address=address, succeeded=False)
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             detail=exc.message,
             headers={"WWW-Authenticate": "Bearer"},
         ) from exc
-    issued = accounts.issue_token(session=session, user=user)
     return TokenOut(access_token=issued.token, expires_in=issued.expires_in)
 
 

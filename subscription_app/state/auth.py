@@ -46,9 +46,13 @@ def call_as_user(session_id: str, fn: Callable[[Session, User], T]) -> T:
         return fn(session, user)
 
 
-def _login_result(user: User, session) -> tuple[str, str, str]:
-    issued = accounts.issue_token(session=session, user=user)
-    return issued.token, accounts.session_id_for_token(issued.token) or "", user.email
+def _logged_in(issued: accounts.IssuedToken, session) -> tuple[str, str, str]:
+    user = accounts.user_for_token(session=session, token=issued.token)
+    return (
+        issued.token,
+        accounts.session_id_for_token(issued.token) or "",
+        user.email if user else "",
+    )
 
 
 class AuthState(rx.State):
@@ -159,15 +163,12 @@ class AuthState(rx.State):
         def _do() -> str | tuple[str, str, str]:
             with session_scope() as session:
                 try:
-                    ratelimit.check_login(email=email, client_address=address)
-                    user = accounts.authenticate(session=session, email=email, password=password)
-                except ratelimit.RateLimited as exc:
+                    issued = accounts.login(
+                        session=session, email=email, password=password, client_address=address
+                    )
+                except (ratelimit.RateLimited, accounts.AccountError) as exc:
                     return exc.message
-                except accounts.AccountError as exc:
-                    ratelimit.record_login(email=email, client_address=address, succeeded=False)
-                    return exc.message
-                ratelimit.record_login(email=email, client_address=address, succeeded=True)
-                return _login_result(user, session)
+                return _logged_in(issued, session)
 
         result = await asyncio.to_thread(_do)
         self.submitting = False
@@ -195,11 +196,12 @@ class AuthState(rx.State):
         def _do() -> str | tuple[str, str, str]:
             with session_scope() as session:
                 try:
-                    ratelimit.check_register(email=email, client_address=address)
-                    user = accounts.register_user(session=session, email=email, password=password)
-                except accounts.AccountError as exc:
+                    user = accounts.register(
+                        session=session, email=email, password=password, client_address=address
+                    )
+                except (ratelimit.RateLimited, accounts.AccountError) as exc:
                     return exc.message
-                return _login_result(user, session)
+                return _logged_in(accounts.issue_token(session=session, user=user), session)
 
         result = await asyncio.to_thread(_do)
         self.submitting = False

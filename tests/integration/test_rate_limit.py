@@ -1,6 +1,7 @@
 """Login and registration are rate-limited per account and per client address."""
 
 import os
+import threading
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,13 +18,14 @@ def limits(request, settings_env, db_engine):
     settings_env(
         REDIS_URL=redis_url,
         RATE_LIMIT_LOGIN_FAILURES_PER_ACCOUNT="5",
+        RATE_LIMIT_ACCOUNT_FAILURE_CEILING="8",
         RATE_LIMIT_ATTEMPTS_PER_ADDRESS="12",
         RATE_LIMIT_REGISTRATIONS_PER_ACCOUNT="3",
         RATE_LIMIT_WINDOW_SECONDS="600",
     )
-    ratelimit.counter().clear()
+    ratelimit.reset()
     yield request.param
-    ratelimit.counter().clear()
+    ratelimit.reset()
 
 
 def client(peer="198.51.100.1"):
@@ -34,23 +36,65 @@ def login(api, email, password="s3cret-pass"):
     return api.post("/api/v1/auth/login", json={"email": email, "password": password})
 
 
-def test_failed_logins_per_account_are_limited(limits):
+def register(api, email="victim@example.com"):
+    body = {"email": email, "password": "s3cret-pass"}
+    assert api.post("/api/v1/auth/register", json=body).status_code == 201
+
+
+def test_failed_logins_per_account_and_address_are_limited(limits):
     api = client()
-    assert (
-        api.post(
-            "/api/v1/auth/register", json={"email": "victim@example.com", "password": "s3cret-pass"}
-        ).status_code
-        == 201
-    )
+    register(api)
     for _ in range(5):
         assert login(api, "victim@example.com", "wrong-guess").status_code == 401
-    blocked = login(api, "victim@example.com")  # even the right password waits now
+    blocked = login(api, "victim@example.com")  # even the right password waits now, here
     assert blocked.status_code == 429
     assert blocked.json()["detail"].startswith("Too many attempts. Please wait")
     assert 0 < int(blocked.headers["Retry-After"]) <= 600
-    # From another address, the account is still protected; other accounts are not affected.
-    assert login(client("203.0.113.50"), "victim@example.com").status_code == 429
+    # The owner, from their own address, is not locked out by a stranger's guesses.
+    assert login(client("203.0.113.50"), "victim@example.com").status_code == 200
     assert login(api, "someone-else@example.com").status_code == 401
+
+
+def test_full_width_spelling_counts_against_the_same_account(limits):
+    api = client()
+    register(api)
+    for _ in range(5):
+        response = login(api, "victim@\uff45xample.com", "wrong-guess")  # full-width "e"
+        assert response.status_code == 401
+    assert login(api, "victim@example.com", "wrong-guess").status_code == 429
+    assert login(api, "VICTIM@example.com").status_code == 429
+
+
+def test_parallel_guesses_cannot_overshoot_the_limit(limits):
+    register(client())
+    start = threading.Barrier(40)
+    codes: list[int] = []
+
+    def guess(i: int) -> None:
+        with client() as api:
+            start.wait()
+            codes.append(login(api, "victim@example.com", f"guess-{i}").status_code)
+
+    threads = [threading.Thread(target=guess, args=(i,)) for i in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(codes) == 40
+    assert codes.count(401) == 5  # only five were checked against the password
+    assert codes.count(429) == 35
+
+
+def test_guessing_from_many_addresses_slows_the_account_but_never_locks_the_owner_out(limits):
+    register(client())
+    for i in range(8):  # the ceiling, spread over many addresses
+        assert login(client(f"192.0.2.{i}"), "victim@example.com", "wrong").status_code == 401
+    owner = client("203.0.113.7")
+    first = login(owner, "victim@example.com")
+    assert first.status_code == 200  # one attempt per few seconds still goes through
+    slowed = login(client("192.0.2.99"), "victim@example.com", "wrong")
+    assert slowed.status_code == 429
+    assert int(slowed.headers["Retry-After"]) <= ratelimit.ACCOUNT_SLOW_SECONDS
 
 
 def test_attempts_per_address_are_limited(limits):
