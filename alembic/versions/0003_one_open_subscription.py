@@ -17,7 +17,15 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 OPEN = "status IN ('active', 'incomplete', 'past_due', 'paused', 'trialing', 'unpaid')"
-LIVE_OR_ENDED = "status IN ('active', 'past_due', 'paused', 'trialing', 'unpaid', 'canceled')"
+UPDATE_ACTIVATED = (
+    "UPDATE subscription SET activated = TRUE WHERE status IN "
+    "('active', 'past_due', 'paused', 'trialing', 'unpaid', 'canceled')"
+)
+USERS_WITH_TWO_OPEN = (
+    "SELECT user_id FROM subscription WHERE status IN "
+    "('active', 'incomplete', 'past_due', 'paused', 'trialing', 'unpaid') "
+    "GROUP BY user_id HAVING COUNT(*) > 1"
+)
 
 
 def upgrade() -> None:
@@ -33,16 +41,8 @@ def upgrade() -> None:
             sa.Column("activated", sa.Boolean(), nullable=False, server_default=sa.false())
         )
     # Until now failed first attempts were deleted, so every stored live or ended row was real.
-    op.execute(f"UPDATE subscription SET activated = TRUE WHERE {LIVE_OR_ENDED}")  # noqa: S608
-    duplicates = (
-        op.get_bind()
-        .execute(
-            sa.text(
-                f"SELECT user_id FROM subscription WHERE {OPEN} GROUP BY user_id HAVING COUNT(*) > 1"
-            )  # noqa: S608
-        )
-        .all()
-    )
+    op.execute(UPDATE_ACTIVATED)
+    duplicates = op.get_bind().execute(sa.text(USERS_WITH_TWO_OPEN)).all()
     if duplicates:
         raise RuntimeError(
             f"{len(duplicates)} user(s) have more than one open subscription row. Check them in "
