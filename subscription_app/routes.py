@@ -15,4 +15,7 @@ def safe_next(value: str | None, default: str = AFTER_LOGIN) -> str:
     """A post-login redirect target, limited to paths on this site (no open redirects)."""
     if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
         return default
+    # Browsers drop tabs and newlines from URLs, so "/\t/evil.com" would become "//evil.com".
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        return default
     return value

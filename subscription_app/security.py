@@ -74,6 +74,22 @@ def is_trusted_proxy(peer: str | None, settings: Settings) -> bool:
     return any(address in network for network in _trusted_networks(settings.trusted_proxies))
 
 
+def forwarded_client(peer: str | None, forwarded_for: str | None, settings: Settings) -> str | None:
+    """The client's address behind trusted proxies: the rightmost untrusted `X-Forwarded-For` hop.
+
+    Each proxy appends the address it received from, so only hops added by our own proxies can
+    be believed; anything further left was written by the client and may be forged.
+    """
+    if not is_trusted_proxy(peer, settings) or not forwarded_for:
+        return peer
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    while hops:
+        hop = hops.pop()
+        if not hops or not is_trusted_proxy(hop, settings):
+            return hop
+    return peer
+
+
 def request_scheme(scope: Scope, settings: Settings) -> str:
     """The scheme the client used: ours, or the trusted proxy's word for it."""
     scheme = scope.get("scheme", "http")
@@ -110,7 +126,8 @@ class SecurityMiddleware:
                 scope["scheme"] = "https" if secure else "http"
             forwarded_for = Headers(scope=scope).get("x-forwarded-for")
             if forwarded_for:
-                scope["client"] = (forwarded_for.split(",")[0].strip(), 0)
+                peer = client[0] if client else None
+                scope["client"] = (forwarded_client(peer, forwarded_for, settings), 0)
         if settings.is_production and not secure:
             await self._refuse_plain(scope, receive, send, settings)
             return

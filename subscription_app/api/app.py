@@ -65,4 +65,18 @@ def create_api() -> FastAPI:
     api.include_router(auth.router, prefix=API_PREFIX)
     api.include_router(subscriptions.router, prefix=API_PREFIX)
     api.include_router(webhooks.router, prefix=API_PREFIX)
+
+    # Last: any other path under /api/v1 is a JSON 404 (not the HTML app page, and not a 405
+    # from a neighbouring route's method list).
+    @api.api_route(
+        f"{API_PREFIX}/{{path:path}}",
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+        include_in_schema=False,
+    )
+    async def unknown_api_path(path: str) -> JSONResponse:
+        return JSONResponse(
+            {"detail": f"No such API endpoint: {API_PREFIX}/{path}"[:300]},
+            status_code=status.HTTP_404_NOT_FOUND,
+        )
+
     return api

@@ -12,7 +12,7 @@ from sqlmodel import Session
 from subscription_app import accounts
 from subscription_app.db import session_scope
 from subscription_app.models import User
-from subscription_app.security import is_trusted_proxy
+from subscription_app.security import forwarded_client
 from subscription_app.settings import get_settings
 
 _bearer = HTTPBearer(auto_error=False)
@@ -56,10 +56,6 @@ CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
 def client_address(request: Request) -> str | None:
-    """The client's IP: the connection's, or X-Forwarded-For's when sent by a trusted proxy."""
+    """The client's IP: the connection's, or the rightmost untrusted hop behind our proxies."""
     peer = request.client.host if request.client else None
-    if is_trusted_proxy(peer, get_settings()):
-        forwarded = request.headers.get("x-forwarded-for")
-        if forwarded:
-            return forwarded.split(",")[0].strip()
-    return peer
+    return forwarded_client(peer, request.headers.get("x-forwarded-for"), get_settings())

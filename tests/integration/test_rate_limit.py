@@ -137,3 +137,19 @@ def test_forwarded_for_counts_only_through_a_trusted_proxy(limits, settings_env)
     )
     assert behind_same.status_code == 429
     assert behind_other.status_code == 401
+
+
+def test_a_forged_leftmost_forwarded_hop_does_not_escape_the_address_limit(limits, settings_env):
+    settings_env(TRUSTED_PROXIES="10.0.0.1")
+    proxy = client("10.0.0.1")
+    codes = [
+        proxy.post(
+            "/api/v1/auth/login",
+            json={"email": f"f{i}@example.com", "password": "wrong-pass"},
+            # A new forged address each time; our proxy appends the real one last.
+            headers={"X-Forwarded-For": f"198.18.0.{i}, 192.0.2.20"},
+        ).status_code
+        for i in range(13)
+    ]
+    assert codes[:12] == [401] * 12
+    assert codes[12] == 429

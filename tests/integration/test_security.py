@@ -97,3 +97,20 @@ def test_forged_forwarded_proto_from_an_untrusted_peer_is_ignored(production):
 def test_plain_websocket_is_refused_in_production(production):
     with pytest.raises(WebSocketDisconnect), client(production).websocket_connect("/_event"):
         pass
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/v1/nope"),
+        ("POST", "/api/v1/subscriptions/unknown"),
+        ("DELETE", "/api/v1/auth/whatever/deeper"),
+        ("GET", "/api/v1/webhooks"),
+    ],
+)
+def test_unknown_api_path_is_a_json_404(db_engine, method, path):
+    with TestClient(create_api(), raise_server_exceptions=False) as api:
+        response = api.request(method, path)
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["detail"].startswith("No such API endpoint")

@@ -16,6 +16,11 @@ from subscription_app import routes
         ("//evil.example/", routes.AFTER_LOGIN),
         ("/\\evil.example", routes.AFTER_LOGIN),
         ("plan", routes.AFTER_LOGIN),
+        ("/\t/evil.example", routes.AFTER_LOGIN),
+        ("/\n/evil.example", routes.AFTER_LOGIN),
+        ("/\r\n/evil.example", routes.AFTER_LOGIN),
+        ("/\x7f/evil.example", routes.AFTER_LOGIN),
+        ("/\x00", routes.AFTER_LOGIN),
     ],
 )
 def test_safe_next(value, expected):

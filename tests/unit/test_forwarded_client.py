@@ -1,0 +1,31 @@
+"""Behind trusted proxies the client is the rightmost untrusted X-Forwarded-For hop."""
+
+import pytest
+
+from subscription_app.security import forwarded_client
+
+
+@pytest.fixture
+def settings(settings_env):
+    return settings_env(TRUSTED_PROXIES="10.0.0.1,10.0.1.0/24")
+
+
+@pytest.mark.parametrize(
+    ("peer", "header", "client"),
+    [
+        # One proxy: it appended the address it saw.
+        ("10.0.0.1", "192.0.2.10", "192.0.2.10"),
+        # The client forged a leftmost hop; the proxy's own entry is the rightmost.
+        ("10.0.0.1", "1.2.3.4, 192.0.2.10", "192.0.2.10"),
+        # Two of our proxies in a row: skip both.
+        ("10.0.0.1", "6.6.6.6, 192.0.2.10, 10.0.1.5", "192.0.2.10"),
+        # Every hop is ours: the leftmost is the best we know.
+        ("10.0.0.1", "10.0.1.7, 10.0.1.5", "10.0.1.7"),
+        # Not from a trusted proxy: the header is ignored.
+        ("203.0.113.9", "192.0.2.10", "203.0.113.9"),
+        ("10.0.0.1", None, "10.0.0.1"),
+        ("10.0.0.1", " , ", "10.0.0.1"),
+    ],
+)
+def test_forwarded_client(settings, peer, header, client):
+    assert forwarded_client(peer, header, settings) == client
