@@ -6,6 +6,7 @@ import sqlite3
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from tests.e2e.helpers import (
     path_is,
@@ -19,8 +20,18 @@ pytestmark = pytest.mark.e2e
 
 
 def try_to_cancel(tab: Page) -> None:
-    tab.get_by_role("button", name="Cancel subscription").click()
-    tab.get_by_role("alertdialog").get_by_role("button", name="Confirm cancellation").click()
+    """Press Cancel and confirm, unless the tab already noticed that its session ended.
+
+    Two paths end the same way: the click's event is refused and the tab goes to the login
+    page, or the dashboard's live watcher (it re-checks the session every second) got there
+    first and the dialog is gone before the click. Either way nothing may be cancelled.
+    """
+    try:
+        tab.get_by_role("button", name="Cancel subscription").click(timeout=5_000)
+        dialog = tab.get_by_role("alertdialog")
+        dialog.get_by_role("button", name="Confirm cancellation").click(timeout=5_000)
+    except PlaywrightTimeoutError:
+        expect(tab).to_have_url(path_is("/login"))
 
 
 def expect_nothing_cancelled(live_app, email: str) -> None:
