@@ -109,6 +109,7 @@ def start_live_app(workdir: Path, **extra_env: str) -> LiveApp:
         DATABASE_URL=database_url,
         DEV_SECRETS_FILE=str(workdir / "dev-secrets.env"),
         APP_ENCRYPTION_KEYS=generate_key(),
+        APP_BLIND_INDEX_KEY=generate_key(),
     )
     env.update(extra_env)  # the caller's values win
     with log_path.open("w") as log:

@@ -50,12 +50,21 @@ def _dev_secrets() -> dict[str, str]:
     from subscription_app.crypto import generate_key
 
     stored = _read_env_file(DEV_SECRETS)
+    if stored.get("APP_SECRET_KEY") and not stored.get("APP_BLIND_INDEX_KEY"):
+        # A local database from before APP_BLIND_INDEX_KEY existed was indexed with a key
+        # derived from APP_SECRET_KEY: keep using it so that database stays readable.
+        from subscription_app.crypto import legacy_index_key
+
+        stored["APP_BLIND_INDEX_KEY"] = legacy_index_key(stored["APP_SECRET_KEY"])
+        changed = True
+    else:
+        changed = False
     wanted = {
         "APP_SECRET_KEY": lambda: secrets.token_urlsafe(48),
         "APP_ENCRYPTION_KEYS": generate_key,
+        "APP_BLIND_INDEX_KEY": generate_key,
         "STRIPE_WEBHOOK_SECRET": lambda: "whsec_" + secrets.token_hex(24),
     }
-    changed = False
     for key, make in wanted.items():
         if not stored.get(key):
             stored[key] = make()

@@ -32,7 +32,7 @@ class InvalidHandoff(Exception):
 def make_handoff(token: str) -> str:
     """Seal `token` into a short-lived, single-use handoff code."""
     payload = {"t": token, "exp": time.time() + HANDOFF_SECONDS, "n": secrets.token_hex(12)}
-    return crypto.encrypt(json.dumps(payload))
+    return crypto.encrypt(json.dumps(payload), purpose=crypto.Purpose.LOGIN_HANDOFF)
 
 
 def _mark_used(nonce: str, expires: float) -> bool:
@@ -61,7 +61,7 @@ def redeem_handoff(code: str) -> str:
     if not isinstance(code, str) or len(code) > 4096:
         raise InvalidHandoff("invalid")
     try:
-        payload = json.loads(crypto.decrypt(code))
+        payload = json.loads(crypto.decrypt(code, purpose=crypto.Purpose.LOGIN_HANDOFF))
         token, expires, nonce = str(payload["t"]), float(payload["exp"]), str(payload["n"])
     except (crypto.DecryptionError, ValueError, KeyError, TypeError) as exc:
         raise InvalidHandoff("invalid") from exc

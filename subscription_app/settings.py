@@ -11,6 +11,7 @@ import base64
 import binascii
 from functools import lru_cache
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,8 +34,15 @@ def _is_placeholder(value: str | None) -> bool:
     return any(marker in lowered for marker in PLACEHOLDER_MARKERS)
 
 
-def parse_encryption_keys(raw: str) -> list[bytes]:
-    """Parse `APP_ENCRYPTION_KEYS`: comma-separated urlsafe-base64 32-byte keys.
+def _is_local_url(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    return host in ("localhost", "127.0.0.1", "::1") or host.endswith(".localhost")
+
+
+def parse_encryption_keys(raw: str, *, name: str = "APP_ENCRYPTION_KEYS") -> list[bytes]:
+    """Parse a key list (`APP_ENCRYPTION_KEYS`, `APP_BLIND_INDEX_KEY`).
+
+    The format is comma-separated urlsafe-base64 32-byte keys, the first one current.
 
     Raises:
         SettingsError: when a key is not base64 or not 32 bytes long.
@@ -46,12 +54,10 @@ def parse_encryption_keys(raw: str) -> list[bytes]:
         try:
             key = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
         except (binascii.Error, ValueError) as exc:
-            raise SettingsError(
-                f"APP_ENCRYPTION_KEYS: key #{index + 1} is not valid base64"
-            ) from exc
+            raise SettingsError(f"{name}: key #{index + 1} is not valid base64") from exc
         if len(key) != 32:
             raise SettingsError(
-                f"APP_ENCRYPTION_KEYS: key #{index + 1} must decode to 32 bytes "
+                f"{name}: key #{index + 1} must decode to 32 bytes "
                 f"(got {len(key)}); generate one with `python -c "
                 '"import os,base64;print(base64.urlsafe_b64encode(os.urandom(32)).decode())"`'
             )
@@ -69,6 +75,9 @@ class Settings(BaseSettings):
     app_env: Literal["development", "production"] = "development"
     app_secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
     app_encryption_keys: SecretStr = SecretStr("")
+    # Keys the blind index of Stripe ids (lookups without decrypting); same format as
+    # APP_ENCRYPTION_KEYS, first one current, the others still matched while re-hashing.
+    app_blind_index_key: SecretStr = SecretStr("")
     # Public base URL of the app, used for links and redirects (and the emulator's webhook).
     app_url: str = "http://localhost:3000"
 
@@ -95,9 +104,21 @@ class Settings(BaseSettings):
     # Lifetime of a login (browser session cookie and API bearer token alike).
     session_ttl_minutes: int = Field(default=60 * 24 * 7, ge=5, le=60 * 24 * 90)
     smtp_url: str | None = None
+    # Backend worker processes, as the servers Reflex runs read them (granian, gunicorn).
+    # Read only to refuse a configuration that would split limits and state per process.
+    granian_workers: int | None = Field(default=None, ge=1)
+    web_concurrency: int | None = Field(default=None, ge=1)
     smtp_from: str = "Subscription App <billing@localhost>"
 
-    @field_validator("redis_url", "stripe_price_id", "stripe_api_base", "smtp_url", mode="before")
+    @field_validator(
+        "redis_url",
+        "stripe_price_id",
+        "stripe_api_base",
+        "smtp_url",
+        "granian_workers",
+        "web_concurrency",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         # `FOO=` in a .env file means "not set", not "set to the empty string".
@@ -129,6 +150,30 @@ class Settings(BaseSettings):
         except SettingsError as exc:
             problems.append(str(exc))
             keys = []
+        try:
+            index_keys = parse_encryption_keys(
+                self.app_blind_index_key.get_secret_value(), name="APP_BLIND_INDEX_KEY"
+            )
+        except SettingsError as exc:
+            problems.append(str(exc))
+            index_keys = []
+        if set(index_keys) & set(keys):
+            problems.append(
+                "APP_BLIND_INDEX_KEY must not reuse a key of APP_ENCRYPTION_KEYS: one key, one use"
+            )
+        # Fail closed: a public URL with no APP_ENV is a production deployment that forgot to
+        # say so, and would run with development defaults (no HTTPS-only, no secret checks).
+        if "app_env" not in self.model_fields_set and not _is_local_url(self.app_url):
+            problems.append(
+                f"APP_ENV is not set but APP_URL ({self.app_url}) is not a localhost URL: "
+                "set APP_ENV=production (or APP_ENV=development to run it unprotected)"
+            )
+        workers = max(self.granian_workers or 1, self.web_concurrency or 1)
+        if workers > 1 and not self.redis_url:
+            problems.append(
+                f"{workers} backend workers need REDIS_URL: without it rate limits, single-use "
+                "login codes and page state would each hold only inside one process"
+            )
 
         if self.app_env == "production":
             secret = self.app_secret_key.get_secret_value()
@@ -138,6 +183,8 @@ class Settings(BaseSettings):
                 )
             if not keys:
                 problems.append("APP_ENCRYPTION_KEYS must hold at least one key in production")
+            if not index_keys:
+                problems.append("APP_BLIND_INDEX_KEY must hold a key in production")
             if self.stripe_secret_key is None:
                 problems.append("STRIPE_SECRET_KEY must be set in production")
             elif _is_placeholder(self.stripe_secret_key.get_secret_value()):
@@ -165,6 +212,13 @@ class Settings(BaseSettings):
     def encryption_keys(self) -> list[bytes]:
         """The configured encryption keys, first one used for new ciphertexts."""
         return parse_encryption_keys(self.app_encryption_keys.get_secret_value())
+
+    @property
+    def blind_index_keys(self) -> list[bytes]:
+        """The blind-index keys, first one used for new rows."""
+        return parse_encryption_keys(
+            self.app_blind_index_key.get_secret_value(), name="APP_BLIND_INDEX_KEY"
+        )
 
     @property
     def sqlalchemy_url(self) -> str:

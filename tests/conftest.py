@@ -28,6 +28,7 @@ os.environ.update(
     APP_ENV="development",
     APP_SECRET_KEY=secrets.token_urlsafe(48),
     APP_ENCRYPTION_KEYS=crypto.generate_key(),
+    APP_BLIND_INDEX_KEY=crypto.generate_key(),
     DATABASE_URL="sqlite:///:memory:",
 )
 get_settings.cache_clear()

@@ -41,7 +41,7 @@ def store(session: Session, event: VerifiedEvent) -> bool:
         type=event.type,
         stripe_created_at=event.created,
         livemode=event.livemode,
-        payload_enc=crypto.encrypt(event.raw),
+        payload_enc=crypto.encrypt(event.raw, purpose=crypto.Purpose.EVENT_PAYLOAD),
     )
     try:
         with session.begin_nested():
@@ -113,7 +113,9 @@ def claim(session: Session, *, limit: int = 20) -> list[ClaimedEvent]:
             created=row.stripe_created_at,
             attempts=row.attempts,
             lease_token=token,
-            payload=json.loads(crypto.decrypt(row.payload_enc)),
+            payload=json.loads(
+                crypto.decrypt(row.payload_enc, purpose=crypto.Purpose.EVENT_PAYLOAD)
+            ),
         )
         for row in sorted(rows, key=lambda r: (r.stripe_created_at, r.id))
     ]

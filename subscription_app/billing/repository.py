@@ -50,20 +50,28 @@ def _view(row: Subscription) -> SubscriptionView:
     )
 
 
+def _seal(stripe_id: str) -> str:
+    return crypto.encrypt(stripe_id, purpose=crypto.Purpose.STRIPE_ID)
+
+
+def _unseal(stored: str) -> str:
+    return crypto.decrypt(stored, purpose=crypto.Purpose.STRIPE_ID)
+
+
 # Customers -------------------------------------------------------------------
 
 
 def customer_id_for_user(session: Session, user_id: int) -> str | None:
     """The user's Stripe customer id, decrypted, or None."""
     row = session.exec(select(BillingCustomer).where(BillingCustomer.user_id == user_id)).first()
-    return crypto.decrypt(row.stripe_customer_id_enc) if row else None
+    return _unseal(row.stripe_customer_id_enc) if row else None
 
 
 def user_id_for_customer(session: Session, customer_id: str) -> int | None:
     """The user that owns a Stripe customer id, or None."""
     row = session.exec(
         select(BillingCustomer).where(
-            BillingCustomer.stripe_customer_id_hash == crypto.blind_index(customer_id)
+            col(BillingCustomer.stripe_customer_id_hash).in_(crypto.blind_indexes(customer_id))
         )
     ).first()
     return row.user_id if row else None
@@ -73,7 +81,7 @@ def save_customer(session: Session, user_id: int, customer_id: str) -> str:
     """Link a Stripe customer to a user. If another request linked one first, keep that one."""
     row = BillingCustomer(
         user_id=user_id,
-        stripe_customer_id_enc=crypto.encrypt(customer_id),
+        stripe_customer_id_enc=_seal(customer_id),
         stripe_customer_id_hash=crypto.blind_index(customer_id),
     )
     try:
@@ -93,7 +101,7 @@ def save_customer(session: Session, user_id: int, customer_id: str) -> str:
 def _row_by_stripe_id(session: Session, subscription_id: str) -> Subscription | None:
     return session.exec(
         select(Subscription).where(
-            Subscription.stripe_subscription_id_hash == crypto.blind_index(subscription_id)
+            col(Subscription.stripe_subscription_id_hash).in_(crypto.blind_indexes(subscription_id))
         )
     ).first()
 
@@ -131,7 +139,7 @@ def live_subscription_id(session: Session, user_id: int) -> str | None:
     row = _current_row(session, user_id)
     if row is None or not SubscriptionStatus(row.status).is_live:
         return None
-    return crypto.decrypt(row.stripe_subscription_id_enc)
+    return _unseal(row.stripe_subscription_id_enc)
 
 
 @dataclass(frozen=True)
@@ -150,7 +158,7 @@ def open_subscriptions(session: Session, user_id: int) -> list[OpenSubscription]
             col(Subscription.status).in_([s.value for s in OPEN_STATUSES]),
         )
     ).all()
-    return [OpenSubscription(crypto.decrypt(r.stripe_subscription_id_enc), r.status) for r in rows]
+    return [OpenSubscription(_unseal(r.stripe_subscription_id_enc), r.status) for r in rows]
 
 
 def attempt_number(session: Session, user_id: int) -> int:
@@ -167,7 +175,7 @@ def attempt_number(session: Session, user_id: int) -> int:
 def latest_subscription_id(session: Session, user_id: int) -> str | None:
     """The Stripe id of the user's most relevant subscription (live first), or None."""
     row = _current_row(session, user_id)
-    return crypto.decrypt(row.stripe_subscription_id_enc) if row else None
+    return _unseal(row.stripe_subscription_id_enc) if row else None
 
 
 class SecondOpenSubscription(Exception):
@@ -208,9 +216,9 @@ def apply_snapshot(
     if row is None:
         row = Subscription(
             user_id=user_id,
-            stripe_customer_id_enc=crypto.encrypt(snapshot.customer_id),
+            stripe_customer_id_enc=_seal(snapshot.customer_id),
             stripe_customer_id_hash=crypto.blind_index(snapshot.customer_id),
-            stripe_subscription_id_enc=crypto.encrypt(snapshot.id),
+            stripe_subscription_id_enc=_seal(snapshot.id),
             stripe_subscription_id_hash=crypto.blind_index(snapshot.id),
             price_id=snapshot.price_id or "",
             status=snapshot.status,

@@ -1,5 +1,6 @@
 """Nothing secret reaches the browser: compiled frontend, websocket state, responses, logs."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -16,13 +17,19 @@ def configured_secrets(live_app) -> dict[str, str]:
     values = {
         "STRIPE_SECRET_KEY": "sk_test_local_emulator",  # what the launcher gives the app
         "APP_ENCRYPTION_KEYS": live_app.env["APP_ENCRYPTION_KEYS"],
+        "APP_BLIND_INDEX_KEY": live_app.env["APP_BLIND_INDEX_KEY"],
     }
     secrets_file = Path(live_app.env["DEV_SECRETS_FILE"])
     for line in secrets_file.read_text().splitlines():
         if "=" in line and not line.startswith("#"):
             key, _, value = line.partition("=")
             values.setdefault(key, value)
-    assert {"APP_SECRET_KEY", "STRIPE_WEBHOOK_SECRET", "APP_ENCRYPTION_KEYS"} <= set(values)
+    assert {
+        "APP_SECRET_KEY",
+        "STRIPE_WEBHOOK_SECRET",
+        "APP_ENCRYPTION_KEYS",
+        "APP_BLIND_INDEX_KEY",
+    } <= set(values)
     return values
 
 
@@ -45,11 +52,26 @@ def test_no_configured_secret_in_frontend_state_responses_or_logs(page: Page, li
                 seen.append(response.url)
 
     page.on("response", keep_body)
+    handoffs: list[str] = []
+    page.on(
+        "request",
+        lambda request: (
+            handoffs.append(json.loads(request.post_data or "{}").get("handoff", ""))
+            if request.url.endswith("/api/v1/auth/session") and request.method == "POST"
+            else None
+        ),
+    )
     register(page, unique_email("secrets"))
     subscribe_with_card(page)
     page.goto("/dashboard")
     expect(page.get_by_text("Next renewal")).to_be_visible()
 
+    # The login's own secrets: the session token (in the HttpOnly cookie only) and the
+    # single-use handoff code that the page exchanged for it.
+    token = next(c["value"] for c in page.context.cookies() if c["name"] == "sa_session")
+    assert len(token) > 20
+    assert len(handoffs) == 1 and len(handoffs[0]) > 20
+    handoff = handoffs[0]
     traffic = "\n".join(seen)
     assert "dashboard" in traffic.lower()  # the recorder did see the app's traffic
     compiled = "\n".join(
@@ -64,5 +86,12 @@ def test_no_configured_secret_in_frontend_state_responses_or_logs(page: Page, li
             assert part not in compiled, f"{name} in the compiled frontend"
             assert part not in traffic, f"{name} sent to the browser"
             assert part not in log, f"{name} in the app's log"
+    assert token not in compiled and token not in log
+    assert token not in traffic, "the session token reached page scripts"
+    assert handoff not in compiled and handoff not in log, "the handoff code was kept or logged"
+    # The code reaches the page once, in the one script that posts it, and is not kept in state.
+    assert sum(frame.count(handoff) for frame in seen) == 1
+    again = page.request.post(f"{live_app.url}/api/v1/auth/session", data={"handoff": handoff})
+    assert again.status == 400  # used once, never again
     # No raw Stripe customer or subscription id ever reaches the browser.
     assert "cus_" not in traffic and "sub_" not in traffic

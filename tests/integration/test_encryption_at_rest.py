@@ -17,6 +17,7 @@ from subscription_app.models import BillingCustomer, Subscription
 from subscription_app.rotate_keys import rotate
 from tests.integration.conftest import auth_headers, subscribe
 from tests.integration.test_webhooks import event_body, subscription_object
+from tests.unit.test_crypto import legacy_v1
 
 FORBIDDEN = (b"cus_", b"sub_", b"pm_")
 
@@ -51,8 +52,8 @@ def test_full_subscribe_and_cancel_leaves_no_stripe_id_in_clear(
     assert subscribe(api, headers, pm).status_code == 200
     session.rollback()
     row = session.exec(sa.select(Subscription)).scalars().one()
-    sub_id = crypto.decrypt(row.stripe_subscription_id_enc)
-    cus_id = crypto.decrypt(row.stripe_customer_id_enc)
+    sub_id = crypto.decrypt(row.stripe_subscription_id_enc, purpose=crypto.Purpose.STRIPE_ID)
+    cus_id = crypto.decrypt(row.stripe_customer_id_enc, purpose=crypto.Purpose.STRIPE_ID)
     body = event_body("customer.subscription.updated", subscription_object(sub_id, cus_id))
     webhook = api.post(
         "/api/v1/webhooks/stripe",
@@ -77,7 +78,10 @@ def test_full_subscribe_and_cancel_leaves_no_stripe_id_in_clear(
     assert sub_id.startswith("sub_") and cus_id.startswith("cus_")
     assert stripe_client.v1.subscriptions.retrieve(sub_id).customer == cus_id
     customer_row = session.exec(sa.select(BillingCustomer)).scalars().one()
-    assert crypto.decrypt(customer_row.stripe_customer_id_enc) == cus_id
+    assert (
+        crypto.decrypt(customer_row.stripe_customer_id_enc, purpose=crypto.Purpose.STRIPE_ID)
+        == cus_id
+    )
 
 
 def test_rotation_rekeys_every_row_and_lookups_still_work(
@@ -86,7 +90,7 @@ def test_rotation_rekeys_every_row_and_lookups_still_work(
     headers = auth_headers(api, "rotate@example.com")
     assert subscribe(api, headers, make_payment_method()).status_code == 200
     row = session.exec(sa.select(Subscription)).scalars().one()
-    sub_id = crypto.decrypt(row.stripe_subscription_id_enc)
+    sub_id = crypto.decrypt(row.stripe_subscription_id_enc, purpose=crypto.Purpose.STRIPE_ID)
     user_id = row.user_id
     old_key = crypto.get_settings().app_encryption_keys.get_secret_value()
     new_key = crypto.generate_key()
@@ -116,6 +120,66 @@ def test_rotation_rekeys_every_row_and_lookups_still_work(
         for stored in session.exec(sa.select(model)).scalars():
             for column in columns:
                 assert getattr(stored, column).split(".")[1] == new_id
-                crypto.decrypt(getattr(stored, column))
+                crypto.decrypt(getattr(stored, column), purpose=crypto.Purpose.STRIPE_ID)
     # A webhook naming the subscription still finds its row.
     assert repository.user_id_for_subscription(session, sub_id) == user_id
+
+
+def test_rotation_rehashes_the_blind_index_and_lookups_never_stop(
+    api, make_payment_method, session, settings_env
+):
+    headers = auth_headers(api, "rehash@example.com")
+    assert subscribe(api, headers, make_payment_method()).status_code == 200
+    row = session.exec(sa.select(Subscription)).scalars().one()
+    sub_id = crypto.decrypt(row.stripe_subscription_id_enc, purpose=crypto.Purpose.STRIPE_ID)
+    cus_id = crypto.decrypt(row.stripe_customer_id_enc, purpose=crypto.Purpose.STRIPE_ID)
+    user_id = row.user_id
+    old_key = crypto.get_settings().app_blind_index_key.get_secret_value()
+    old_hash = crypto.blind_index(sub_id)
+    new_key = crypto.generate_key()
+    settings_env(APP_BLIND_INDEX_KEY=f"{new_key},{old_key}")
+
+    # Before re-hashing, rows still carry the old hash and are found through it.
+    assert repository.user_id_for_subscription(session, sub_id) == user_id
+    assert repository.user_id_for_customer(session, cus_id) == user_id
+
+    counts = rotate(batch_size=1)
+    assert counts["billing_customer"] == 1 and counts["subscription"] == 1
+    assert sum(rotate().values()) == 0  # nothing left to do
+
+    settings_env(APP_BLIND_INDEX_KEY=new_key)  # the old index key gone
+    session.rollback()
+    stored = session.exec(sa.select(Subscription)).scalars().one()
+    assert stored.stripe_subscription_id_hash == crypto.blind_index(sub_id) != old_hash
+    assert stored.stripe_customer_id_hash == crypto.blind_index(cus_id)
+    customer = session.exec(sa.select(BillingCustomer)).scalars().one()
+    assert customer.stripe_customer_id_hash == crypto.blind_index(cus_id)
+    assert repository.user_id_for_subscription(session, sub_id) == user_id
+    assert repository.user_id_for_customer(session, cus_id) == user_id
+
+
+def test_rotation_rewrites_first_release_ciphertexts_with_their_purpose(
+    api, make_payment_method, session, db_engine
+):
+    headers = auth_headers(api, "legacy@example.com")
+    assert subscribe(api, headers, make_payment_method()).status_code == 200
+    row = session.exec(sa.select(Subscription)).scalars().one()
+    sub_id = crypto.decrypt(row.stripe_subscription_id_enc, purpose=crypto.Purpose.STRIPE_ID)
+    key = crypto.get_settings().encryption_keys[0]
+    legacy = legacy_v1(sub_id, key)
+    with db_engine.begin() as conn:
+        conn.execute(
+            sa.update(Subscription.__table__)
+            .where(Subscription.__table__.c.id == row.id)
+            .values(stripe_subscription_id_enc=legacy)
+        )
+    session.rollback()
+    assert repository.latest_subscription_id(session, row.user_id) == sub_id  # still readable
+
+    assert rotate()["subscription"] == 1
+    session.rollback()
+    rewritten = session.exec(sa.select(Subscription)).scalars().one().stripe_subscription_id_enc
+    assert rewritten.startswith("v2.")
+    assert crypto.decrypt(rewritten, purpose=crypto.Purpose.STRIPE_ID) == sub_id
+    with pytest.raises(crypto.DecryptionError):
+        crypto.decrypt(rewritten, purpose=crypto.Purpose.LOGIN_HANDOFF)

@@ -1,4 +1,9 @@
-"""HTTPS-only in production, the trusted-proxy rule, and security headers."""
+"""HTTPS-only in production, the trusted-proxy rule, security headers, failing closed."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -20,6 +25,7 @@ PRODUCTION = {
     "STRIPE_WEBHOOK_SECRET": "whsec_prodlike",
     "STRIPE_PRICE_ID": "price_123",
     "TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1",
+    "APP_BLIND_INDEX_KEY": crypto.generate_key(),
 }
 
 
@@ -114,3 +120,31 @@ def test_unknown_api_path_is_a_json_404(db_engine, method, path):
     assert response.status_code == 404
     assert response.headers["content-type"].startswith("application/json")
     assert response.json()["detail"].startswith("No such API endpoint")
+
+
+def _start_config(**env: str) -> subprocess.CompletedProcess:
+    """Load the app's configuration (what `reflex run` does first) in a fresh process."""
+    base = {k: v for k, v in os.environ.items() if k not in ("APP_ENV", "REDIS_URL")}
+    return subprocess.run(
+        [sys.executable, "-c", "import rxconfig"],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"APP_URL": "https://billing.example.org"}, "APP_ENV is not set but APP_URL"),
+        ({"GRANIAN_WORKERS": "3"}, "3 backend workers need REDIS_URL"),
+        ({"WEB_CONCURRENCY": "2"}, "2 backend workers need REDIS_URL"),
+    ],
+)
+def test_the_app_refuses_to_start_where_it_would_fail_open(env, message):
+    refused = _start_config(**env)
+    assert refused.returncode != 0
+    assert message in refused.stderr
+    assert _start_config().returncode == 0  # the same process starts with the defaults

@@ -29,7 +29,7 @@ def stripe_state(session, stripe_client, email: str) -> tuple[list, list]:
     session.rollback()  # a fresh snapshot of what the app committed
     user = session.exec(select(User).where(User.email == email)).one()
     customer = session.exec(select(BillingCustomer).where(BillingCustomer.user_id == user.id)).one()
-    customer_id = crypto.decrypt(customer.stripe_customer_id_enc)
+    customer_id = crypto.decrypt(customer.stripe_customer_id_enc, purpose=crypto.Purpose.STRIPE_ID)
     subs = stripe_client.v1.subscriptions.list(
         params={"customer": customer_id, "status": "all"}
     ).data

@@ -9,6 +9,7 @@ GOOD_PROD = {
     "app_env": "production",
     "app_secret_key": "x7Gk2pQ9vR4mN8sT1wY6zB3cF5hJ0lD2aE9uI4oP7qK",
     "app_encryption_keys": crypto.generate_key(),
+    "app_blind_index_key": crypto.generate_key(),
     "app_url": "https://billing.example.org",
     "database_url": "postgresql://app@db:5432/app",
     "stripe_secret_key": "sk_test_51AbCdEfGhIjKlMnOp",
@@ -43,6 +44,9 @@ def test_complete_production_settings_are_accepted():
         ({"app_encryption_keys": ""}, "APP_ENCRYPTION_KEYS"),
         ({"app_encryption_keys": "not base64 at all!"}, "APP_ENCRYPTION_KEYS"),
         ({"app_encryption_keys": "c2hvcnQ="}, "32 bytes"),
+        ({"app_blind_index_key": ""}, "APP_BLIND_INDEX_KEY"),
+        ({"app_blind_index_key": "c2hvcnQ="}, "APP_BLIND_INDEX_KEY: key #1 must decode to 32"),
+        ({"app_blind_index_key": GOOD_PROD["app_encryption_keys"]}, "one key, one use"),
         ({"stripe_secret_key": None}, "STRIPE_SECRET_KEY"),
         ({"stripe_secret_key": "sk_test_placeholder"}, "STRIPE_SECRET_KEY"),
         ({"stripe_webhook_secret": "whsec_example"}, "STRIPE_WEBHOOK_SECRET"),
@@ -91,3 +95,48 @@ def test_secrets_do_not_show_in_repr():
 def test_invalid_app_env_is_refused():
     with pytest.raises(SettingsError, match="APP_ENV"):
         make(app_env="staging")
+
+
+# Failing closed -------------------------------------------------------------------------
+
+
+def _without_app_env(monkeypatch) -> None:
+    monkeypatch.delenv("APP_ENV", raising=False)
+
+
+@pytest.mark.parametrize(
+    "url", ["https://billing.example.org", "http://10.0.0.5:3000", "http://billing.internal"]
+)
+def test_a_public_app_url_without_app_env_is_refused(monkeypatch, url):
+    _without_app_env(monkeypatch)
+    monkeypatch.setenv("APP_URL", url)
+    with pytest.raises(SettingsError, match="APP_ENV is not set but APP_URL"):
+        make()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://localhost:3000", "http://127.0.0.1:3000", "http://[::1]:3000", "http://app.localhost"],
+)
+def test_a_local_app_url_without_app_env_is_development(monkeypatch, url):
+    _without_app_env(monkeypatch)
+    monkeypatch.setenv("APP_URL", url)
+    assert not make().is_production
+
+
+def test_app_env_said_outright_allows_a_public_url(monkeypatch):
+    monkeypatch.setenv("APP_ENV", "development")
+    monkeypatch.setenv("APP_URL", "http://billing.internal")
+    assert not make().is_production
+
+
+@pytest.mark.parametrize("variable", ["GRANIAN_WORKERS", "WEB_CONCURRENCY"])
+def test_several_workers_without_redis_are_refused(monkeypatch, variable):
+    monkeypatch.setenv(variable, "4")
+    with pytest.raises(SettingsError, match="4 backend workers need REDIS_URL"):
+        make()
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
+    make()
+    monkeypatch.setenv(variable, "1")
+    monkeypatch.delenv("REDIS_URL")
+    make()  # one worker needs no Redis
