@@ -2,6 +2,7 @@
 
 import reflex as rx
 
+from subscription_app.security import allowed_origins
 from subscription_app.settings import get_settings
 
 _settings = get_settings()
@@ -10,6 +11,9 @@ config = rx.Config(
     app_name="subscription_app",
     # With REDIS_URL set, state lives in Redis so several backend workers can share it.
     redis_url=_settings.redis_url,
+    # Browsers may call the API and open the websocket only from the app's own origin
+    # (Reflex's default, "*", would let any site make credentialed calls and read the answers).
+    cors_allowed_origins=allowed_origins(_settings),
     telemetry_enabled=False,
     show_built_with_reflex=False,
     plugins=[rx.plugins.RadixThemesPlugin(theme=rx.theme(accent_color="indigo", radius="medium"))],

@@ -76,8 +76,11 @@ def _wait_until_up(app: LiveApp) -> None:
         if app.process.poll() is not None:
             raise RuntimeError(f"the app exited with {app.process.returncode}:\n{app.log()}")
         try:
-            health = httpx.get(f"{app.url}/api/v1/health", timeout=2)
-            page = httpx.get(f"{app.url}/", timeout=5, follow_redirects=True)
+            # Said as a TLS proxy on this host would say it: an app in production mode that
+            # trusts 127.0.0.1 answers plain HTTP only through it. Anywhere else it is ignored.
+            https = {"X-Forwarded-Proto": "https"}
+            health = httpx.get(f"{app.url}/api/v1/health", headers=https, timeout=2)
+            page = httpx.get(f"{app.url}/", headers=https, timeout=5, follow_redirects=True)
             if health.status_code == 200 and page.status_code == 200:
                 return
         except httpx.HTTPError:

@@ -30,6 +30,30 @@ def _origin(url: str | None) -> str | None:
     return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else None
 
 
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def allowed_origins(settings: Settings) -> list[str]:
+    """Origins allowed to call the backend from a browser (CORS and the websocket).
+
+    Only the app's own origin (`APP_URL`). In development the same port under the other
+    loopback names too, so `make run` works at http://127.0.0.1:3000 as at localhost.
+    """
+    own = _origin(settings.app_url)
+    if own is None:
+        return []
+    origins = [own]
+    parts = urlsplit(own)
+    host = (parts.hostname or "").lower()
+    if not settings.is_production and (host in _LOOPBACK_HOSTS or host == "::1"):
+        port = f":{parts.port}" if parts.port else ""
+        for alias in _LOOPBACK_HOSTS:
+            candidate = f"{parts.scheme}://{alias}{port}"
+            if candidate not in origins:
+                origins.append(candidate)
+    return origins
+
+
 @lru_cache(maxsize=4)
 def content_security_policy(js_url: str, api_base: str | None) -> str:
     """CSP allowing our own origin and Stripe.js (and the API Stripe.js talks to)."""

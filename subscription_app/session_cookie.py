@@ -19,6 +19,10 @@ from subscription_app import crypto
 from subscription_app.settings import get_settings
 
 COOKIE_NAME = "sa_session"
+# In production the name carries the `__Host-` prefix: browsers then only accept the cookie
+# when it is Secure, has Path=/ and no Domain, so neither a sibling subdomain nor a plain-HTTP
+# response can set or shadow it.
+PRODUCTION_COOKIE_NAME = "__Host-" + COOKIE_NAME
 HANDOFF_SECONDS = 60
 
 _used: dict[str, float] = {}
@@ -72,11 +76,16 @@ def redeem_handoff(code: str) -> str:
     return token
 
 
+def cookie_name() -> str:
+    """The session cookie's name: `__Host-sa_session` in production, `sa_session` otherwise."""
+    return PRODUCTION_COOKIE_NAME if get_settings().is_production else COOKIE_NAME
+
+
 def cookie_options() -> dict:
     """Attributes of the session cookie (Starlette `set_cookie` keywords)."""
     settings = get_settings()
     return {
-        "key": COOKIE_NAME,
+        "key": cookie_name(),
         "max_age": settings.session_ttl_minutes * 60,
         "path": "/",
         "httponly": True,
@@ -94,5 +103,5 @@ def token_from_cookie_header(header: str | None) -> str:
         jar.load(header)
     except Exception:  # a malformed Cookie header means no session, never an error
         return ""
-    morsel = jar.get(COOKIE_NAME)
+    morsel = jar.get(cookie_name())
     return morsel.value if morsel else ""

@@ -134,7 +134,7 @@ def start_browser_session(body: HandoffIn, session: SessionDep) -> Response:
 @router.delete("/session", status_code=status.HTTP_204_NO_CONTENT)
 def end_browser_session(request: Request, session: SessionDep) -> Response:
     """Log the browser out: revoke the cookie's session and delete the cookie."""
-    token = request.cookies.get(session_cookie.COOKIE_NAME, "")
+    token = request.cookies.get(session_cookie.cookie_name(), "")
     if token:
         accounts.revoke_token(session=session, token=token)
     response = Response(status_code=status.HTTP_204_NO_CONTENT)

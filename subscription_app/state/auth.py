@@ -14,7 +14,6 @@ from subscription_app import accounts, ratelimit, routes, session_cookie
 from subscription_app.db import session_scope
 from subscription_app.models import User
 
-SESSION_COOKIE = session_cookie.COOKIE_NAME
 T = TypeVar("T")
 
 

@@ -1,9 +1,16 @@
-"""A subscribe in Chromium over HTTPS through the reverse proxy shipped in deploy/."""
+"""A subscribe in Chromium over HTTPS through the reverse proxy shipped in deploy/.
+
+The app behind the proxy runs as production runs it (`APP_ENV=production`, PostgreSQL), so
+HTTPS-only, HSTS and the `__Host-` session cookie are what a real browser meets. Generated
+where TEST_DATABASE_URL is set (`.ci/run` sets it when PostgreSQL answers).
+"""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
+import secrets
 import shutil
 import subprocess
 import time
@@ -19,9 +26,17 @@ from cryptography.x509.oid import NameOID
 from playwright.sync_api import BrowserType, expect
 
 from devtools.liveapp import CHROMIUM, CHROMIUM_ARGS, ROOT, free_port, start_live_app
+from devtools.pgschema import fresh_schema
 from tests.e2e.helpers import fill_card, path_is, register, unique_email
 
 pytestmark = pytest.mark.e2e
+DATABASE = os.environ.get("TEST_DATABASE_URL")
+
+
+def pytest_generate_tests(metafunc):
+    """Production needs PostgreSQL: only where it is available."""
+    if "https_proxy" in metafunc.fixturenames:
+        metafunc.parametrize("database", ["postgresql"] if DATABASE else [], scope="module")
 
 
 def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
@@ -58,24 +73,42 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def https_proxy(tmp_path_factory):
+def production_app(tmp_path_factory, database):
+    """The app in production mode on a fresh PostgreSQL schema, trusting a proxy on 127.0.0.1."""
+    workdir = tmp_path_factory.mktemp("proxied_app")
+    https_port = free_port()
+    public_url = f"https://127.0.0.1:{https_port}"
+    with fresh_schema(DATABASE, prefix="e2e_tls") as database_url:
+        # Reflex's page assumes HTTPS is on port 443 unless told the public backend URL; this
+        # app gets its own build (REFLEX_WEB_WORKDIR) so the shared e2e app is not disturbed.
+        app = start_live_app(
+            workdir,
+            APP_ENV="production",
+            APP_URL=public_url,
+            APP_SECRET_KEY=secrets.token_urlsafe(48),
+            STRIPE_WEBHOOK_SECRET="whsec_" + secrets.token_hex(24),
+            DATABASE_URL=database_url,
+            TRUSTED_PROXIES="127.0.0.1",
+            REFLEX_API_URL=public_url,
+            REFLEX_WEB_WORKDIR=str(workdir / "web"),
+        )
+        try:
+            yield app, https_port
+        finally:
+            app.stop()
+
+
+@pytest.fixture(scope="module")
+def https_proxy(tmp_path_factory, production_app):
     """nginx from deploy/nginx.conf.template in front of an app that trusts it."""
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(nginx).exists():
         pytest.fail("nginx is not installed; `make test` installs it (Debian package nginx)")
     workdir = tmp_path_factory.mktemp("nginx")
     cert, key = self_signed_certificate(workdir)
-    http_port, https_port = free_port(), free_port()
+    live_app, https_port = production_app
+    http_port = free_port()
     public_url = f"https://127.0.0.1:{https_port}"
-    # Reflex's page assumes HTTPS is on port 443 unless told the public backend URL; this app
-    # gets its own build (REFLEX_WEB_WORKDIR) so the shared e2e app is not disturbed.
-    live_app = start_live_app(
-        tmp_path_factory.mktemp("proxied_app"),
-        APP_URL=public_url,
-        TRUSTED_PROXIES="127.0.0.1",
-        REFLEX_API_URL=public_url,
-        REFLEX_WEB_WORKDIR=str(workdir / "web"),
-    )
     template = Template((ROOT / "deploy" / "nginx.conf.template").read_text())
     config = template.safe_substitute(
         SERVER_NAME="127.0.0.1",
@@ -116,7 +149,6 @@ def https_proxy(tmp_path_factory):
     yield {"https": url, "http": f"http://127.0.0.1:{http_port}"}
     proc.terminate()
     proc.wait(timeout=10)
-    live_app.stop()
 
 
 def test_plain_http_is_sent_to_https(https_proxy):
@@ -148,8 +180,14 @@ def test_subscribe_over_https_through_the_proxy(https_proxy, browser_type: Brows
         expect(page.get_by_text("Active", exact=True)).to_be_visible()
         assert page.url.startswith("https://")
         assert websockets and all(url.startswith("wss://") for url in websockets)
-        cookie = next(c for c in context.cookies() if c["name"] == "sa_session")
-        assert cookie["httpOnly"] is True
+        # Production's cookie: `__Host-` prefixed, which the browser accepts only when Secure,
+        # Path=/ and without Domain.
+        cookie = next(c for c in context.cookies() if c["name"] == "__Host-sa_session")
+        assert cookie["httpOnly"] is True and cookie["secure"] is True and cookie["path"] == "/"
+        assert "sa_session" not in {c["name"] for c in context.cookies()}
+        # A reload is still logged in: the page found its session through the cookie.
+        page.reload()
+        expect(page.get_by_text("Active", exact=True)).to_be_visible()
     finally:
         context.close()
         browser.close()

@@ -45,8 +45,25 @@ def test_cookie_is_secure_in_production(settings_env, db_engine, session):
     api = TestClient(SecurityMiddleware(create_api()), base_url="https://billing.example.org")
     response = api.post("/api/v1/auth/session", json={"handoff": handoff})
     assert response.status_code == 204
-    header = set_cookie_header(response).lower()
-    assert "secure" in header and "httponly" in header and "samesite=lax" in header
+    header = set_cookie_header(response)
+    # `__Host-`: the browser keeps it only if Secure, Path=/ and no Domain, so a sibling
+    # subdomain or a plain-HTTP response can neither set nor shadow it.
+    assert header.startswith("__Host-sa_session=")
+    lowered = header.lower()
+    assert "secure" in lowered and "httponly" in lowered and "samesite=lax" in lowered
+    assert "path=/" in lowered and "domain=" not in lowered
+
+    # The app reads only the prefixed cookie; an unprefixed one (which a subdomain could
+    # plant) is not a session. Logging out clears the prefixed cookie.
+    token = response.cookies["__Host-sa_session"]
+    assert session_cookie.token_from_cookie_header(f"sa_session={token}") == ""
+    assert session_cookie.token_from_cookie_header(f"__Host-sa_session={token}") == token
+    api.cookies.set("__Host-sa_session", token)
+    logout = api.delete("/api/v1/auth/session")
+    assert logout.status_code == 204
+    assert set_cookie_header(logout).startswith("__Host-sa_session=")
+    session.rollback()
+    assert accounts.user_for_token(session=session, token=token) is None
 
 
 @pytest.mark.parametrize("case", ["garbage", "tampered", "expired", "revoked"])
