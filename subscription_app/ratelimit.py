@@ -13,6 +13,12 @@ Login (see README, "Login limits"):
 - per account from every address: past `rate_limit_account_failure_ceiling` failures in a
   window the account slows down to one attempt every `ACCOUNT_SLOW_SECONDS` seconds. Guessing
   from many addresses gets nowhere, and the owner still gets in.
+
+Card testing (README, "Card testing"), per `rate_limit_card_window_seconds` (an hour):
+- card attempts (subscribe calls, and card checks the browser reports as failed) per account
+  and per client address;
+- SetupIntents handed out (each one lets a browser check a card at Stripe) per account and
+  per client address.
 """
 
 from __future__ import annotations
@@ -34,14 +40,14 @@ ACCOUNT_SLOW_SECONDS = 5
 class RateLimited(Exception):
     """Too many attempts; `retry_after` seconds until the next one may be made."""
 
-    def __init__(self, retry_after: int) -> None:
+    def __init__(self, retry_after: int, what: str = "attempts") -> None:
         seconds = max(1, retry_after)
         if seconds < 60:
             wait = f"{seconds} second{'s' if seconds != 1 else ''}"
         else:
             minutes = math.ceil(seconds / 60)
             wait = f"{minutes} minute{'s' if minutes != 1 else ''}"
-        self.message = f"Too many attempts. Please wait {wait} and try again."
+        self.message = f"Too many {what}. Please wait {wait} and try again."
         super().__init__(self.message)
         self.retry_after = seconds
 
@@ -74,13 +80,13 @@ def _window(amount: int) -> RateLimitItem:
     return RateLimitItemPerSecond(amount, get_settings().rate_limit_window_seconds)
 
 
-def _take(item: RateLimitItem, kind: str, *subjects: str) -> None:
+def _take(item: RateLimitItem, kind: str, *subjects: str, what: str = "attempts") -> None:
     """Count one attempt against `item`; raise `RateLimited` when it is over."""
     limiter = _limiter()
     ids = (kind, *(_id(s) for s in subjects))
     if not limiter.hit(item, *ids):
         reset_at = limiter.get_window_stats(item, *ids).reset_time
-        raise RateLimited(math.ceil(reset_at - time.time()))
+        raise RateLimited(math.ceil(reset_at - time.time()), what)
 
 
 def before_login(*, account: str, client_address: str | None) -> None:
@@ -124,3 +130,66 @@ def check_register(*, account: str, client_address: str | None) -> None:
     if client_address:
         _take(_window(settings.rate_limit_attempts_per_address), "addr", client_address)
     _take(_window(settings.rate_limit_registrations_per_account), "register", account)
+
+
+# Card testing -------------------------------------------------------------------------
+
+CARD_ATTEMPTS = "card attempts"
+
+
+def _card_window(amount: int) -> RateLimitItem:
+    return RateLimitItemPerSecond(amount, get_settings().rate_limit_card_window_seconds)
+
+
+def _take_per_account_and_address(
+    kind: str, per_account: int, per_address: int, account: str, client_address: str | None
+) -> None:
+    if client_address:
+        _take(_card_window(per_address), f"{kind}-addr", client_address, what=CARD_ATTEMPTS)
+    _take(_card_window(per_account), f"{kind}-account", account, what=CARD_ATTEMPTS)
+
+
+def before_card_attempt(*, account: str, client_address: str | None) -> None:
+    """Count one card attempt (a subscribe call, or a failed check in the browser).
+
+    `account` names the person (not their email: any stable id). Raises `RateLimited`.
+    """
+    settings = get_settings()
+    _take_per_account_and_address(
+        "card",
+        settings.rate_limit_card_attempts_per_account,
+        settings.rate_limit_card_attempts_per_address,
+        account,
+        client_address,
+    )
+
+
+def _refuse_if_spent(item: RateLimitItem, kind: str, subject: str) -> None:
+    limiter = _limiter()
+    ids = (kind, _id(subject))
+    if not limiter.test(item, *ids):
+        reset_at = limiter.get_window_stats(item, *ids).reset_time
+        raise RateLimited(math.ceil(reset_at - time.time()), CARD_ATTEMPTS)
+
+
+def before_setup_intent(*, account: str, client_address: str | None) -> None:
+    """Count one SetupIntent handed to a browser. Raises `RateLimited`.
+
+    A person (or address) with no card attempts left gets none: the card form would only
+    lead to the same refusal.
+    """
+    settings = get_settings()
+    _refuse_if_spent(
+        _card_window(settings.rate_limit_card_attempts_per_account), "card-account", account
+    )
+    if client_address:
+        _refuse_if_spent(
+            _card_window(settings.rate_limit_card_attempts_per_address), "card-addr", client_address
+        )
+    _take_per_account_and_address(
+        "setup",
+        settings.rate_limit_setup_intents_per_account,
+        settings.rate_limit_setup_intents_per_address,
+        account,
+        client_address,
+    )

@@ -101,6 +101,13 @@ class Settings(BaseSettings):
     rate_limit_account_failure_ceiling: int = Field(default=50, ge=1)
     rate_limit_attempts_per_address: int = Field(default=300, ge=1)
     rate_limit_registrations_per_account: int = Field(default=5, ge=1)
+    # Card testing, per window (an hour): card attempts (subscribe calls and failed card
+    # checks) and SetupIntents handed out, per account and per client address.
+    rate_limit_card_window_seconds: int = Field(default=3600, ge=1)
+    rate_limit_card_attempts_per_account: int = Field(default=5, ge=1)
+    rate_limit_card_attempts_per_address: int = Field(default=20, ge=1)
+    rate_limit_setup_intents_per_account: int = Field(default=20, ge=1)
+    rate_limit_setup_intents_per_address: int = Field(default=60, ge=1)
     # Lifetime of a login (browser session cookie and API bearer token alike).
     session_ttl_minutes: int = Field(default=60 * 24 * 7, ge=5, le=60 * 24 * 90)
     smtp_url: str | None = None

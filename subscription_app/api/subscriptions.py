@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from subscription_app.api.deps import CurrentUser, SessionDep
+from subscription_app.api.deps import CurrentUser, SessionDep, client_address
 from subscription_app.billing import service
 from subscription_app.billing.plans import DEFAULT_PLAN
 from subscription_app.billing.repository import SubscriptionView
@@ -20,6 +20,7 @@ STATUS_FOR_KIND = {
     "forbidden": status.HTTP_403_FORBIDDEN,
     "conflict": status.HTTP_409_CONFLICT,
     "card": status.HTTP_402_PAYMENT_REQUIRED,
+    "limited": status.HTTP_429_TOO_MANY_REQUESTS,
     # Stripe unreachable or timing out: the request could not be completed because a service
     # it depends on failed (nothing was charged; the client may retry).
     "unavailable": status.HTTP_424_FAILED_DEPENDENCY,
@@ -84,20 +85,27 @@ def to_out(view: SubscriptionView | None) -> SubscriptionOut | None:
 
 
 def _fail(exc: service.BillingError) -> HTTPException:
-    return HTTPException(STATUS_FOR_KIND[exc.kind], detail=exc.message)
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+    return HTTPException(STATUS_FOR_KIND[exc.kind], detail=exc.message, headers=headers)
 
 
 @router.post("/subscribe", response_model=SubscribeOut)
-def subscribe(body: SubscribeIn, session: SessionDep, user: CurrentUser) -> SubscribeOut:
+def subscribe(
+    body: SubscribeIn, session: SessionDep, user: CurrentUser, request: Request
+) -> SubscribeOut:
     """Subscribe to the default plan with a payment method made by Stripe.js.
 
     200 with status "active" (done) or "requires_action" (finish 3-D Secure with
     `client_secret` and `confirmCardPayment`, then call `/confirm`); 402 card problems,
-    409 already subscribed, 422 bad payment method, 424 Stripe unavailable.
+    409 already subscribed, 422 bad payment method, 424 Stripe unavailable, 429 too many
+    card attempts (card testing; `Retry-After` says when to try again).
     """
     try:
         result = service.start_subscription(
-            session=session, user=user, payment_method_id=body.payment_method_id
+            session=session,
+            user=user,
+            payment_method_id=body.payment_method_id,
+            client_address=client_address(request),
         )
     except service.BillingError as exc:
         raise _fail(exc) from exc
@@ -119,10 +127,15 @@ def confirm(session: SessionDep, user: CurrentUser) -> SubscribeOut:
 
 
 @router.post("/setup-intent")
-def setup_intent(session: SessionDep, user: CurrentUser) -> dict[str, str]:
-    """A SetupIntent client secret (plus the publishable key) for collecting a card."""
+def setup_intent(session: SessionDep, user: CurrentUser, request: Request) -> dict[str, str]:
+    """A SetupIntent client secret (plus the publishable key) for collecting a card.
+
+    429 (with `Retry-After`) when too many were asked for by this person or address.
+    """
     try:
-        client_secret = service.create_setup_intent(session=session, user=user)
+        client_secret = service.create_setup_intent(
+            session=session, user=user, client_address=client_address(request)
+        )
     except service.BillingError as exc:
         raise _fail(exc) from exc
     return {"client_secret": client_secret, **service.publishable_config()}

@@ -18,7 +18,7 @@ from typing import Literal
 import stripe
 from sqlmodel import Session
 
-from subscription_app import locks
+from subscription_app import locks, ratelimit
 from subscription_app.billing import catalog, repository, sync
 from subscription_app.billing.client import get_client
 from subscription_app.billing.reader import (
@@ -69,18 +69,22 @@ class BillingError(Exception):
     """A billing problem with a message fit for the user.
 
     `kind` tells the REST layer which status to answer: invalid (422), forbidden (403),
-    conflict (409), card (402), unavailable (424).
+    conflict (409), card (402), limited (429, after `retry_after` seconds), unavailable (424).
     """
 
     def __init__(
         self,
         message: str,
         *,
-        kind: Literal["invalid", "forbidden", "conflict", "card", "unavailable"] = "invalid",
+        kind: Literal[
+            "invalid", "forbidden", "conflict", "card", "limited", "unavailable"
+        ] = "invalid",
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.kind = kind
+        self.retry_after = retry_after
 
 
 class AlreadySubscribed(BillingError):
@@ -156,8 +160,21 @@ def ensure_customer(*, session: Session, user: User, client: stripe.StripeClient
     return repository.save_customer(session, user.id, customer.id)
 
 
-def create_setup_intent(*, session: Session, user: User) -> str:
-    """A SetupIntent for the user's customer; returns its client secret for Stripe.js."""
+def _limit(check: Callable[..., None], user: User, client_address: str | None) -> None:
+    """Count a card-testing limit for `user` (and their address); a `BillingError` when over."""
+    try:
+        check(account=f"user:{user.id}", client_address=client_address)
+    except ratelimit.RateLimited as exc:
+        raise BillingError(exc.message, kind="limited", retry_after=exc.retry_after) from exc
+
+
+def create_setup_intent(*, session: Session, user: User, client_address: str | None = None) -> str:
+    """A SetupIntent for the user's customer; returns its client secret for Stripe.js.
+
+    Each one lets a browser check a card at Stripe, so they are limited per person and per
+    client address (card testing).
+    """
+    _limit(ratelimit.before_setup_intent, user, client_address)
     customer_id = ensure_customer(session=session, user=user)
     try:
         intent = get_client().v1.setup_intents.create(
@@ -322,8 +339,22 @@ def _start_locked(
     return _outcome(client, session, user, snapshot)
 
 
-def start_subscription(*, session: Session, user: User, payment_method_id: str) -> SubscribeResult:
+def record_card_failure(*, user: User, client_address: str | None = None) -> None:
+    """The browser reports that Stripe refused a card check: count it as a card attempt.
+
+    Raises:
+        BillingError: kind "limited" when the person or address is over the limit.
+    """
+    _limit(ratelimit.before_card_attempt, user, client_address)
+
+
+def start_subscription(
+    *, session: Session, user: User, payment_method_id: str, client_address: str | None = None
+) -> SubscribeResult:
     """Subscribe `user` to the default plan, paying with `payment_method_id`.
+
+    Every attempt counts against the card-testing limits (per person and client address)
+    before anything reaches Stripe; a malformed payment method id is refused before that.
 
     One person's attempts run one at a time, across every worker (`sync.subscriber_lock`),
     so two tabs or two clients cannot both create a subscription. Steps: refuse a second
@@ -333,6 +364,7 @@ def start_subscription(*, session: Session, user: User, payment_method_id: str) 
     Stripe's answer at once.
     """
     validate_payment_method_id(payment_method_id)
+    _limit(ratelimit.before_card_attempt, user, client_address)
     session.commit()  # hold no transaction while waiting for the lock
     try:
         with sync.subscriber_lock(user.id):

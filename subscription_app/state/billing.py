@@ -68,9 +68,13 @@ class CheckoutState(AuthState):
         self.card_ready = self.processing = self.succeeded = self.pending = False
         self.already_subscribed = False
 
+    def _client_address(self) -> str | None:
+        return self.router.session.client_ip or None
+
     async def _new_setup_intent(self):
+        address = self._client_address()
         self.setup_client_secret = await self._run_as_user(
-            lambda s, u: service.create_setup_intent(session=s, user=u)
+            lambda s, u: service.create_setup_intent(session=s, user=u, client_address=address)
         )
 
     @rx.event
@@ -123,6 +127,8 @@ class CheckoutState(AuthState):
             return self._to_login()
         except service.BillingError as exc:
             self.error = exc.message
+            if exc.kind == "limited":
+                self.card_ready = False  # no card form without a SetupIntent behind it
         return None
 
     @rx.event
@@ -132,12 +138,23 @@ class CheckoutState(AuthState):
         if result.get("error") or not result.get("payment_method_id"):
             self.error = str(result.get("error") or "Your card could not be used.")
             self.processing = False
+            address = self._client_address()
+            try:
+                await self._run_as_user(
+                    lambda s, u: service.record_card_failure(user=u, client_address=address)
+                )
+            except SessionEnded:
+                return self._to_login()
+            except service.BillingError as exc:
+                # Over the card-testing limit: say so, and take the card form away.
+                self.error, self.card_ready = exc.message, False
             return None
         payment_method_id = str(result["payment_method_id"])
+        address = self._client_address()
         try:
             outcome = await self._run_as_user(
                 lambda s, u: service.start_subscription(
-                    session=s, user=u, payment_method_id=payment_method_id
+                    session=s, user=u, payment_method_id=payment_method_id, client_address=address
                 ),
             )
         except SessionEnded:
@@ -147,6 +164,9 @@ class CheckoutState(AuthState):
             self.error, self.processing, self.already_subscribed = exc.message, False, True
             return None
         except service.BillingError as exc:
+            if exc.kind == "limited":
+                self.error, self.processing, self.card_ready = exc.message, False, False
+                return None
             return await self._fail(exc.message)
         return self._settle(outcome)
 

@@ -97,6 +97,28 @@ def test_declined_card_shows_a_message_and_no_subscription(browser: Browser, bas
         context.close()
 
 
+def test_card_testing_is_stopped_with_a_clear_message(page: Page, live_app):
+    email = unique_email("cardtester")
+    register(page, email)
+    open_checkout(page)
+    for _ in range(5):  # the shipped limit: 5 card attempts per person per hour
+        fill_card(page, "4000000000000002")
+        page.get_by_role("button", name="Subscribe").click()
+        expect(page.get_by_role("alert")).to_contain_text("declined", timeout=20_000)
+        expect(page.get_by_role("button", name="Subscribe")).to_be_enabled()
+    fill_card(page, "4242424242424242")  # even a good card waits now
+    page.get_by_role("button", name="Subscribe").click()
+    expect(page.get_by_role("alert")).to_contain_text(
+        "Too many card attempts. Please wait 60 minutes and try again.", timeout=20_000
+    )
+    expect(page.get_by_role("button", name="Subscribe")).to_be_disabled()
+    assert [s for s in stripe_subscriptions_for(live_app, email) if s.status == "active"] == []
+    # Coming back to the page later within the hour: still refused, with the same words.
+    open_checkout_page = page.goto("/checkout")
+    assert open_checkout_page is not None
+    expect(page.get_by_role("alert")).to_contain_text("Too many card attempts", timeout=20_000)
+
+
 def test_3d_secure_completed_gives_an_active_subscription(page: Page):
     register(page, unique_email("threeds-ok"))
     open_checkout(page)
