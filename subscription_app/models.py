@@ -83,7 +83,7 @@ LIVE_STATUSES = frozenset(
 )
 OPEN_STATUSES = LIVE_STATUSES | {SubscriptionStatus.INCOMPLETE}
 # The database's last guard against two subscriptions for one person (see `Subscription`).
-ONE_OPEN_SUBSCRIPTION_WHERE = "status IN ({})".format(
+ONE_OPEN_SUBSCRIPTION_WHERE = "our_plan AND status IN ({})".format(
     ", ".join(f"'{status.value}'" for status in sorted(OPEN_STATUSES))
 )
 
@@ -178,6 +178,10 @@ class Subscription(SQLModel, table=True):
     # Became live at least once. An attempt whose first payment never went through is kept
     # (as Stripe reports it) but is not shown as a subscription.
     activated: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+    # The subscription is to our plan's price. Another price of the same Stripe account (sold
+    # elsewhere, or made in the Stripe dashboard) is recorded, but never shown or counted as
+    # our plan.
+    our_plan: bool = Field(default=True, sa_column_kwargs={"server_default": sa.true()})
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import stripe
 
 from subscription_app.billing.client import get_client
@@ -67,3 +70,35 @@ def resolve_price_id(*, client: stripe.StripeClient | None = None) -> str:
             "Set STRIPE_PRICE_ID to your $12.00/month price, or give that price this lookup key."
         )
     return found
+
+
+# Our price id, remembered for a few minutes: webhooks ask for it on every subscription event,
+# and a lookup-key search is a Stripe call.
+PRICE_CACHE_SECONDS = 300
+_price_cache: dict[tuple, tuple[float, str]] = {}
+_price_cache_lock = threading.Lock()
+
+
+def default_price_id() -> str:
+    """`resolve_price_id()`, remembered for `PRICE_CACHE_SECONDS` per configuration.
+
+    Raises:
+        PriceNotFound: as `resolve_price_id`.
+    """
+    settings = get_settings()
+    key = (settings.stripe_api_base, settings.stripe_price_id, settings.stripe_price_lookup_key)
+    now = time.monotonic()
+    with _price_cache_lock:
+        cached = _price_cache.get(key)
+    if cached and now - cached[0] < PRICE_CACHE_SECONDS:
+        return cached[1]
+    price_id = resolve_price_id()
+    with _price_cache_lock:
+        _price_cache[key] = (now, price_id)
+    return price_id
+
+
+def forget_default_price() -> None:
+    """Drop the remembered price id (tests that re-seed Stripe; a changed price)."""
+    with _price_cache_lock:
+        _price_cache.clear()

@@ -114,7 +114,7 @@ def _shown_rows(session: Session, user_id: int) -> list[Subscription]:
     """
     rows = session.exec(
         select(Subscription)
-        .where(Subscription.user_id == user_id)
+        .where(Subscription.user_id == user_id, col(Subscription.our_plan))
         .order_by(col(Subscription.created_at).desc(), col(Subscription.id).desc())
     ).all()
     return [r for r in rows if r.activated or r.status == SubscriptionStatus.INCOMPLETE.value]
@@ -155,6 +155,7 @@ def open_subscriptions(session: Session, user_id: int) -> list[OpenSubscription]
     rows = session.exec(
         select(Subscription).where(
             Subscription.user_id == user_id,
+            col(Subscription.our_plan),
             col(Subscription.status).in_([s.value for s in OPEN_STATUSES]),
         )
     ).all()
@@ -185,6 +186,7 @@ class SecondOpenSubscription(Exception):
 def _fields(row: Subscription) -> tuple:
     return (
         row.price_id,
+        row.our_plan,
         row.status,
         row.started_at,
         row.current_period_end,
@@ -200,13 +202,15 @@ def apply_snapshot(
     user_id: int,
     snapshot: SubscriptionSnapshot,
     only_if_new: bool = False,
+    our_plan: bool = True,
 ) -> bool:
     """Make our row for `snapshot.id` say what the snapshot says; True if anything changed.
 
     No clock decides here: callers hold the subscription's lock (see `billing/sync.py`) and
     pass what Stripe said while they held it, so the last writer has the newest state.
     `only_if_new` records a row only if there is none yet (a create call's answer must not
-    overwrite what a webhook already read fresher).
+    overwrite what a webhook already read fresher). `our_plan` is False for a subscription to
+    another price: stored, but not shown or counted as our plan.
 
     Raises:
         SecondOpenSubscription: the user already has another live or in-progress row.
@@ -235,6 +239,7 @@ def apply_snapshot(
     row.canceled_at = snapshot.canceled_at
     row.ended_at = snapshot.ended_at
     row.activated = row.activated or SubscriptionStatus(row.status).is_live
+    row.our_plan = our_plan
     if before == _fields(row):
         return False
     row.stripe_updated_at = now

@@ -312,7 +312,7 @@ def _start_locked(
         created = client.v1.subscriptions.create(
             params={
                 "customer": customer_id,
-                "items": [{"price": catalog.resolve_price_id(client=client)}],
+                "items": [{"price": catalog.default_price_id()}],
                 "default_payment_method": payment_method_id,
                 "payment_behavior": "allow_incomplete",
                 "metadata": {"user_id": str(user.id)},

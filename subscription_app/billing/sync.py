@@ -23,7 +23,7 @@ import stripe
 from sqlmodel import Session
 
 from subscription_app import crypto, locks
-from subscription_app.billing import repository
+from subscription_app.billing import catalog, repository
 from subscription_app.billing.client import get_client
 from subscription_app.billing.reader import SubscriptionSnapshot, read_subscription
 
@@ -76,16 +76,19 @@ def _apply(
     owner = user_id if user_id is not None else owner_of(session, snapshot.id, snapshot.customer_id)
     if owner is None:
         return Synced(snapshot, None, False)
+    # A subscription to another price of the same Stripe account is recorded as such: it is
+    # neither shown as our plan nor counted against the one-open-subscription rule.
+    our_plan = snapshot.price_id is not None and snapshot.price_id == catalog.default_price_id()
     try:
         changed = repository.apply_snapshot(
-            session, user_id=owner, snapshot=snapshot, only_if_new=only_if_new
+            session, user_id=owner, snapshot=snapshot, only_if_new=only_if_new, our_plan=our_plan
         )
     except repository.SecondOpenSubscription:
         # Our other open row may be stale (its own events still on the way): ask Stripe about
         # it first. If Stripe really has two open subscriptions, the error stands.
         _refresh_other_open(session, owner, snapshot.id)
         changed = repository.apply_snapshot(
-            session, user_id=owner, snapshot=snapshot, only_if_new=only_if_new
+            session, user_id=owner, snapshot=snapshot, only_if_new=only_if_new, our_plan=our_plan
         )
     # Committed before the caller releases the lock: the next holder must see this write.
     session.commit()

@@ -30,9 +30,11 @@ def stripe_env(stripe_emulator, settings_env):
         STRIPE_PRICE_ID=None,
     )
     client.get_client.cache_clear()
+    catalog.forget_default_price()
     price_id = catalog.ensure_default_price()
     yield {"settings": settings, "price_id": price_id, "emulator": stripe_emulator}
     client.get_client.cache_clear()
+    catalog.forget_default_price()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from sqlalchemy import update
 from sqlmodel import Session, func, select
 
 from devtools.stripe_emulator import renew_subscription
-from subscription_app import accounts
+from subscription_app import accounts, crypto
 from subscription_app.api import create_api
 from subscription_app.billing import catalog, handlers, inbox, processor, repository, service, sync
 from subscription_app.billing.webhooks import sign
@@ -509,3 +509,45 @@ def test_two_processors_racing_apply_each_event_once(hook, session, monkeypatch)
         thread.join(timeout=60)
     assert applied == dict.fromkeys(ids, 1)
     assert {e.status for e in events(session)} == {"done"}
+
+
+def test_a_subscription_to_another_price_is_recorded_but_not_shown_as_our_plan(
+    stripe_hook, session, stripe_client
+):
+    user_id, ours = subscribe_for_real(session, stripe_client)
+    customer_id = repository.customer_id_for_user(session, user_id)
+    # The same Stripe account sells something else too; this customer buys it as well.
+    product = stripe_client.v1.products.create(params={"name": "Something else"})
+    other_price = stripe_client.v1.prices.create(
+        params={
+            "product": product.id,
+            "unit_amount": 9900,
+            "currency": "usd",
+            "recurring": {"interval": "month"},
+        }
+    )
+    theirs = stripe_client.v1.subscriptions.create(
+        params={"customer": customer_id, "items": [{"price": other_price.id}]}
+    )
+    shape = stripe_subscription_shape(theirs.id, customer_id)
+    post(stripe_hook, stripe_event_body("customer.subscription.created", shape))
+    result = drain()
+    assert result.done == 1 and result.failed == 0  # applied, not an error
+    session.rollback()
+    rows = {
+        crypto.decrypt(r.stripe_subscription_id_enc, purpose=crypto.Purpose.STRIPE_ID): r
+        for r in session.exec(select(Subscription)).all()
+    }
+    assert set(rows) == {ours, theirs.id}  # recorded
+    assert rows[theirs.id].our_plan is False and rows[theirs.id].price_id == other_price.id
+    # What the person sees is still our plan's subscription, and only that one.
+    assert repository.live_subscription_id(session, user_id) == ours
+    assert [o.id for o in repository.open_subscriptions(session, user_id)] == [ours]
+    # Ending ours leaves nothing of our plan to show, even though the other one is active.
+    gone = stripe_client.v1.subscriptions.cancel(ours)
+    post(stripe_hook, stripe_event_body("customer.subscription.deleted", gone.to_dict()))
+    drain()
+    session.rollback()
+    assert view_of(session, user_id).status == "canceled"
+    assert repository.live_subscription_id(session, user_id) is None
+    assert stripe_client.v1.subscriptions.retrieve(theirs.id).status == "active"  # untouched
