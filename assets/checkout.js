@@ -63,7 +63,13 @@
         const result = await stripe.confirmCardSetup(clientSecret, {
           payment_method: { card: card },
         });
-        if (result.error) return { error: message(result.error, "Your card could not be used.") };
+        if (result.error) {
+          return {
+            error: message(result.error, "Your card could not be used."),
+            // Only a card Stripe refused counts as a card attempt (card testing), not a typo.
+            card_refused: result.error.type === "card_error",
+          };
+        }
         let pm = result.setupIntent && result.setupIntent.payment_method;
         if (pm && typeof pm === "object") pm = pm.id;
         if (!pm) return { error: "Your card could not be used." };

@@ -141,9 +141,20 @@ def _card_window(amount: int) -> RateLimitItem:
     return RateLimitItemPerSecond(amount, get_settings().rate_limit_card_window_seconds)
 
 
+def _refuse_if_spent(item: RateLimitItem, kind: str, subject: str) -> None:
+    limiter = _limiter()
+    ids = (kind, _id(subject))
+    if not limiter.test(item, *ids):
+        reset_at = limiter.get_window_stats(item, *ids).reset_time
+        raise RateLimited(math.ceil(reset_at - time.time()), CARD_ATTEMPTS)
+
+
 def _take_per_account_and_address(
     kind: str, per_account: int, per_address: int, account: str, client_address: str | None
 ) -> None:
+    # A person already over their own limit must not use up the budget of everyone else
+    # behind the same address: look before counting there.
+    _refuse_if_spent(_card_window(per_account), f"{kind}-account", account)
     if client_address:
         _take(_card_window(per_address), f"{kind}-addr", client_address, what=CARD_ATTEMPTS)
     _take(_card_window(per_account), f"{kind}-account", account, what=CARD_ATTEMPTS)
@@ -162,14 +173,6 @@ def before_card_attempt(*, account: str, client_address: str | None) -> None:
         account,
         client_address,
     )
-
-
-def _refuse_if_spent(item: RateLimitItem, kind: str, subject: str) -> None:
-    limiter = _limiter()
-    ids = (kind, _id(subject))
-    if not limiter.test(item, *ids):
-        reset_at = limiter.get_window_stats(item, *ids).reset_time
-        raise RateLimited(math.ceil(reset_at - time.time()), CARD_ATTEMPTS)
 
 
 def before_setup_intent(*, account: str, client_address: str | None) -> None:

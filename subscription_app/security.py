@@ -30,27 +30,27 @@ def _origin(url: str | None) -> str | None:
     return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else None
 
 
-_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
-
-
 def allowed_origins(settings: Settings) -> list[str]:
     """Origins allowed to call the backend from a browser (CORS and the websocket).
 
-    Only the app's own origin (`APP_URL`). In development the same port under the other
-    loopback names too, so `make run` works at http://127.0.0.1:3000 as at localhost.
+    Only the app's own origin (`APP_URL`), spelled as browsers send it (lower-case host, no
+    default port). In development also the same port under the other loopback names, so
+    `make run` works at http://127.0.0.1:3000 as at localhost. Never empty: an empty list
+    would mean "any origin" to the websocket server.
     """
-    own = _origin(settings.app_url)
-    if own is None:
-        return []
-    origins = [own]
-    parts = urlsplit(own)
-    host = (parts.hostname or "").lower()
-    if not settings.is_production and (host in _LOOPBACK_HOSTS or host == "::1"):
-        port = f":{parts.port}" if parts.port else ""
-        for alias in _LOOPBACK_HOSTS:
-            candidate = f"{parts.scheme}://{alias}{port}"
-            if candidate not in origins:
-                origins.append(candidate)
+    parts = urlsplit(settings.app_url)
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    port = (
+        parts.port if parts.port and parts.port != {"http": 80, "https": 443}.get(scheme) else None
+    )
+
+    def origin(name: str) -> str:
+        name = f"[{name}]" if ":" in name else name
+        return f"{scheme}://{name}{f':{port}' if port else ''}"
+
+    origins = [origin(host)]
+    if not settings.is_production and host in ("localhost", "127.0.0.1", "::1"):
+        origins += [origin(alias) for alias in ("localhost", "127.0.0.1", "::1") if alias != host]
     return origins
 
 

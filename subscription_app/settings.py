@@ -168,6 +168,9 @@ class Settings(BaseSettings):
             problems.append(
                 "APP_BLIND_INDEX_KEY must not reuse a key of APP_ENCRYPTION_KEYS: one key, one use"
             )
+        app_url = urlsplit(self.app_url)
+        if app_url.scheme not in ("http", "https") or not app_url.hostname:
+            problems.append(f"APP_URL must be an absolute http(s):// URL (got {self.app_url!r})")
         # Fail closed: a public URL with no APP_ENV is a production deployment that forgot to
         # say so, and would run with development defaults (no HTTPS-only, no secret checks).
         if "app_env" not in self.model_fields_set and not _is_local_url(self.app_url):

@@ -97,6 +97,9 @@ def _refresh_from_stripe(session: Session, event: ClaimedEvent) -> tuple[int | N
     synced = sync.sync_subscription(session=session, subscription_id=invoice.subscription_id)
     if synced.user_id is None:
         return None, NOT_LINKED
+    if not synced.our_plan:
+        # Recorded by the sync above; but its payments are another product's business.
+        return None, "subscription to another price"
     return synced.user_id, None
 
 

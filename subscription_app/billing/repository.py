@@ -201,8 +201,8 @@ def apply_snapshot(
     *,
     user_id: int,
     snapshot: SubscriptionSnapshot,
+    our_plan: bool,
     only_if_new: bool = False,
-    our_plan: bool = True,
 ) -> bool:
     """Make our row for `snapshot.id` say what the snapshot says; True if anything changed.
 
@@ -253,12 +253,22 @@ def apply_snapshot(
         if _row_by_stripe_id(session, snapshot.id) is not None:
             # A concurrent writer inserted this subscription: update theirs instead.
             return apply_snapshot(
-                session, user_id=user_id, snapshot=snapshot, only_if_new=only_if_new
+                session,
+                user_id=user_id,
+                snapshot=snapshot,
+                our_plan=our_plan,
+                only_if_new=only_if_new,
             )
         raise SecondOpenSubscription(
             "Stripe reports a second live or in-progress subscription for one user"
         ) from exc
     return True
+
+
+def is_our_plan(session: Session, subscription_id: str) -> bool:
+    """True when we hold a row for this subscription and it is to our plan."""
+    row = _row_by_stripe_id(session, subscription_id)
+    return bool(row and row.our_plan)
 
 
 def user_id_for_subscription(session: Session, subscription_id: str) -> int | None:

@@ -51,11 +51,25 @@ def subscriber_lock(user_id: int) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Synced:
-    """What Stripe said, whose row it is (None: no user of ours), and whether the row changed."""
+    """What Stripe said, whose row it is (None: no user of ours), whether the row changed,
+    and whether it is a subscription to our plan (False: another price, recorded only)."""
 
     snapshot: SubscriptionSnapshot
     user_id: int | None
     changed: bool
+    our_plan: bool = True
+
+
+def _is_our_plan(session: Session, snapshot: SubscriptionSnapshot) -> bool:
+    """Whether a subscription is to our plan. Once ours, always ours.
+
+    Decided when the row is first written (by its price). A row that was ours stays ours: if
+    the merchant later changes STRIPE_PRICE_ID, existing subscribers must not vanish from their
+    dashboards, and no price lookup is needed for them.
+    """
+    if repository.is_our_plan(session, snapshot.id):
+        return True
+    return snapshot.price_id is not None and snapshot.price_id == catalog.default_price_id()
 
 
 def owner_of(session: Session, subscription_id: str, customer_id: str | None) -> int | None:
@@ -78,7 +92,7 @@ def _apply(
         return Synced(snapshot, None, False)
     # A subscription to another price of the same Stripe account is recorded as such: it is
     # neither shown as our plan nor counted against the one-open-subscription rule.
-    our_plan = snapshot.price_id is not None and snapshot.price_id == catalog.default_price_id()
+    our_plan = _is_our_plan(session, snapshot)
     try:
         changed = repository.apply_snapshot(
             session, user_id=owner, snapshot=snapshot, only_if_new=only_if_new, our_plan=our_plan
@@ -92,7 +106,7 @@ def _apply(
         )
     # Committed before the caller releases the lock: the next holder must see this write.
     session.commit()
-    return Synced(snapshot, owner, changed)
+    return Synced(snapshot, owner, changed, our_plan)
 
 
 def _refresh_other_open(session: Session, user_id: int, except_id: str) -> None:
@@ -102,7 +116,12 @@ def _refresh_other_open(session: Session, user_id: int, except_id: str) -> None:
             continue
         with subscription_lock(other.id, timeout=NESTED_LOCK_TIMEOUT_SECONDS):
             current = read_subscription(client.v1.subscriptions.retrieve(other.id))
-            repository.apply_snapshot(session, user_id=user_id, snapshot=current)
+            repository.apply_snapshot(
+                session,
+                user_id=user_id,
+                snapshot=current,
+                our_plan=True,  # an open row of ours
+            )
             session.commit()
 
 

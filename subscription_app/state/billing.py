@@ -138,6 +138,8 @@ class CheckoutState(AuthState):
         if result.get("error") or not result.get("payment_method_id"):
             self.error = str(result.get("error") or "Your card could not be used.")
             self.processing = False
+            if result.get("card_refused") is not True:
+                return None  # an incomplete form or a network error is not a card attempt
             address = self._client_address()
             try:
                 await self._run_as_user(

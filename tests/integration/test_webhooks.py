@@ -551,3 +551,39 @@ def test_a_subscription_to_another_price_is_recorded_but_not_shown_as_our_plan(
     assert view_of(session, user_id).status == "canceled"
     assert repository.live_subscription_id(session, user_id) is None
     assert stripe_client.v1.subscriptions.retrieve(theirs.id).status == "active"  # untouched
+    # Its failed payments are the other product's business: no message to the person here.
+    told = len(repository.recent_notifications(session, user_id, limit=100))
+    invoice = stripe_fixture("invoice")
+    invoice.update(id="in_other_1", customer=customer_id)
+    invoice["parent"] = {
+        "type": "subscription_details",
+        "quote_details": None,
+        "subscription_details": {"metadata": {}, "subscription": theirs.id},
+    }
+    post(stripe_hook, stripe_event_body("invoice.payment_failed", invoice))
+    assert drain().skipped == 1
+    session.rollback()
+    assert len(repository.recent_notifications(session, user_id, limit=100)) == told
+
+
+def test_a_subscriber_stays_ours_when_the_merchant_changes_the_price(
+    stripe_hook, session, stripe_client, settings_env
+):
+    user_id, ours = subscribe_for_real(session, stripe_client)
+    product = stripe_client.v1.products.create(params={"name": "Pro, new price"})
+    new_price = stripe_client.v1.prices.create(
+        params={
+            "product": product.id,
+            "unit_amount": 1200,
+            "currency": "usd",
+            "recurring": {"interval": "month"},
+        }
+    )
+    settings_env(STRIPE_PRICE_ID=new_price.id)
+    catalog.forget_default_price()
+    ending = stripe_client.v1.subscriptions.update(ours, params={"cancel_at_period_end": True})
+    post(stripe_hook, stripe_event_body("customer.subscription.updated", ending.to_dict()))
+    assert drain().done == 1
+    view = view_of(session, user_id)
+    assert view is not None and view.cancel_at_period_end is True  # still shown, still ours
+    assert repository.live_subscription_id(session, user_id) == ours
