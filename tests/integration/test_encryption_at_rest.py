@@ -44,6 +44,16 @@ def api(db_engine, stripe_env, settings_env):
         yield client
 
 
+def subscribed(api, make_payment_method, session, email: str) -> tuple[Subscription, str, str]:
+    """Subscribe `email` through the API: its row, subscription id and customer id (decrypted)."""
+    headers = auth_headers(api, email)
+    assert subscribe(api, headers, make_payment_method()).status_code == 200
+    row = session.exec(sa.select(Subscription)).scalars().one()
+    sub_id = crypto.decrypt(row.stripe_subscription_id_enc, purpose=crypto.Purpose.STRIPE_ID)
+    cus_id = crypto.decrypt(row.stripe_customer_id_enc, purpose=crypto.Purpose.STRIPE_ID)
+    return row, sub_id, cus_id
+
+
 def test_full_subscribe_and_cancel_leaves_no_stripe_id_in_clear(
     api, db_engine, empty_database_url, make_payment_method, session, stripe_client
 ):
@@ -87,10 +97,7 @@ def test_full_subscribe_and_cancel_leaves_no_stripe_id_in_clear(
 def test_rotation_rekeys_every_row_and_lookups_still_work(
     api, make_payment_method, session, settings_env
 ):
-    headers = auth_headers(api, "rotate@example.com")
-    assert subscribe(api, headers, make_payment_method()).status_code == 200
-    row = session.exec(sa.select(Subscription)).scalars().one()
-    sub_id = crypto.decrypt(row.stripe_subscription_id_enc, purpose=crypto.Purpose.STRIPE_ID)
+    row, sub_id, _ = subscribed(api, make_payment_method, session, "rotate@example.com")
     user_id = row.user_id
     old_key = crypto.get_settings().app_encryption_keys.get_secret_value()
     new_key = crypto.generate_key()
@@ -128,11 +135,7 @@ def test_rotation_rekeys_every_row_and_lookups_still_work(
 def test_rotation_rehashes_the_blind_index_and_lookups_never_stop(
     api, make_payment_method, session, settings_env
 ):
-    headers = auth_headers(api, "rehash@example.com")
-    assert subscribe(api, headers, make_payment_method()).status_code == 200
-    row = session.exec(sa.select(Subscription)).scalars().one()
-    sub_id = crypto.decrypt(row.stripe_subscription_id_enc, purpose=crypto.Purpose.STRIPE_ID)
-    cus_id = crypto.decrypt(row.stripe_customer_id_enc, purpose=crypto.Purpose.STRIPE_ID)
+    row, sub_id, cus_id = subscribed(api, make_payment_method, session, "rehash@example.com")
     user_id = row.user_id
     old_key = crypto.get_settings().app_blind_index_key.get_secret_value()
     old_hash = crypto.blind_index(sub_id)
@@ -161,10 +164,7 @@ def test_rotation_rehashes_the_blind_index_and_lookups_never_stop(
 def test_rotation_rewrites_first_release_ciphertexts_with_their_purpose(
     api, make_payment_method, session, db_engine
 ):
-    headers = auth_headers(api, "legacy@example.com")
-    assert subscribe(api, headers, make_payment_method()).status_code == 200
-    row = session.exec(sa.select(Subscription)).scalars().one()
-    sub_id = crypto.decrypt(row.stripe_subscription_id_enc, purpose=crypto.Purpose.STRIPE_ID)
+    row, sub_id, _ = subscribed(api, make_payment_method, session, "legacy@example.com")
     key = crypto.get_settings().encryption_keys[0]
     legacy = legacy_v1(sub_id, key)
     with db_engine.begin() as conn:

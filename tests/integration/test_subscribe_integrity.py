@@ -94,13 +94,9 @@ def test_second_card_while_3ds_is_pending_leaves_exactly_one_live_subscription(
     assert me["status"] == "active"
 
 
-def test_retry_after_a_request_died_half_way_returns_the_same_subscription(
-    api, make_payment_method, stripe_client, session, monkeypatch
-):
-    # The first request created the subscription in Stripe, then died before recording it.
-    # Only the idempotency key keeps the retry from creating a second one.
-    headers = auth_headers(api, "retry@example.com")
-    card = make_payment_method("tok_visa")
+@pytest.fixture
+def recording_dies_once(monkeypatch):
+    """The first subscribe dies after Stripe created the subscription, before we record it."""
     real_record = sync.record_created
     calls = []
 
@@ -111,6 +107,15 @@ def test_retry_after_a_request_died_half_way_returns_the_same_subscription(
         return real_record(**kwargs)
 
     monkeypatch.setattr(sync, "record_created", die_once)
+
+
+def test_retry_after_a_request_died_half_way_returns_the_same_subscription(
+    api, make_payment_method, stripe_client, session, recording_dies_once
+):
+    # The first request created the subscription in Stripe, then died before recording it.
+    # Only the idempotency key keeps the retry from creating a second one.
+    headers = auth_headers(api, "retry@example.com")
+    card = make_payment_method("tok_visa")
     assert subscribe(api, headers, card).status_code == 500
     retry = subscribe(api, headers, card)
     assert retry.status_code == 200, retry.text
@@ -120,19 +125,9 @@ def test_retry_after_a_request_died_half_way_returns_the_same_subscription(
 
 
 def test_retry_with_another_card_after_a_request_died_adopts_the_first_subscription(
-    api, make_payment_method, stripe_client, session, monkeypatch
+    api, make_payment_method, stripe_client, session, recording_dies_once
 ):
     headers = auth_headers(api, "retry2@example.com")
-    real_record = sync.record_created
-    calls = []
-
-    def die_once(**kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise RuntimeError("worker killed")
-        return real_record(**kwargs)
-
-    monkeypatch.setattr(sync, "record_created", die_once)
     assert subscribe(api, headers, make_payment_method("tok_visa")).status_code == 500
     again = subscribe(api, headers, make_payment_method("tok_mastercard"))
     assert again.status_code == 409, again.text

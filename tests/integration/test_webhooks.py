@@ -511,21 +511,26 @@ def test_two_processors_racing_apply_each_event_once(hook, session, monkeypatch)
     assert {e.status for e in events(session)} == {"done"}
 
 
+def make_monthly_price(stripe_client, product_name: str, unit_amount: int):
+    """Another monthly USD price in the same Stripe account."""
+    product = stripe_client.v1.products.create(params={"name": product_name})
+    return stripe_client.v1.prices.create(
+        params={
+            "product": product.id,
+            "unit_amount": unit_amount,
+            "currency": "usd",
+            "recurring": {"interval": "month"},
+        }
+    )
+
+
 def test_a_subscription_to_another_price_is_recorded_but_not_shown_as_our_plan(
     stripe_hook, session, stripe_client
 ):
     user_id, ours = subscribe_for_real(session, stripe_client)
     customer_id = repository.customer_id_for_user(session, user_id)
     # The same Stripe account sells something else too; this customer buys it as well.
-    product = stripe_client.v1.products.create(params={"name": "Something else"})
-    other_price = stripe_client.v1.prices.create(
-        params={
-            "product": product.id,
-            "unit_amount": 9900,
-            "currency": "usd",
-            "recurring": {"interval": "month"},
-        }
-    )
+    other_price = make_monthly_price(stripe_client, "Something else", 9900)
     theirs = stripe_client.v1.subscriptions.create(
         params={"customer": customer_id, "items": [{"price": other_price.id}]}
     )
@@ -570,15 +575,7 @@ def test_a_subscriber_stays_ours_when_the_merchant_changes_the_price(
     stripe_hook, session, stripe_client, settings_env
 ):
     user_id, ours = subscribe_for_real(session, stripe_client)
-    product = stripe_client.v1.products.create(params={"name": "Pro, new price"})
-    new_price = stripe_client.v1.prices.create(
-        params={
-            "product": product.id,
-            "unit_amount": 1200,
-            "currency": "usd",
-            "recurring": {"interval": "month"},
-        }
-    )
+    new_price = make_monthly_price(stripe_client, "Pro, new price", 1200)
     settings_env(STRIPE_PRICE_ID=new_price.id)
     catalog.forget_default_price()
     ending = stripe_client.v1.subscriptions.update(ours, params={"cancel_at_period_end": True})
