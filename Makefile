@@ -16,7 +16,14 @@ export REFLEX_TELEMETRY_ENABLED := false
 
 .PHONY: rotate-keys run test test-unit test-integration test-e2e lint format bench chromium clean
 
-run: $(VENV)/.installed $(BUN) ## Start the app (local Stripe emulator when no Stripe keys are set)
+# `make run` starts the local Stripe emulator when STRIPE_SECRET_KEY is empty both in the
+# environment and in .env (the rule of devtools/run.py: a non-empty environment value wins, an
+# empty `KEY=` means "not set", the last line for a key counts); only then does it install
+# requirements-emulator.txt (localstripe, GPL-3.0: development and tests only).
+DOTENV_STRIPE_SECRET_KEY = $(shell [ -f .env ] && sed -n 's/^[[:space:]]*STRIPE_SECRET_KEY[[:space:]]*=[[:space:]]*//p' .env | tail -n 1 | sed 's/[[:space:]]*$$//')
+RUN_EMULATOR = $(if $(STRIPE_SECRET_KEY)$(DOTENV_STRIPE_SECRET_KEY),,yes)
+
+run: $(VENV)/.installed $(if $(RUN_EMULATOR),$(VENV)/.installed-emulator) $(BUN) ## Start the app (local Stripe emulator when no Stripe keys are set)
 	$(PY) -m devtools.run
 
 rotate-keys: $(VENV)/.installed ## Re-encrypt stored Stripe IDs under the first APP_ENCRYPTION_KEYS key
@@ -25,6 +32,7 @@ rotate-keys: $(VENV)/.installed ## Re-encrypt stored Stripe IDs under the first 
 test: $(VENV)/.installed-dev $(BUN) chromium ## Install test dependencies and run every test
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 test-unit: $(VENV)/.installed-dev
@@ -39,6 +47,7 @@ test-e2e: $(VENV)/.installed-dev $(BUN) chromium
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 format: $(VENV)/.installed-dev
 	$(PY) -m ruff check --fix .
@@ -52,9 +61,15 @@ $(VENV)/.installed: requirements.txt | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-$(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(VENV)/bin/python
+# The local Stripe emulator's packages, kept out of requirements.txt (production).
+$(VENV)/.installed-emulator: requirements-emulator.txt | $(VENV)/.installed
+	$(PY) -m pip install --quiet -r requirements-emulator.txt
+	touch $@
+
+# requirements-dev.txt includes requirements.txt and requirements-emulator.txt.
+$(VENV)/.installed-dev: requirements.txt requirements-emulator.txt requirements-dev.txt | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -r requirements-dev.txt
-	touch $(VENV)/.installed $@
+	touch $(VENV)/.installed $(VENV)/.installed-emulator $@
 
 $(BUN):
 	npm install --prefix $(TOOLS) --no-save --no-audit --no-fund --loglevel=error bun@$(BUN_VERSION)

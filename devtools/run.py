@@ -3,7 +3,8 @@
 - Development secrets (encryption key, session key, webhook secret) are generated once and
   kept in `.local/dev-secrets.env` (git-ignored), so sessions and stored data survive a restart.
 - Without STRIPE_SECRET_KEY, the local Stripe emulator is started, the default plan's price is
-  seeded (found again on the next start) and the app's webhook URL is registered with it.
+  seeded (found again on the next start) and the app's webhook URL is registered with it. Its
+  packages come from requirements-emulator.txt (`make run` installs them only in this case).
 - With STRIPE_SECRET_KEY, Stripe itself is used and the settings must be complete.
 - Migrations are applied, then Reflex serves the app. Ctrl-C stops everything started here.
 """
@@ -17,6 +18,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from subscription_app.billing import catalog
+from subscription_app.crypto import generate_key, legacy_index_key
+from subscription_app.migrate import upgrade
+from subscription_app.settings import SettingsError, get_settings
+
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_DIR = ROOT / ".local"
 # Tests point this elsewhere so they never touch a developer's own secrets.
@@ -25,6 +31,9 @@ DEV_SECRETS = Path(os.environ.get("DEV_SECRETS_FILE", LOCAL_DIR / "dev-secrets.e
 EMULATOR_STATE = Path(os.environ.get("STRIPE_EMULATOR_STATE", LOCAL_DIR / "stripe-emulator.pickle"))
 EMULATOR_PORT = int(os.environ.get("STRIPE_EMULATOR_PORT", "8420"))
 APP_PORT = int(os.environ.get("APP_PORT", "3000"))
+# Top-level modules of requirements-emulator.txt (and what they pull in) that the emulator
+# imports: missing, they mean that file was not installed.
+EMULATOR_PACKAGES = frozenset({"localstripe", "aiohttp", "dateutil"})
 
 TEST_CARDS = """\
 Test cards (any future expiry date, any CVC, any postal code):
@@ -47,14 +56,10 @@ def _read_env_file(path: Path) -> dict[str, str]:
 
 def _dev_secrets() -> dict[str, str]:
     """Load (or create once) the development secrets file."""
-    from subscription_app.crypto import generate_key
-
     stored = _read_env_file(DEV_SECRETS)
     if stored.get("APP_SECRET_KEY") and not stored.get("APP_BLIND_INDEX_KEY"):
         # A local database from before APP_BLIND_INDEX_KEY existed was indexed with a key
         # derived from APP_SECRET_KEY: keep using it so that database stays readable.
-        from subscription_app.crypto import legacy_index_key
-
         stored["APP_BLIND_INDEX_KEY"] = legacy_index_key(stored["APP_SECRET_KEY"])
         changed = True
     else:
@@ -112,7 +117,21 @@ def main() -> None:
     emulator = None
     try:
         if local_stripe:
-            from devtools.stripe_emulator import register_webhook, start_in_background
+            # Imported here, not at the top, on purpose: the emulator's packages
+            # (requirements-emulator.txt: localstripe, GPL-3.0, and aiohttp) are for development
+            # and tests only, so a production install has none of them and must still be able to
+            # run this script with real Stripe keys.
+            try:
+                from devtools.stripe_emulator import register_webhook, start_in_background
+            except ModuleNotFoundError as exc:
+                if (exc.name or "").partition(".")[0] not in EMULATOR_PACKAGES:
+                    raise
+                _fail(
+                    "no STRIPE_SECRET_KEY is set, so the local Stripe emulator is needed, but "
+                    f"its packages are not installed ({exc}).\n"
+                    "Install them with `pip install -r requirements-emulator.txt` (or use "
+                    "`make run`, which does), or set STRIPE_SECRET_KEY to use Stripe itself."
+                )
 
             print(
                 f"No STRIPE_SECRET_KEY set: starting the local Stripe emulator on {EMULATOR_PORT}"
@@ -127,14 +146,10 @@ def main() -> None:
                 STRIPE_JS_URL=emulator.js_url,
             )
 
-        from subscription_app.settings import SettingsError, get_settings
-
         try:
             settings = get_settings()
         except SettingsError as exc:
             _fail(str(exc))
-
-        from subscription_app.billing import catalog
 
         if local_stripe:
             price_id = catalog.ensure_default_price()
@@ -155,8 +170,6 @@ def main() -> None:
             print(f"Using Stripe with price {price_id}")
 
         print("Applying database migrations...")
-        from subscription_app.migrate import upgrade
-
         upgrade()
 
         print(f"\nStarting the app. Open http://localhost:{APP_PORT}/ when it says it is running.")

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from subscription_app import ratelimit
+from subscription_app.errors import AppError
 from subscription_app.models import AuthSession, User, utcnow
 from subscription_app.settings import get_settings
 
@@ -33,12 +34,8 @@ _password_hash = PasswordHash.recommended()  # argon2id with current recommended
 _DUMMY_HASH = _password_hash.hash(secrets.token_urlsafe(16))
 
 
-class AccountError(Exception):
+class AccountError(AppError):
     """A problem the user can fix; `message` is safe to show them."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 class InvalidEmail(AccountError):
@@ -52,9 +49,13 @@ class InvalidPassword(AccountError):
 class EmailTaken(AccountError):
     """An account with this email exists already."""
 
+    kind = "conflict"
+
 
 class InvalidCredentials(AccountError):
     """Unknown email or wrong password (deliberately indistinguishable)."""
+
+    kind = "unauthorized"
 
 
 INVALID_CREDENTIALS_MESSAGE = "Incorrect email or password."
@@ -164,10 +165,16 @@ def account_key(email: str) -> str:
 
 @dataclass(frozen=True)
 class IssuedToken:
-    """A bearer token and when it stops working."""
+    """A bearer token, when it stops working, and whose it is.
+
+    `session_id` is the stored (hashed) id of the login session: no credential, so a Reflex
+    state may keep it on the server to re-check the login on every event.
+    """
 
     token: str
     expires_at: datetime
+    session_id: str
+    email: str
 
     @property
     def expires_in(self) -> int:
@@ -185,8 +192,11 @@ def issue_token(*, session: Session, user: User) -> IssuedToken:
     now = utcnow()
     expires_at = now + timedelta(minutes=settings.session_ttl_minutes)
     raw_sid = secrets.token_urlsafe(32)
+    if user.id is None:
+        raise ValueError("the user has not been saved")
+    session_id = _hash_session_id(raw_sid)
     # Only a hash of the session id is stored, so a database leak yields no usable token.
-    session.add(AuthSession(id=_hash_session_id(raw_sid), user_id=user.id, expires_at=expires_at))
+    session.add(AuthSession(id=session_id, user_id=user.id, expires_at=expires_at))
     session.flush()
     token = jwt.encode(
         {
@@ -199,7 +209,7 @@ def issue_token(*, session: Session, user: User) -> IssuedToken:
         settings.app_secret_key.get_secret_value(),
         algorithm=JWT_ALGORITHM,
     )
-    return IssuedToken(token=token, expires_at=expires_at)
+    return IssuedToken(token=token, expires_at=expires_at, session_id=session_id, email=user.email)
 
 
 def _decode(token: str) -> dict | None:

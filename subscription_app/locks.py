@@ -23,7 +23,9 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
 from subscription_app import db
 from subscription_app.models import AppLock, utcnow
@@ -61,14 +63,11 @@ def _hold_postgresql(engine: Engine, name: str, timeout: float) -> Iterator[None
 
 def _try_lease(engine: Engine, name: str, holder: str) -> bool:
     now = utcnow()
-    table = AppLock.__table__
-    insert = sa.dialects.sqlite.insert(table).values(
-        name=name, holder=holder, expires_at=now + LEASE
-    )
+    insert = sqlite_insert(AppLock).values(name=name, holder=holder, expires_at=now + LEASE)
     statement = insert.on_conflict_do_update(
-        index_elements=[table.c.name],
+        index_elements=[col(AppLock.name)],
         set_={"holder": insert.excluded.holder, "expires_at": insert.excluded.expires_at},
-        where=table.c.expires_at < now,
+        where=col(AppLock.expires_at) < now,
     )
     with engine.begin() as conn:
         return conn.execute(statement).rowcount == 1
@@ -87,9 +86,10 @@ def _hold_lease(engine: Engine, name: str, timeout: float) -> Iterator[None]:
     try:
         yield
     finally:
-        table = AppLock.__table__
         with engine.begin() as conn:
-            conn.execute(sa.delete(table).where(table.c.name == name, table.c.holder == holder))
+            conn.execute(
+                sa.delete(AppLock).where(col(AppLock.name) == name, col(AppLock.holder) == holder)
+            )
 
 
 @contextmanager

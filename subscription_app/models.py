@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.types import TypeDecorator
@@ -45,7 +46,8 @@ class UTCDateTime(TypeDecorator):
         return value.astimezone(UTC)
 
 
-def _ts(nullable: bool = True, **kwargs) -> object:
+def _ts(nullable: bool = True, **kwargs: Any) -> Any:
+    # `Any`, as `Field` itself returns: the value stands in for the column's default.
     return Field(default=None, sa_type=UTCDateTime, nullable=nullable, **kwargs)
 
 
@@ -234,3 +236,30 @@ class AppLock(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=128)
     holder: str = Field(max_length=64)
     expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+
+
+class OutboxEmail(SQLModel, table=True):
+    """An email to send, written in the transaction that decided to send it (an outbox).
+
+    The webhook processor of each worker delivers due rows after that transaction commits
+    (see `notifications.deliver_due`), so a rolled-back change sends nothing and an SMTP
+    outage delays mail without undoing what the person did. The address is read from the
+    user's row at sending time.
+    """
+
+    __tablename__ = "outbox_email"
+    __table_args__ = (sa.Index("ix_outbox_email_due", "status", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user_account.id", index=True, ondelete="CASCADE")
+    subject: str = Field(max_length=255)
+    body: str = Field(sa_type=sa.Text)
+    # pending → sent, or failed after MAX_ATTEMPTS (see notifications.py).
+    status: str = Field(default="pending", max_length=16)
+    attempts: int = Field(default=0)
+    next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # A worker's claim while it talks to the SMTP server; another may take over after it.
+    claimed_until: datetime | None = _ts()
+    last_error: str | None = Field(default=None, max_length=255)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    sent_at: datetime | None = _ts()

@@ -32,12 +32,13 @@ from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.storage import Storage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 
+from subscription_app.errors import AppError
 from subscription_app.settings import get_settings
 
 ACCOUNT_SLOW_SECONDS = 5
 
 
-class RateLimited(Exception):
+class RateLimited(AppError):
     """Too many attempts; `retry_after` seconds until the next one may be made."""
 
     def __init__(self, retry_after: int, what: str = "attempts") -> None:
@@ -47,14 +48,20 @@ class RateLimited(Exception):
         else:
             minutes = math.ceil(seconds / 60)
             wait = f"{minutes} minute{'s' if minutes != 1 else ''}"
-        self.message = f"Too many {what}. Please wait {wait} and try again."
-        super().__init__(self.message)
-        self.retry_after = seconds
+        super().__init__(
+            f"Too many {what}. Please wait {wait} and try again.",
+            kind="limited",
+            retry_after=seconds,
+        )
 
 
 @lru_cache(maxsize=2)
 def _storage(redis_url: str | None) -> Storage:
-    return storage_from_string(redis_url or "memory://")
+    found = storage_from_string(redis_url or "memory://")
+    # `async+redis://` would give an asyncio store, which our synchronous limiter cannot use.
+    if not isinstance(found, Storage):
+        raise ValueError("REDIS_URL must name a synchronous store (redis://), not async+...")
+    return found
 
 
 def storage() -> Storage:

@@ -87,10 +87,12 @@ def rotate(
         last_id = 0
         while True:
             with session_scope() as session:
+                # ENCRYPTED_COLUMNS lists table models as type[SQLModel], which declares no
+                # `id`; every model listed there has an integer primary key `id`.
                 rows = session.exec(
                     select(model)
-                    .where(col(model.id) > last_id)  # type: ignore[attr-defined]
-                    .order_by(col(model.id))  # type: ignore[attr-defined]
+                    .where(col(model.id) > last_id)  # type: ignore[attr-defined]  # see above
+                    .order_by(col(model.id))  # type: ignore[attr-defined]  # see above
                     .limit(batch_size)
                 ).all()
                 if not rows:
@@ -100,7 +102,7 @@ def rotate(
                     if any(changes):
                         counts[name] += 1
                         session.add(row)
-                last_id = rows[-1].id  # type: ignore[attr-defined]
+                last_id = rows[-1].id  # type: ignore[attr-defined]  # every listed model has an id
             if progress:
                 progress(name, last_id, counts[name])
     return counts

@@ -7,6 +7,13 @@ PLAN = "/plan"
 CHECKOUT = "/checkout"
 DASHBOARD = "/dashboard"
 
+# The REST API (see `api/`) and the paths the pages call in it.
+API_PREFIX = "/api/v1"
+API_BROWSER_SESSION = f"{API_PREFIX}/auth/session"
+
+# Our browser-side checkout helper, served from assets/.
+CHECKOUT_SCRIPT = "/checkout.js"
+
 # Where a user lands after logging in when no (safe) `next` was given.
 AFTER_LOGIN = DASHBOARD
 

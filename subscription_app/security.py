@@ -15,7 +15,7 @@ from functools import lru_cache
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.responses import PlainTextResponse, RedirectResponse
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from subscription_app.settings import Settings, get_settings
@@ -116,7 +116,7 @@ def forwarded_client(peer: str | None, forwarded_for: str | None, settings: Sett
 
 def request_scheme(scope: Scope, settings: Settings) -> str:
     """The scheme the client used: ours, or the trusted proxy's word for it."""
-    scheme = scope.get("scheme", "http")
+    scheme: str = scope.get("scheme", "http")
     client = scope.get("client")
     if is_trusted_proxy(client[0] if client else None, settings):
         forwarded = Headers(scope=scope).get("x-forwarded-proto")
@@ -189,7 +189,7 @@ class SecurityMiddleware:
             target = _origin(settings.app_url) + scope.get("path", "/")
             if scope.get("query_string"):
                 target += "?" + scope["query_string"].decode("latin-1")
-            response = RedirectResponse(target, status_code=308)
+            response: Response = RedirectResponse(target, status_code=308)
         else:
             response = PlainTextResponse(
                 "HTTPS is required. Send this request to the https:// address.", status_code=403

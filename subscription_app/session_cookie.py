@@ -15,6 +15,8 @@ import threading
 import time
 from http.cookies import SimpleCookie
 
+import redis
+
 from subscription_app import crypto
 from subscription_app.settings import get_settings
 
@@ -42,8 +44,6 @@ def make_handoff(token: str) -> str:
 def _mark_used(nonce: str, expires: float) -> bool:
     settings = get_settings()
     if settings.redis_url:
-        import redis
-
         client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
         return bool(client.set(f"handoff:{nonce}", 1, nx=True, ex=HANDOFF_SECONDS + 5))
     now = time.time()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import reflex as rx
 
-from subscription_app import routes
+from subscription_app import notifications, routes
 from subscription_app.api import create_api
 from subscription_app.billing.processor import run_processor
 from subscription_app.pages import auth, checkout, dashboard, landing, plan
@@ -47,6 +47,8 @@ def build_app() -> rx.App:
     application = rx.App(api_transformer=[create_api(), SecurityMiddleware])
     # Each backend worker runs a webhook processor; the inbox leases events so they share.
     application.register_lifespan_task(run_processor)
+    # And delivers queued email (claimed row by row, so workers share the outbox too).
+    application.register_lifespan_task(notifications.run_outbox)
     for route, page, title in PAGES:
         application.add_page(page, route=route, title=title, on_load=_on_load(route, page))
     return application

@@ -7,6 +7,7 @@ developer's shell, fresh secrets.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 for _name in list(os.environ):
     if _name.startswith(("STRIPE_", "APP_")) or _name in {"DATABASE_URL", "REDIS_URL", "SMTP_URL"}:
@@ -40,6 +42,14 @@ _STRIPE_FIXTURES = Path(__file__).parent / "fixtures" / "stripe_fixtures3.json"
 def stripe_fixture(name: str) -> dict:
     """A fresh copy of Stripe's own published example object `name` (see tests/fixtures)."""
     return json.loads(_STRIPE_FIXTURES.read_text())["resources"][name]
+
+
+def legacy_v1(plaintext: str, key: bytes) -> str:
+    """A ciphertext as the first release made it: no purpose, the key id as associated data."""
+    kid = crypto.key_id(key)
+    nonce = os.urandom(12)
+    sealed = AESGCM(key).encrypt(nonce, plaintext.encode(), kid.encode())
+    return f"v1.{kid}.{base64.urlsafe_b64encode(nonce + sealed).decode()}"
 
 
 def _backends() -> list:

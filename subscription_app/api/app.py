@@ -9,10 +9,25 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from subscription_app import routes
 from subscription_app.api import auth, health, subscriptions, webhooks
+from subscription_app.errors import AppError, ErrorKind
 
-API_PREFIX = "/api/v1"
+API_PREFIX = routes.API_PREFIX
 logger = logging.getLogger(__name__)
+
+# The one translation of an error kind into an HTTP status (see `errors.ErrorKind`).
+STATUS_FOR_KIND: dict[ErrorKind, int] = {
+    "invalid": status.HTTP_422_UNPROCESSABLE_CONTENT,
+    "unauthorized": status.HTTP_401_UNAUTHORIZED,
+    "forbidden": status.HTTP_403_FORBIDDEN,
+    "conflict": status.HTTP_409_CONFLICT,
+    "card": status.HTTP_402_PAYMENT_REQUIRED,
+    "limited": status.HTTP_429_TOO_MANY_REQUESTS,
+    # Stripe unreachable, timing out or not set up: a service the request depends on failed
+    # (nothing was charged; the client may retry).
+    "unavailable": status.HTTP_424_FAILED_DEPENDENCY,
+}
 
 
 def _describe(error: dict) -> str:
@@ -21,7 +36,8 @@ def _describe(error: dict) -> str:
     return f"{location}: {message}" if location else message
 
 
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)  # registered for this class only
     errors = exc.errors()
     if any(error.get("type") == "json_invalid" for error in errors):
         return JSONResponse(
@@ -36,8 +52,22 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     )
 
 
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)  # registered for this class only
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _app_error(request: Request, exc: Exception) -> JSONResponse:
+    """Every refusal a service raises (`AppError`), answered with its status and message."""
+    assert isinstance(exc, AppError)  # registered for AppError only
+    headers: dict[str, str] = {}
+    if exc.retry_after:
+        headers["Retry-After"] = str(exc.retry_after)
+    if exc.kind == "unauthorized":
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(
+        {"detail": exc.message}, status_code=STATUS_FOR_KIND[exc.kind], headers=headers
+    )
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -60,6 +90,7 @@ def create_api() -> FastAPI:
     )
     api.add_exception_handler(RequestValidationError, _validation_error)
     api.add_exception_handler(StarletteHTTPException, _http_error)
+    api.add_exception_handler(AppError, _app_error)
     api.add_exception_handler(Exception, _unexpected_error)
     api.include_router(health.router, prefix=API_PREFIX)
     api.include_router(auth.router, prefix=API_PREFIX)

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from subscription_app import accounts, ratelimit, session_cookie
+from subscription_app import accounts, session_cookie
 from subscription_app.api.deps import CurrentUser, SessionDep, client_address, get_token
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -26,6 +26,8 @@ class Credentials(BaseModel):
 class UserOut(BaseModel):
     """A user as the API shows it."""
 
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     email: str
     created_at: datetime
@@ -39,34 +41,19 @@ class TokenOut(BaseModel):
     expires_in: int
 
 
-def _too_many(exc: ratelimit.RateLimited) -> HTTPException:
-    return HTTPException(
-        status.HTTP_429_TOO_MANY_REQUESTS,
-        detail=exc.message,
-        headers={"Retry-After": str(exc.retry_after)},
-    )
-
-
 @router.post("/register", status_code=status.HTTP_201_CREATED, response_model=UserOut)
 def register(body: Credentials, session: SessionDep, request: Request) -> UserOut:
     """Create an account. 409 if the email is taken, 422 if email or password is invalid.
 
     429 (with Retry-After) when too many attempts came for this email or from this address.
     """
-    try:
-        user = accounts.register(
-            session=session,
-            email=body.email,
-            password=body.password,
-            client_address=client_address(request),
-        )
-    except ratelimit.RateLimited as exc:
-        raise _too_many(exc) from exc
-    except accounts.EmailTaken as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=exc.message) from exc
-    except accounts.AccountError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=exc.message) from exc
-    return UserOut(id=user.id, email=user.email, created_at=user.created_at)
+    user = accounts.register(
+        session=session,
+        email=body.email,
+        password=body.password,
+        client_address=client_address(request),
+    )
+    return UserOut.model_validate(user)
 
 
 @router.post("/login", response_model=TokenOut)
@@ -75,21 +62,12 @@ def login(body: Credentials, session: SessionDep, request: Request) -> TokenOut:
 
     429 (with Retry-After) after too many failures for the account or attempts from the address.
     """
-    try:
-        issued = accounts.login(
-            session=session,
-            email=body.email,
-            password=body.password,
-            client_address=client_address(request),
-        )
-    except ratelimit.RateLimited as exc:
-        raise _too_many(exc) from exc
-    except accounts.InvalidCredentials as exc:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            detail=exc.message,
-            headers={"WWW-Authenticate": "Bearer"},
-        ) from exc
+    issued = accounts.login(
+        session=session,
+        email=body.email,
+        password=body.password,
+        client_address=client_address(request),
+    )
     return TokenOut(access_token=issued.token, expires_in=issued.expires_in)
 
 
@@ -104,7 +82,7 @@ def logout(
 @router.get("/me", response_model=UserOut)
 def me(user: CurrentUser) -> UserOut:
     """The account behind the token."""
-    return UserOut(id=user.id, email=user.email, created_at=user.created_at)
+    return UserOut.model_validate(user)
 
 
 class HandoffIn(BaseModel):

@@ -5,26 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from subscription_app.api.deps import CurrentUser, SessionDep, client_address
 from subscription_app.billing import service
-from subscription_app.billing.plans import DEFAULT_PLAN
-from subscription_app.billing.repository import SubscriptionView
+from subscription_app.billing.views import SubscriptionView
 
 router = APIRouter(prefix="/subscriptions", tags=["subscriptions"])
-
-STATUS_FOR_KIND = {
-    "invalid": status.HTTP_422_UNPROCESSABLE_CONTENT,
-    "forbidden": status.HTTP_403_FORBIDDEN,
-    "conflict": status.HTTP_409_CONFLICT,
-    "card": status.HTTP_402_PAYMENT_REQUIRED,
-    "limited": status.HTTP_429_TOO_MANY_REQUESTS,
-    # Stripe unreachable or timing out: the request could not be completed because a service
-    # it depends on failed (nothing was charged; the client may retry).
-    "unavailable": status.HTTP_424_FAILED_DEPENDENCY,
-}
 
 
 class SubscribeIn(BaseModel):
@@ -66,27 +54,8 @@ class SubscribeOut(BaseModel):
 
 
 def to_out(view: SubscriptionView | None) -> SubscriptionOut | None:
-    """The API shape of a subscription view."""
-    if view is None:
-        return None
-    return SubscriptionOut(
-        plan=DEFAULT_PLAN.name,
-        price=DEFAULT_PLAN.price_label,
-        amount_cents=DEFAULT_PLAN.amount_cents,
-        currency=DEFAULT_PLAN.currency,
-        interval=DEFAULT_PLAN.interval,
-        status=view.status,
-        started_at=view.started_at,
-        current_period_end=view.current_period_end,
-        cancel_at_period_end=view.cancel_at_period_end,
-        canceled_at=view.canceled_at,
-        ended_at=view.ended_at,
-    )
-
-
-def _fail(exc: service.BillingError) -> HTTPException:
-    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-    return HTTPException(STATUS_FOR_KIND[exc.kind], detail=exc.message, headers=headers)
+    """The API shape of a subscription view (its fields are picked by name)."""
+    return SubscriptionOut.model_validate(view, from_attributes=True) if view else None
 
 
 @router.post("/subscribe", response_model=SubscribeOut)
@@ -100,15 +69,12 @@ def subscribe(
     409 already subscribed, 422 bad payment method, 424 Stripe unavailable, 429 too many
     card attempts (card testing; `Retry-After` says when to try again).
     """
-    try:
-        result = service.start_subscription(
-            session=session,
-            user=user,
-            payment_method_id=body.payment_method_id,
-            client_address=client_address(request),
-        )
-    except service.BillingError as exc:
-        raise _fail(exc) from exc
+    result = service.start_subscription(
+        session=session,
+        user=user,
+        payment_method_id=body.payment_method_id,
+        client_address=client_address(request),
+    )
     return SubscribeOut(
         status=result.status,
         client_secret=result.client_secret,
@@ -119,10 +85,7 @@ def subscribe(
 @router.post("/confirm", response_model=SubscribeOut)
 def confirm(session: SessionDep, user: CurrentUser) -> SubscribeOut:
     """After 3-D Secure in the browser: settle the pending subscription."""
-    try:
-        result = service.confirm_subscription(session=session, user=user)
-    except service.BillingError as exc:
-        raise _fail(exc) from exc
+    result = service.confirm_subscription(session=session, user=user)
     return SubscribeOut(status=result.status, subscription=to_out(result.subscription))
 
 
@@ -132,12 +95,9 @@ def setup_intent(session: SessionDep, user: CurrentUser, request: Request) -> di
 
     429 (with `Retry-After`) when too many were asked for by this person or address.
     """
-    try:
-        client_secret = service.create_setup_intent(
-            session=session, user=user, client_address=client_address(request)
-        )
-    except service.BillingError as exc:
-        raise _fail(exc) from exc
+    client_secret = service.create_setup_intent(
+        session=session, user=user, client_address=client_address(request)
+    )
     return {"client_secret": client_secret, **service.publishable_config()}
 
 
@@ -156,28 +116,22 @@ class CancelOut(BaseModel):
     """The subscription after the change, and what happened in words."""
 
     message: str
-    subscription: SubscriptionOut
+    subscription: SubscriptionOut | None
 
 
 @router.post("/cancel", response_model=CancelOut)
 def cancel(body: CancelIn, session: SessionDep, user: CurrentUser) -> CancelOut:
     """Cancel at the end of the period (default) or now. 409 if there is nothing to cancel."""
-    try:
-        result = service.cancel_subscription(
-            session=session, user=user, at_period_end=body.at_period_end
-        )
-    except service.BillingError as exc:
-        raise _fail(exc) from exc
+    result = service.cancel_subscription(
+        session=session, user=user, at_period_end=body.at_period_end
+    )
     return CancelOut(message=result.message, subscription=to_out(result.subscription))
 
 
 @router.post("/resume", response_model=CancelOut)
 def resume(session: SessionDep, user: CurrentUser) -> CancelOut:
     """Undo a cancellation at period end. 409 if the subscription is not set to end."""
-    try:
-        result = service.resume_subscription(session=session, user=user)
-    except service.BillingError as exc:
-        raise _fail(exc) from exc
+    result = service.resume_subscription(session=session, user=user)
     return CancelOut(message=result.message, subscription=to_out(result.subscription))
 
 

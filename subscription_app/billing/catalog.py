@@ -8,12 +8,16 @@ import time
 import stripe
 
 from subscription_app.billing.client import get_client
+from subscription_app.billing.errors import NotSetUp
 from subscription_app.billing.plans import DEFAULT_PLAN, Plan
 from subscription_app.settings import get_settings
 
 
-class PriceNotFound(RuntimeError):
-    """The configured price does not exist in the Stripe account."""
+class PriceNotFound(NotSetUp):
+    """The configured price does not exist in the Stripe account.
+
+    People see "payments are not set up" (424 in the API); the log says what to configure.
+    """
 
 
 def find_price_by_lookup_key(client: stripe.StripeClient, lookup_key: str) -> str | None:

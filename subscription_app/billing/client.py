@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Mapping
 from functools import lru_cache
+from typing import Any
 from urllib.parse import urlsplit
 
 import stripe
 
+from subscription_app.billing.errors import NotSetUp
 from subscription_app.settings import Settings, get_settings
 
 # Seconds to wait for Stripe before giving up on one attempt (the SDK retries on top).
@@ -17,8 +20,11 @@ STRIPE_TIMEOUT_SECONDS = 20
 STRIPE_MAX_NETWORK_RETRIES = 2
 
 
-class StripeNotConfigured(RuntimeError):
-    """Raised when code needs Stripe but no STRIPE_SECRET_KEY is set."""
+class StripeNotConfigured(NotSetUp):
+    """Raised when code needs Stripe but no STRIPE_SECRET_KEY is set.
+
+    People see "payments are not set up" (424 in the API); the log says what to set.
+    """
 
 
 class TimedRequestsClient(stripe.RequestsClient):
@@ -30,8 +36,21 @@ class TimedRequestsClient(stripe.RequestsClient):
 
     _lock = threading.Lock()
 
-    def request(self, method, url, headers, post_data=None):
-        """Perform one HTTP request to Stripe (timed when a timing log is configured)."""
+    def request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        post_data: Any = None,
+        *,
+        _usage: list[str] | None = None,
+    ) -> tuple[Any, int, Mapping[str, str]]:
+        """Perform one HTTP request to Stripe (timed when a timing log is configured).
+
+        The signature is `stripe.HTTPClient.request`'s. The body is `Any` because the SDK
+        disagrees with itself: `HTTPClient` declares `str`, `RequestsClient` returns `bytes`.
+        `_usage` is accepted for that signature; `RequestsClient.request` takes no such argument.
+        """
         log_path = os.environ.get("STRIPE_TIMING_LOG")
         if not log_path:
             return super().request(method, url, headers, post_data)
@@ -53,10 +72,10 @@ def build_client(settings: Settings) -> stripe.StripeClient:
             "STRIPE_SECRET_KEY is not set. Run `make run` (it starts the local Stripe "
             "emulator) or set your Stripe test keys; see README."
         )
-    base_addresses = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
     return stripe.StripeClient(
         settings.stripe_secret_key.get_secret_value(),
-        base_addresses=base_addresses,
+        # A literal, so mypy checks it against the SDK's `BaseAddresses` TypedDict.
+        base_addresses={"api": settings.stripe_api_base} if settings.stripe_api_base else None,
         max_network_retries=STRIPE_MAX_NETWORK_RETRIES,
         http_client=TimedRequestsClient(timeout=STRIPE_TIMEOUT_SECONDS),
     )

@@ -3,8 +3,8 @@
 Stripe is the source of truth: every subscription and invoice event re-reads the
 subscription from Stripe and applies it through `sync.sync_subscription` (which commits under
 the subscription's lock), so events that arrive late, twice or out of order cannot roll a
-row back. Notifications are written in the transaction that marks the event done, so each is
-written once.
+row back. Notifications (and queued email) are written in the transaction that marks the
+event done, so each is written once.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 from sqlmodel import Session
 
-from subscription_app.billing import repository, sync
+from subscription_app import notifications
+from subscription_app.billing import sync
 from subscription_app.billing.inbox import ClaimedEvent
 from subscription_app.billing.reader import read_invoice
 from subscription_app.models import EventStatus
@@ -121,7 +122,7 @@ def on_invoice_payment_failed(session: Session, event: ClaimedEvent) -> HandlerR
     user_id, why = _refresh_from_stripe(session, event)
     if user_id is None:
         return HandlerResult(EventStatus.SKIPPED, why)
-    repository.add_notification(session, user_id, "payment_failed", PAYMENT_FAILED_TEXT)
+    notifications.tell(session, user_id=user_id, kind="payment_failed", text=PAYMENT_FAILED_TEXT)
     return HandlerResult(changed_users={user_id})
 
 
@@ -131,5 +132,7 @@ def on_invoice_action_required(session: Session, event: ClaimedEvent) -> Handler
     user_id, why = _refresh_from_stripe(session, event)
     if user_id is None:
         return HandlerResult(EventStatus.SKIPPED, why)
-    repository.add_notification(session, user_id, "payment_action_required", ACTION_REQUIRED_TEXT)
+    notifications.tell(
+        session, user_id=user_id, kind="payment_action_required", text=ACTION_REQUIRED_TEXT
+    )
     return HandlerResult(changed_users={user_id})

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import ColumnElement, and_, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -64,11 +64,11 @@ class ClaimedEvent:
     payload: dict
 
 
-def _due(now: datetime):
+def _due(now: datetime) -> ColumnElement[bool]:
     return and_(
-        StripeEvent.status == EventStatus.PENDING.value,
-        StripeEvent.next_attempt_at <= now,
-        or_(col(StripeEvent.locked_until).is_(None), StripeEvent.locked_until < now),
+        col(StripeEvent.status) == EventStatus.PENDING.value,
+        col(StripeEvent.next_attempt_at) <= now,
+        or_(col(StripeEvent.locked_until).is_(None), col(StripeEvent.locked_until) < now),
     )
 
 
@@ -85,7 +85,7 @@ def claim(session: Session, *, limit: int = 20) -> list[ClaimedEvent]:
     if session.get_bind().dialect.name == "postgresql":
         ids = list(session.exec(query.with_for_update(skip_locked=True)).all())
         if ids:
-            session.execute(
+            session.exec(
                 update(StripeEvent)
                 .where(col(StripeEvent.id).in_(ids))
                 .values(locked_by=token, locked_until=now + LEASE)
@@ -94,9 +94,9 @@ def claim(session: Session, *, limit: int = 20) -> list[ClaimedEvent]:
         ids = []
         for candidate in session.exec(query).all():
             # Compare-and-set: only one worker's update matches a still-due row.
-            result = session.execute(
+            result = session.exec(
                 update(StripeEvent)
-                .where(StripeEvent.id == candidate, _due(now))
+                .where(col(StripeEvent.id) == candidate, _due(now))
                 .values(locked_by=token, locked_until=now + LEASE)
             )
             if result.rowcount == 1:
@@ -105,33 +105,34 @@ def claim(session: Session, *, limit: int = 20) -> list[ClaimedEvent]:
     if not ids:
         return []
     rows = session.exec(select(StripeEvent).where(col(StripeEvent.id).in_(ids))).all()
-    return [
-        ClaimedEvent(
-            row_id=row.id,
-            event_id=row.event_id,
-            type=row.type,
-            created=row.stripe_created_at,
-            attempts=row.attempts,
-            lease_token=token,
-            payload=json.loads(
-                crypto.decrypt(row.payload_enc, purpose=crypto.Purpose.EVENT_PAYLOAD)
-            ),
-        )
-        for row in sorted(rows, key=lambda r: (r.stripe_created_at, r.id))
-    ]
+    return [_claimed(row, token) for row in sorted(rows, key=lambda r: (r.stripe_created_at, r.id))]
 
 
-def _mine(event: ClaimedEvent):
+def _claimed(row: StripeEvent, token: str) -> ClaimedEvent:
+    if row.id is None:  # a row read from the table always has its primary key
+        raise ValueError("stripe_event row without an id")
+    return ClaimedEvent(
+        row_id=row.id,
+        event_id=row.event_id,
+        type=row.type,
+        created=row.stripe_created_at,
+        attempts=row.attempts,
+        lease_token=token,
+        payload=json.loads(crypto.decrypt(row.payload_enc, purpose=crypto.Purpose.EVENT_PAYLOAD)),
+    )
+
+
+def _mine(event: ClaimedEvent) -> ColumnElement[bool]:
     return and_(
-        StripeEvent.id == event.row_id,
-        StripeEvent.locked_by == event.lease_token,
-        StripeEvent.status == EventStatus.PENDING.value,
+        col(StripeEvent.id) == event.row_id,
+        col(StripeEvent.locked_by) == event.lease_token,
+        col(StripeEvent.status) == EventStatus.PENDING.value,
     )
 
 
 def finish(session: Session, event: ClaimedEvent, status: EventStatus, note: str | None) -> bool:
     """Mark the event done or skipped, in the caller's transaction. False if the lease was lost."""
-    result = session.execute(
+    result = session.exec(
         update(StripeEvent)
         .where(_mine(event))
         .values(
@@ -151,7 +152,7 @@ def fail(session: Session, event: ClaimedEvent, error: str) -> EventStatus:
     attempts = event.attempts + 1
     give_up = attempts >= MAX_ATTEMPTS
     status = EventStatus.FAILED if give_up else EventStatus.PENDING
-    session.execute(
+    session.exec(
         update(StripeEvent)
         .where(_mine(event))
         .values(

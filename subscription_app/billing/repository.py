@@ -10,44 +10,14 @@ from sqlmodel import Session, col, func, select
 
 from subscription_app import crypto
 from subscription_app.billing.reader import SubscriptionSnapshot
+from subscription_app.billing.views import SubscriptionView, view_of
 from subscription_app.models import (
     OPEN_STATUSES,
     BillingCustomer,
-    Notification,
     Subscription,
     SubscriptionStatus,
     utcnow,
 )
-
-
-@dataclass(frozen=True)
-class SubscriptionView:
-    """What pages and the API show of a subscription (no Stripe IDs)."""
-
-    status: str
-    price_id: str
-    started_at: datetime | None
-    current_period_end: datetime | None
-    cancel_at_period_end: bool
-    canceled_at: datetime | None
-    ended_at: datetime | None
-
-    @property
-    def is_live(self) -> bool:
-        """Active, trialing, past due, unpaid or paused: the user has a subscription."""
-        return SubscriptionStatus(self.status).is_live
-
-
-def _view(row: Subscription) -> SubscriptionView:
-    return SubscriptionView(
-        status=row.status,
-        price_id=row.price_id,
-        started_at=row.started_at,
-        current_period_end=row.current_period_end,
-        cancel_at_period_end=row.cancel_at_period_end,
-        canceled_at=row.canceled_at,
-        ended_at=row.ended_at,
-    )
 
 
 def _seal(stripe_id: str) -> str:
@@ -131,15 +101,23 @@ def _current_row(session: Session, user_id: int) -> Subscription | None:
 def current_subscription(session: Session, user_id: int) -> SubscriptionView | None:
     """The user's live subscription if any, else their most recent one, else None."""
     row = _current_row(session, user_id)
-    return _view(row) if row else None
+    return view_of(row) if row else None
 
 
-def live_subscription_id(session: Session, user_id: int) -> str | None:
-    """The Stripe id of the user's live subscription, decrypted, or None."""
+@dataclass(frozen=True)
+class LiveSubscription:
+    """The user's live subscription: its Stripe id (decrypted) and what people see of it."""
+
+    id: str
+    view: SubscriptionView
+
+
+def live_subscription(session: Session, user_id: int) -> LiveSubscription | None:
+    """The user's live subscription, or None (one read for both the id and the view)."""
     row = _current_row(session, user_id)
     if row is None or not SubscriptionStatus(row.status).is_live:
         return None
-    return _unseal(row.stripe_subscription_id_enc)
+    return LiveSubscription(_unseal(row.stripe_subscription_id_enc), view_of(row))
 
 
 @dataclass(frozen=True)
@@ -277,39 +255,11 @@ def user_id_for_subscription(session: Session, subscription_id: str) -> int | No
     return row.user_id if row else None
 
 
-# Notifications -------------------------------------------------------------------
-
-
-def add_notification(session: Session, user_id: int, kind: str, text: str) -> None:
-    """Leave an in-app message for the user."""
-    session.add(Notification(user_id=user_id, kind=kind, text=text[:1000]))
-    session.flush()
-
-
-def recent_notifications(session: Session, user_id: int, limit: int = 5) -> list[Notification]:
-    """The user's newest messages, newest first."""
-    return list(
-        session.exec(
-            select(Notification)
-            .where(Notification.user_id == user_id)
-            .order_by(col(Notification.created_at).desc(), col(Notification.id).desc())
-            .limit(limit)
-        ).all()
-    )
-
-
-def subscription_version(session: Session, user_id: int) -> str:
-    """A value that changes whenever the user's billing rows change (for live pages)."""
-    latest = session.exec(
+def last_changed_at(session: Session, user_id: int) -> datetime | None:
+    """When any of the user's subscription rows last changed (for live pages), or None."""
+    return session.exec(
         select(Subscription.updated_at)
         .where(Subscription.user_id == user_id)
         .order_by(col(Subscription.updated_at).desc())
         .limit(1)
     ).first()
-    notes = session.exec(
-        select(Notification.id)
-        .where(Notification.user_id == user_id)
-        .order_by(col(Notification.id).desc())
-        .limit(1)
-    ).first()
-    return f"{latest.isoformat() if latest else '-'}/{notes or 0}"

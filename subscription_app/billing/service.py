@@ -4,6 +4,11 @@ Each takes keyword arguments and a database session, talks to Stripe through the
 configured client, and records what Stripe answered. Errors a user can act on are raised as
 `BillingError` with a message fit to show them; nothing raised here carries a Stripe secret
 or another user's data.
+
+The caller owns the transaction and commits it (`api/deps.get_session`, `state.auth
+.call_as_user`). A service commits early only where a durable write must come before a call
+to Stripe, or before waiting for a lock; each place says so. (`billing/sync.py` also commits
+its writes before releasing a subscription's lock.)
 """
 
 from __future__ import annotations
@@ -13,20 +18,27 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 import stripe
 from sqlmodel import Session
 
-from subscription_app import locks, ratelimit
+from subscription_app import locks, notifications, ratelimit
 from subscription_app.billing import catalog, repository, sync
 from subscription_app.billing.client import get_client
+from subscription_app.billing.errors import AlreadySubscribed, BillingError
 from subscription_app.billing.reader import (
     SubscriptionSnapshot,
     read_payment_intent,
     read_subscription,
 )
-from subscription_app.billing.repository import SubscriptionView
+from subscription_app.billing.views import (
+    PERIOD_END_FALLBACK,
+    DashboardView,
+    SubscriptionView,
+    format_date,
+)
 from subscription_app.models import SubscriptionStatus, User
 from subscription_app.settings import get_settings
 
@@ -63,37 +75,6 @@ ATTEMPT_IN_PROGRESS = (
 STILL_PROCESSING = (
     "Your previous payment is still being processed. Check your dashboard in a minute."
 )
-
-
-class BillingError(Exception):
-    """A billing problem with a message fit for the user.
-
-    `kind` tells the REST layer which status to answer: invalid (422), forbidden (403),
-    conflict (409), card (402), limited (429, after `retry_after` seconds), unavailable (424).
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        kind: Literal[
-            "invalid", "forbidden", "conflict", "card", "limited", "unavailable"
-        ] = "invalid",
-        retry_after: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.kind = kind
-        self.retry_after = retry_after
-
-
-class AlreadySubscribed(BillingError):
-    """The user already has a live subscription."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            "You already have an active subscription. See your dashboard.", kind="conflict"
-        )
 
 
 @dataclass(frozen=True)
@@ -140,24 +121,38 @@ def validate_payment_method_id(payment_method_id: object) -> str:
     return payment_method_id
 
 
-def ensure_customer(*, session: Session, user: User, client: stripe.StripeClient | None = None):
+def _id(user: User) -> int:
+    """A stored user's id (a `User` reaching a service was read from the database)."""
+    if user.id is None:
+        raise ValueError("the user has not been saved")
+    return user.id
+
+
+def ensure_customer(
+    *, session: Session, user: User, client: stripe.StripeClient | None = None
+) -> str:
     """The user's Stripe customer id, creating the customer on first use.
 
     The idempotency key makes a concurrent or retried first call create one customer only.
     """
-    existing = repository.customer_id_for_user(session, user.id)
+    user_id = _id(user)
+    existing = repository.customer_id_for_user(session, user_id)
     if existing:
         return existing
     client = client or get_client()
     try:
         customer = client.v1.customers.create(
-            params={"email": user.email, "metadata": {"user_id": str(user.id)}},
+            params={"email": user.email, "metadata": {"user_id": str(user_id)}},
             # Unique per account even if a database is reset and ids are reused.
-            options={"idempotency_key": f"customer-{user.id}-{user.created_at.timestamp():.6f}"},
+            options={"idempotency_key": f"customer-{user_id}-{user.created_at.timestamp():.6f}"},
         )
     except stripe.StripeError as exc:
         raise _translate(exc) from exc
-    return repository.save_customer(session, user.id, customer.id)
+    saved = repository.save_customer(session, user_id, customer.id)
+    # Durable before any further Stripe call: whatever happens next, a retry must find this
+    # customer rather than rely on the idempotency key (which Stripe forgets after 24 hours).
+    session.commit()
+    return saved
 
 
 def _limit(check: Callable[..., None], user: User, client_address: str | None) -> None:
@@ -181,17 +176,20 @@ def create_setup_intent(*, session: Session, user: User, client_address: str | N
             params={
                 "customer": customer_id,
                 "usage": "off_session",
-                "payment_method_types": ["card"],
+                # `payment_method_types` in API versions before 2026-10 (the emulator takes both).
+                "allowed_payment_method_types": ["card"],
             }
         )
     except stripe.StripeError as exc:
         raise _translate(exc) from exc
+    if not intent.client_secret:  # Stripe always returns one on create
+        raise BillingError(UNAVAILABLE, kind="unavailable")
     return intent.client_secret
 
 
 def get_subscription(*, session: Session, user: User) -> SubscriptionView | None:
     """The user's current subscription (live first), or None."""
-    return repository.current_subscription(session, user.id)
+    return repository.current_subscription(session, _id(user))
 
 
 def _payment_of(client: stripe.StripeClient, snapshot: SubscriptionSnapshot):
@@ -211,7 +209,7 @@ def _abandon(session: Session, user: User, subscription_id: str) -> None:
     sync.change_subscription(
         session=session,
         subscription_id=subscription_id,
-        user_id=user.id,
+        user_id=_id(user),
         call=lambda client: client.v1.subscriptions.cancel(subscription_id),
     )
 
@@ -223,13 +221,13 @@ def _settle_open_attempts(client: stripe.StripeClient, session: Session, user: U
     before a new one starts: the person chose another card, so the new attempt wins. One
     whose payment is already processing is left alone and the new attempt is refused.
     """
-    for current in repository.open_subscriptions(session, user.id):
+    for current in repository.open_subscriptions(session, _id(user)):
         if SubscriptionStatus(current.status).is_live:
             raise AlreadySubscribed()
         synced = sync.sync_subscription(
             session=session,
             subscription_id=current.id,
-            user_id=user.id,
+            user_id=_id(user),
             expand=SUBSCRIPTION_EXPAND,
         )
         snapshot = synced.snapshot
@@ -249,7 +247,7 @@ def _outcome(
     """Turn a freshly created or re-read subscription into the answer for the person."""
     if SubscriptionStatus(snapshot.status).is_live:
         return SubscribeResult(
-            status="active", subscription=repository.current_subscription(session, user.id)
+            status="active", subscription=repository.current_subscription(session, _id(user))
         )
     if snapshot.status == "incomplete":
         payment = _payment_of(client, snapshot)
@@ -259,7 +257,8 @@ def _outcome(
             )
         if payment and payment.status in ("processing", "succeeded"):
             return SubscribeResult(
-                status="processing", subscription=repository.current_subscription(session, user.id)
+                status="processing",
+                subscription=repository.current_subscription(session, _id(user)),
             )
         try:
             _abandon(session, user, snapshot.id)
@@ -276,7 +275,7 @@ def _outcome(
 def _attempt_key(session: Session, user: User, customer_id: str) -> str:
     # One key per attempt: the same until this attempt's subscription is recorded (so a
     # retried request gets the same subscription back from Stripe), new for the next attempt.
-    attempt = repository.attempt_number(session, user.id)
+    attempt = repository.attempt_number(session, _id(user))
     return hashlib.sha256(f"subscribe:{user.id}:{customer_id}:{attempt}".encode()).hexdigest()
 
 
@@ -294,8 +293,6 @@ def _start_locked(
     client = get_client()
     _settle_open_attempts(client, session, user)
     customer_id = ensure_customer(session=session, user=user, client=client)
-    # Durable before the Stripe calls below: a retry must find the same customer.
-    session.commit()
     payment_method = client.v1.payment_methods.retrieve(payment_method_id)
     owner = payment_method.customer
     owner_id = owner if isinstance(owner, str) or owner is None else owner.id
@@ -329,7 +326,7 @@ def _start_locked(
         return _start_locked(session, user, payment_method_id, retried=True)
     snapshot = read_subscription(created)
     try:
-        sync.record_created(session=session, user_id=user.id, snapshot=snapshot)
+        sync.record_created(session=session, user_id=_id(user), snapshot=snapshot)
     except repository.SecondOpenSubscription:
         # The database's last guard: another subscription of this person is open in Stripe
         # (made outside this app meanwhile). Do not leave a second one running.
@@ -367,7 +364,7 @@ def start_subscription(
     _limit(ratelimit.before_card_attempt, user, client_address)
     session.commit()  # hold no transaction while waiting for the lock
     try:
-        with sync.subscriber_lock(user.id):
+        with sync.subscriber_lock(_id(user)):
             return _start_locked(session, user, payment_method_id)
     except locks.LockTimeout as exc:
         raise BillingError(ATTEMPT_IN_PROGRESS, kind="conflict") from exc
@@ -380,10 +377,10 @@ def confirm_subscription(*, session: Session, user: User) -> SubscribeResult:
 
     Applies what Stripe says; a subscription Stripe calls live is never undone here.
     """
-    session.commit()
+    session.commit()  # hold no transaction while waiting for the lock
     try:
-        with sync.subscriber_lock(user.id):
-            pending = repository.open_subscriptions(session, user.id)
+        with sync.subscriber_lock(_id(user)):
+            pending = repository.open_subscriptions(session, _id(user))
             if not pending:
                 raise BillingError(
                     "There is no subscription waiting for confirmation.", kind="conflict"
@@ -392,7 +389,7 @@ def confirm_subscription(*, session: Session, user: User) -> SubscribeResult:
             synced = sync.sync_subscription(
                 session=session,
                 subscription_id=pending[0].id,
-                user_id=user.id,
+                user_id=_id(user),
                 expand=SUBSCRIPTION_EXPAND,
             )
             snapshot = synced.snapshot
@@ -415,37 +412,42 @@ def confirm_subscription(*, session: Session, user: User) -> SubscribeResult:
 class CancelResult:
     """The subscription after a cancel or resume, and a sentence saying what happened."""
 
-    subscription: SubscriptionView
+    subscription: SubscriptionView | None
     message: str
 
 
-def _long_date(value) -> str:
-    return f"{value:%B} {value.day}, {value.year}" if value else "the end of the period"
+def _live(session: Session, user: User, nothing_to_do: str) -> repository.LiveSubscription:
+    live = repository.live_subscription(session, _id(user))
+    if live is None:
+        raise BillingError(nothing_to_do, kind="conflict")
+    return live
 
 
 def _change(
     session: Session,
     user: User,
-    subscription_id: str,
-    call,
+    live: repository.LiveSubscription,
+    call: Callable[[stripe.StripeClient], stripe.Subscription],
     kind: str,
     message: Callable[[SubscriptionSnapshot], str],
 ) -> CancelResult:
     """Change the subscription in Stripe, record Stripe's answer and tell the person."""
-    from subscription_app.notify import tell_user
-
+    user_id = _id(user)
     try:
         synced = sync.change_subscription(
-            session=session, subscription_id=subscription_id, user_id=user.id, call=call
+            session=session, subscription_id=live.id, user_id=user_id, call=call
         )
     except locks.LockTimeout as exc:
         raise BillingError(ATTEMPT_IN_PROGRESS, kind="conflict") from exc
     except stripe.StripeError as exc:
         raise _translate(exc) from exc
     text = message(synced.snapshot)
-    tell_user(session, user_id=user.id, email=user.email, kind=kind, text=text)
-    session.commit()
-    return CancelResult(repository.current_subscription(session, user.id), text)
+    notifications.tell(session, user_id=user_id, kind=kind, text=text)
+    return CancelResult(repository.current_subscription(session, user_id), text)
+
+
+def _period_end(value: datetime | None) -> str:
+    return format_date(value, PERIOD_END_FALLBACK)
 
 
 def cancel_subscription(*, session: Session, user: User, at_period_end: bool) -> CancelResult:
@@ -454,34 +456,30 @@ def cancel_subscription(*, session: Session, user: User, at_period_end: bool) ->
     Raises:
         BillingError: (conflict) no live subscription, or already set to end at period end.
     """
-    subscription_id = repository.live_subscription_id(session, user.id)
-    view = repository.current_subscription(session, user.id)
-    if subscription_id is None or view is None:
-        raise BillingError("You have no active subscription to cancel.", kind="conflict")
-    if at_period_end and view.cancel_at_period_end:
+    live = _live(session, user, "You have no active subscription to cancel.")
+    if at_period_end and live.view.cancel_at_period_end:
         raise BillingError(
-            f"Your subscription is already set to end on {_long_date(view.current_period_end)}.",
+            "Your subscription is already set to end on "
+            f"{_period_end(live.view.current_period_end)}.",
             kind="conflict",
         )
     if at_period_end:
         return _change(
             session,
             user,
-            subscription_id,
-            lambda c: c.v1.subscriptions.update(
-                subscription_id, params={"cancel_at_period_end": True}
-            ),
+            live,
+            lambda c: c.v1.subscriptions.update(live.id, params={"cancel_at_period_end": True}),
             "canceled",
             lambda snapshot: (
                 "Your subscription is cancelled. You keep access until "
-                f"{_long_date(snapshot.current_period_end)}."
+                f"{_period_end(snapshot.current_period_end)}."
             ),
         )
     return _change(
         session,
         user,
-        subscription_id,
-        lambda c: c.v1.subscriptions.cancel(subscription_id),
+        live,
+        lambda c: c.v1.subscriptions.cancel(live.id),
         "canceled",
         lambda _: "Your subscription is cancelled and has ended.",
     )
@@ -493,21 +491,29 @@ def resume_subscription(*, session: Session, user: User) -> CancelResult:
     Raises:
         BillingError: (conflict) nothing to undo.
     """
-    subscription_id = repository.live_subscription_id(session, user.id)
-    view = repository.current_subscription(session, user.id)
-    if subscription_id is None or view is None or not view.cancel_at_period_end:
-        raise BillingError(
-            "Your subscription is not set to end, so there is nothing to undo.", kind="conflict"
-        )
+    nothing = "Your subscription is not set to end, so there is nothing to undo."
+    live = _live(session, user, nothing)
+    if not live.view.cancel_at_period_end:
+        raise BillingError(nothing, kind="conflict")
     return _change(
         session,
         user,
-        subscription_id,
-        lambda c: c.v1.subscriptions.update(
-            subscription_id, params={"cancel_at_period_end": False}
-        ),
+        live,
+        lambda c: c.v1.subscriptions.update(live.id, params={"cancel_at_period_end": False}),
         "resumed",
         lambda _: "Your subscription will renew as usual.",
+    )
+
+
+def dashboard(*, session: Session, user: User) -> DashboardView:
+    """Everything the dashboard shows: the subscription, recent messages, and a version."""
+    user_id = _id(user)
+    changed = repository.last_changed_at(session, user_id)
+    newest_message = notifications.latest_message_id(session, user_id=user_id)
+    return DashboardView(
+        subscription=repository.current_subscription(session, user_id),
+        messages=notifications.recent_messages(session, user_id=user_id),
+        version=f"{changed.isoformat() if changed else '-'}/{newest_message}",
     )
 
 

@@ -142,7 +142,8 @@ def sync_subscription(
     """
     session.commit()  # read below only after the lock is held
     with subscription_lock(subscription_id):
-        params: dict[str, Any] = {"expand": expand} if expand else {}
+        # The SDK's TypedDict: mypy checks every key against Stripe's API.
+        params: stripe.params.SubscriptionRetrieveParams = {"expand": expand} if expand else {}
         current = get_client().v1.subscriptions.retrieve(subscription_id, params=params)
         return _apply(session, read_subscription(current), user_id, only_if_new=False)
 

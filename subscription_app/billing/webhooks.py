@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -75,8 +76,6 @@ def verify(payload: bytes, signature_header: str | None) -> VerifiedEvent:
 
 def sign(payload: str, secret: str, timestamp: int | None = None) -> str:
     """A `Stripe-Signature` header for `payload` (tests and benchmarks build events with it)."""
-    import time
-
     timestamp = int(time.time()) if timestamp is None else timestamp
     signature = stripe.WebhookSignature._compute_signature(f"{timestamp}.{payload}", secret)
     return f"t={timestamp},v1={signature}"

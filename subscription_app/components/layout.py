@@ -82,8 +82,11 @@ def page_frame(*children: rx.Component, title: str | None = None) -> rx.Componen
     )
 
 
-def error_callout(message: rx.Var) -> rx.Component:
-    """An error message that screen readers announce (role=alert); hidden when empty."""
+def error_callout(message: str | rx.Var[str]) -> rx.Component:
+    """An error message that screen readers announce (role=alert); hidden when empty.
+
+    `message` is a state var (`State.error`, which mypy sees as its declared `str`) or text.
+    """
     return rx.cond(
         message != "",
         rx.callout(message, icon="triangle_alert", color_scheme="red", role="alert"),

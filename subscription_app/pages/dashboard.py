@@ -6,13 +6,9 @@ from subscription_app import routes
 from subscription_app.billing.handlers import PAYMENT_FAILED_TEXT
 from subscription_app.components.layout import error_callout, page_frame
 from subscription_app.state.auth import AuthState, require_login
-from subscription_app.state.billing import (
-    CANCEL_AT_PERIOD_END,
-    CANCEL_NOW,
-    PLAN_NAME,
-    PLAN_PRICE,
-    DashboardState,
-)
+from subscription_app.state.billing import CANCEL_AT_PERIOD_END, CANCEL_NOW, DashboardState
+
+SUBSCRIPTION = DashboardState.subscription
 
 
 def _fact(label, value) -> rx.Component:
@@ -21,17 +17,17 @@ def _fact(label, value) -> rx.Component:
 
 def _subscription_details() -> rx.Component:
     return rx.data_list.root(
-        _fact("Plan", PLAN_NAME),
-        _fact("Price", PLAN_PRICE),
-        _fact("Status", DashboardState.status_label),
-        _fact("Started", DashboardState.started_on),
+        _fact("Plan", SUBSCRIPTION.plan),
+        _fact("Price", SUBSCRIPTION.price),
+        _fact("Status", SUBSCRIPTION.status_label),
+        _fact("Started", SUBSCRIPTION.started_on),
         rx.cond(
-            DashboardState.is_live,
+            SUBSCRIPTION.is_live,
             _fact(
-                rx.cond(DashboardState.cancel_at_period_end, "Access ends", "Next renewal"),
-                DashboardState.renews_on,
+                rx.cond(SUBSCRIPTION.cancel_at_period_end, "Access ends", "Next renewal"),
+                SUBSCRIPTION.renews_on,
             ),
-            _fact("Canceled", DashboardState.canceled_on),
+            _fact("Canceled", SUBSCRIPTION.canceled_on),
         ),
         orientation={"initial": "vertical", "sm": "horizontal"},
     )
@@ -39,7 +35,7 @@ def _subscription_details() -> rx.Component:
 
 def _past_due_warning() -> rx.Component:
     return rx.cond(
-        DashboardState.past_due,
+        SUBSCRIPTION.past_due,
         rx.callout(PAYMENT_FAILED_TEXT, icon="triangle_alert", color_scheme="amber", role="alert"),
     )
 
@@ -53,7 +49,7 @@ def _cancel_dialog() -> rx.Component:
                     DashboardState.cancel_when == CANCEL_NOW,
                     "Your access ends now. This cannot be undone.",
                     "You keep access until "
-                    + DashboardState.renews_on
+                    + SUBSCRIPTION.renews_on
                     + ". You can undo this before then.",
                 )
             ),
@@ -112,7 +108,7 @@ def _cancel_section() -> rx.Component:
 
 def _ending_section() -> rx.Component:
     return rx.vstack(
-        rx.text("Your subscription ends on ", rx.text.strong(DashboardState.renews_on), "."),
+        rx.text("Your subscription ends on ", rx.text.strong(SUBSCRIPTION.renews_on), "."),
         rx.button(
             "Undo cancellation",
             on_click=DashboardState.undo_cancel,
@@ -126,7 +122,7 @@ def _ending_section() -> rx.Component:
 
 def _messages() -> rx.Component:
     return rx.cond(
-        DashboardState.messages.length() > 0,
+        DashboardState.messages,  # isTrue(): a non-empty list
         rx.card(
             rx.vstack(
                 rx.heading("Messages", as_="h2", size="4"),
@@ -158,11 +154,11 @@ def dashboard() -> rx.Component:
             rx.vstack(
                 rx.heading("Subscription", as_="h2", size="5"),
                 rx.cond(
-                    DashboardState.is_live,
+                    SUBSCRIPTION.is_live,
                     rx.fragment(
                         _subscription_details(),
                         rx.cond(
-                            DashboardState.cancel_at_period_end,
+                            SUBSCRIPTION.cancel_at_period_end,
                             _ending_section(),
                             _cancel_section(),
                         ),

@@ -10,8 +10,9 @@ from typing import TypeVar
 import reflex as rx
 from sqlmodel import Session
 
-from subscription_app import accounts, ratelimit, routes, session_cookie
+from subscription_app import accounts, routes, session_cookie
 from subscription_app.db import session_scope
+from subscription_app.errors import AppError
 from subscription_app.models import User
 
 T = TypeVar("T")
@@ -19,7 +20,7 @@ T = TypeVar("T")
 
 def _fetch_js(method: str, path: str, body: dict | None = None) -> str:
     """Script for the page: call our API with its cookies; resolves to true when it worked."""
-    options = {"method": method, "credentials": "same-origin"}
+    options: dict[str, object] = {"method": method, "credentials": "same-origin"}
     if body is not None:
         options["headers"] = {"Content-Type": "application/json"}
         options["body"] = json.dumps(body)
@@ -43,15 +44,6 @@ def call_as_user(session_id: str, fn: Callable[[Session, User], T]) -> T:
         if user is None:
             raise SessionEnded()
         return fn(session, user)
-
-
-def _logged_in(issued: accounts.IssuedToken, session) -> tuple[str, str, str]:
-    user = accounts.user_for_token(session=session, token=issued.token)
-    return (
-        issued.token,
-        accounts.session_id_for_token(issued.token) or "",
-        user.email if user else "",
-    )
 
 
 class AuthState(rx.State):
@@ -133,13 +125,13 @@ class AuthState(rx.State):
     def _next_target(self) -> str:
         return routes.safe_next(self.router.url.query_parameters.get("next"))
 
-    def _apply_login(self, result: tuple[str, str, str]):
+    def _apply_login(self, issued: accounts.IssuedToken):
         """Remember the login here and have the page store the HttpOnly cookie."""
-        token, self._auth_session_id, self.user_email = result
+        self._auth_session_id, self.user_email = issued.session_id, issued.email
         self.auth_checked = True
-        handoff = session_cookie.make_handoff(token)
+        handoff = session_cookie.make_handoff(issued.token)
         return rx.call_script(
-            _fetch_js("POST", "/api/v1/auth/session", {"handoff": handoff}),
+            _fetch_js("POST", routes.API_BROWSER_SESSION, {"handoff": handoff}),
             callback=AuthState.session_stored,
         )
 
@@ -148,66 +140,60 @@ class AuthState(rx.State):
         """The cookie is set (or could not be: the login still works in this tab)."""
         return rx.redirect(self._next_target())
 
-    @rx.event
-    async def login(self, form_data: dict):
-        """Log in with the submitted email and password."""
+    async def _sign_in(self, sign_in: Callable[[Session, str | None], accounts.IssuedToken]):
+        """Run a login or a registration (`sign_in`), then log this tab in (event updates).
+
+        `sign_in` gets a database session and the client address; an `AppError` it raises
+        is shown on the form.
+        """
         if self.submitting:
             return
         self.submitting, self.form_error = True, ""
         yield
-        email = str(form_data.get("email", ""))
-        password = str(form_data.get("password", ""))
         address = self.router.session.client_ip or None
 
-        def _do() -> str | tuple[str, str, str]:
+        def _do() -> accounts.IssuedToken:
             with session_scope() as session:
-                try:
-                    issued = accounts.login(
-                        session=session, email=email, password=password, client_address=address
-                    )
-                except (ratelimit.RateLimited, accounts.AccountError) as exc:
-                    return exc.message
-                return _logged_in(issued, session)
+                return sign_in(session, address)
 
-        result = await asyncio.to_thread(_do)
-        self.submitting = False
-        if isinstance(result, str):
-            self.form_error = result
+        try:
+            issued = await asyncio.to_thread(_do)
+        except AppError as exc:
+            self.form_error = exc.message
             return
-        yield self._apply_login(result)
+        finally:
+            self.submitting = False
+        yield self._apply_login(issued)
+
+    @rx.event
+    async def login(self, form_data: dict):
+        """Log in with the submitted email and password."""
+        email = str(form_data.get("email", ""))
+        password = str(form_data.get("password", ""))
+        async for update in self._sign_in(
+            lambda session, address: accounts.login(
+                session=session, email=email, password=password, client_address=address
+            )
+        ):
+            yield update
 
     @rx.event
     async def register(self, form_data: dict):
         """Create an account from the submitted form, then log in."""
-        if self.submitting:
-            return
-        self.submitting, self.form_error = True, ""
-        yield
         email = str(form_data.get("email", ""))
         password = str(form_data.get("password", ""))
-        confirm = str(form_data.get("confirm_password", password))
-        if password != confirm:
-            self.submitting, self.form_error = False, "The two passwords do not match."
+        if password != str(form_data.get("confirm_password", password)):
+            self.form_error = "The two passwords do not match."
             return
 
-        address = self.router.session.client_ip or None
+        def _register(session: Session, address: str | None) -> accounts.IssuedToken:
+            user = accounts.register(
+                session=session, email=email, password=password, client_address=address
+            )
+            return accounts.issue_token(session=session, user=user)
 
-        def _do() -> str | tuple[str, str, str]:
-            with session_scope() as session:
-                try:
-                    user = accounts.register(
-                        session=session, email=email, password=password, client_address=address
-                    )
-                except (ratelimit.RateLimited, accounts.AccountError) as exc:
-                    return exc.message
-                return _logged_in(accounts.issue_token(session=session, user=user), session)
-
-        result = await asyncio.to_thread(_do)
-        self.submitting = False
-        if isinstance(result, str):
-            self.form_error = result
-            return
-        yield self._apply_login(result)
+        async for update in self._sign_in(_register):
+            yield update
 
     @rx.event
     async def logout(self):
@@ -222,7 +208,7 @@ class AuthState(rx.State):
             await asyncio.to_thread(_do)
         self._forget()
         return rx.call_script(
-            _fetch_js("DELETE", "/api/v1/auth/session"), callback=AuthState.logged_out
+            _fetch_js("DELETE", routes.API_BROWSER_SESSION), callback=AuthState.logged_out
         )
 
     @rx.event
@@ -254,5 +240,6 @@ def require_login(page):
 
     _guarded.__name__ = page.__name__
     _guarded.__doc__ = page.__doc__
-    _guarded._requires_login = True
+    # A marker the page registry reads; functions take attributes, mypy does not know this one.
+    _guarded._requires_login = True  # type: ignore[attr-defined]
     return _guarded

@@ -1,4 +1,8 @@
-"""Checkout and dashboard states: thin wrappers around `billing.service`."""
+"""Checkout and dashboard states: thin wrappers around `billing.service`.
+
+Each event calls one service function for the tab's user (`AuthState._run_as_user`) and
+copies its answer into state; what a subscription looks like is decided in `billing.views`.
+"""
 
 from __future__ import annotations
 
@@ -7,46 +11,28 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import reflex as rx
 from sqlmodel import Session
 
 from subscription_app import changes, routes
-from subscription_app.billing import repository, service
-from subscription_app.billing.plans import DEFAULT_PLAN
-from subscription_app.billing.repository import SubscriptionView
+from subscription_app.billing import service
+from subscription_app.billing.views import NO_SUBSCRIPTION, DashboardView, SubscriptionView
+from subscription_app.errors import AppError
 from subscription_app.models import User
 from subscription_app.state.auth import AuthState, SessionEnded, call_as_user
 
-T = TypeVar("T")
 logger = logging.getLogger(__name__)
-
-STATUS_LABELS = {
-    "active": "Active",
-    "trialing": "Trial",
-    "past_due": "Past due",
-    "unpaid": "Unpaid",
-    "paused": "Paused",
-    "incomplete": "Awaiting payment",
-    "incomplete_expired": "Expired",
-    "canceled": "Canceled",
-}
-CHECKOUT_JS = "/checkout.js"
-
-
-def format_date(value: datetime | None) -> str:
-    """A date as people read it, e.g. "November 22, 2026" (UTC)."""
-    return f"{value:%B} {value.day}, {value.year}" if value else ""
 
 
 def _js_call(function: str, *args: Any) -> str:
     """JavaScript that loads our checkout helper once, then calls one of its functions."""
     arguments = ", ".join(json.dumps(a) for a in args)
+    script = json.dumps(routes.CHECKOUT_SCRIPT)
     return (
         "(window.saCheckoutLoaded = window.saCheckoutLoaded || new Promise((ok, fail) => {"
-        f" const s = document.createElement('script'); s.src = {json.dumps(CHECKOUT_JS)};"
+        f" const s = document.createElement('script'); s.src = {script};"
         " s.onload = ok; s.onerror = fail; document.head.appendChild(s); }))"
         f".then(() => window.saCheckout.{function}({arguments}))"
     )
@@ -91,7 +77,7 @@ class CheckoutState(AuthState):
             await self._new_setup_intent()
         except SessionEnded:
             return self._to_login()
-        except service.BillingError as exc:
+        except AppError as exc:
             self.error = exc.message
             return None
         config = service.publishable_config()
@@ -120,12 +106,12 @@ class CheckoutState(AuthState):
         )
 
     async def _fail(self, message: str):
-        self.error, self.processing = message, False
+        self.error = message
         try:
             await self._new_setup_intent()  # the old one is used up after a confirm
         except SessionEnded:
             return self._to_login()
-        except service.BillingError as exc:
+        except AppError as exc:
             self.error = exc.message
             if exc.kind == "limited":
                 self.card_ready = False  # no card form without a SetupIntent behind it
@@ -134,51 +120,61 @@ class CheckoutState(AuthState):
     @rx.event
     async def card_confirmed(self, result: Any):
         """Stripe.js returned a payment method id (or an error): start the subscription."""
-        result = result if isinstance(result, dict) else {}
-        if result.get("error") or not result.get("payment_method_id"):
-            self.error = str(result.get("error") or "Your card could not be used.")
-            self.processing = False
-            if result.get("card_refused") is not True:
-                return None  # an incomplete form or a network error is not a card attempt
-            address = self._client_address()
-            try:
-                await self._run_as_user(
-                    lambda s, u: service.record_card_failure(user=u, client_address=address)
-                )
-            except SessionEnded:
-                return self._to_login()
-            except service.BillingError as exc:
-                # Over the card-testing limit: say so, and take the card form away.
-                self.error, self.card_ready = exc.message, False
-            return None
-        payment_method_id = str(result["payment_method_id"])
-        address = self._client_address()
+        waiting_for_bank = False
         try:
+            result = result if isinstance(result, dict) else {}
+            if result.get("error") or not result.get("payment_method_id"):
+                self.error = str(result.get("error") or "Your card could not be used.")
+                if result.get("card_refused") is True:
+                    # A card Stripe refused counts as a card attempt; an incomplete form or a
+                    # network error does not.
+                    return await self._count_refused_card()
+                return None
+            payment_method_id = str(result["payment_method_id"])
+            address = self._client_address()
             outcome = await self._run_as_user(
                 lambda s, u: service.start_subscription(
                     session=s, user=u, payment_method_id=payment_method_id, client_address=address
                 ),
             )
+            script = self._settle(outcome)
+            waiting_for_bank = script is not None
+            return script
         except SessionEnded:
-            self.processing = False
             return self._to_login()
         except service.AlreadySubscribed as exc:
-            self.error, self.processing, self.already_subscribed = exc.message, False, True
+            self.error, self.already_subscribed = exc.message, True
             return None
-        except service.BillingError as exc:
+        except AppError as exc:
             if exc.kind == "limited":
-                self.error, self.processing, self.card_ready = exc.message, False, False
+                self.error, self.card_ready = exc.message, False
                 return None
             return await self._fail(exc.message)
-        return self._settle(outcome)
+        finally:
+            # Whatever happened (an unexpected error included), the button works again,
+            # unless the bank's 3-D Secure check is now open in the page.
+            self.processing = waiting_for_bank
+
+    async def _count_refused_card(self):
+        address = self._client_address()
+        try:
+            await self._run_as_user(
+                lambda s, u: service.record_card_failure(user=u, client_address=address)
+            )
+        except SessionEnded:
+            return self._to_login()
+        except AppError as exc:
+            # Over the card-testing limit: say so, and take the card form away.
+            self.error, self.card_ready = exc.message, False
+        return None
 
     def _settle(self, outcome: service.SubscribeResult):
+        """Show the outcome; a script to run when the bank asks for 3-D Secure, else None."""
         if outcome.status == "requires_action" and outcome.client_secret:
             return rx.call_script(
                 _js_call("confirmPayment", outcome.client_secret),
                 callback=CheckoutState.payment_confirmed,
             )
-        self.processing = False
         self.succeeded = True
         self.pending = outcome.status == "processing"
         return None
@@ -190,12 +186,14 @@ class CheckoutState(AuthState):
             outcome = await self._run_as_user(
                 lambda s, u: service.confirm_subscription(session=s, user=u),
             )
+            self._settle(outcome)
+            return None
         except SessionEnded:
-            self.processing = False
             return self._to_login()
-        except service.BillingError as exc:
+        except AppError as exc:
             return await self._fail(exc.message)
-        return self._settle(outcome)
+        finally:
+            self.processing = False
 
 
 CANCEL_AT_PERIOD_END = "At the end of the period"
@@ -203,25 +201,15 @@ CANCEL_NOW = "Now"
 WATCH_SECONDS = 30 * 60  # a dashboard left open stops listening after half an hour
 
 
-def _dashboard_data(session: Session, user: User) -> tuple[SubscriptionView | None, list, str]:
-    return (
-        service.get_subscription(session=session, user=user),
-        [n.text for n in repository.recent_notifications(session, user.id)],
-        repository.subscription_version(session, user.id),
-    )
+def _dashboard(session: Session, user: User) -> DashboardView:
+    return service.dashboard(session=session, user=user)
 
 
 class DashboardState(AuthState):
     """The dashboard's view of the user's subscription, kept live while the page is open."""
 
     has_subscription: bool = False
-    is_live: bool = False
-    status: str = ""
-    status_label: str = ""
-    started_on: str = ""
-    renews_on: str = ""
-    cancel_at_period_end: bool = False
-    canceled_on: str = ""
+    subscription: SubscriptionView = NO_SUBSCRIPTION
     load_error: str = ""
     messages: list[str] = []
     cancel_when: str = CANCEL_AT_PERIOD_END
@@ -234,24 +222,10 @@ class DashboardState(AuthState):
     _watch_requested: bool = False
     _seen_version: str = ""
 
-    @rx.var
-    def past_due(self) -> bool:
-        """Stripe could not collect the last payment."""
-        return self.status in ("past_due", "unpaid")
-
-    def _show(self, view: SubscriptionView | None) -> None:
-        self.has_subscription = view is not None
-        self.is_live = bool(view and view.is_live)
-        self.status = view.status if view else ""
-        self.status_label = STATUS_LABELS.get(self.status, self.status.replace("_", " ").title())
-        self.started_on = format_date(view.started_at) if view else ""
-        self.renews_on = format_date(view.current_period_end) if view else ""
-        self.cancel_at_period_end = bool(view and view.cancel_at_period_end)
-        self.canceled_on = format_date(view.canceled_at) if view else ""
-
-    def _apply(self, data: tuple[SubscriptionView | None, list, str]) -> None:
-        view, self.messages, self._seen_version = data
-        self._show(view)
+    def _apply(self, data: DashboardView) -> None:
+        self.has_subscription = data.subscription is not None
+        self.subscription = data.subscription or NO_SUBSCRIPTION
+        self.messages, self._seen_version = data.messages, data.version
 
     @rx.event
     async def load(self):
@@ -260,10 +234,10 @@ class DashboardState(AuthState):
         self.cancel_dialog_open = False
         self.cancel_when = CANCEL_AT_PERIOD_END  # matches the radio group's default
         try:
-            self._apply(await self._run_as_user(_dashboard_data))
+            self._apply(await self._run_as_user(_dashboard))
         except SessionEnded:
             return self._to_login()
-        except service.BillingError as exc:
+        except AppError as exc:
             self.load_error = exc.message
             return None
         self.load_error = ""
@@ -299,13 +273,13 @@ class DashboardState(AuthState):
                     seen = self._seen_version
                 await changes.wait_for_change(user_id, timeout=1.0)
                 try:
-                    data = await asyncio.to_thread(call_as_user, ref, _dashboard_data)
+                    data = await asyncio.to_thread(call_as_user, ref, _dashboard)
                 except SessionEnded:
                     raise
                 except Exception:  # database hiccup: try again next round
                     logger.warning("dashboard watcher could not read the database", exc_info=True)
                     continue
-                if data[2] != seen:
+                if data.version != seen:
                     async with self:
                         self._apply(data)
         except SessionEnded:
@@ -341,18 +315,19 @@ class DashboardState(AuthState):
         self.working, self.action_error, self.result_message = True, "", ""
         yield
         try:
-            self.result_message = (await self._run_as_user(fn)).message
+            try:
+                self.result_message = (await self._run_as_user(fn)).message
+            except AppError as exc:
+                self.action_error = exc.message
+            # Show what is true now, also after a refusal (another tab may have acted).
+            self._apply(await self._run_as_user(_dashboard))
         except SessionEnded:
             yield self._to_login()
-            return
-        except service.BillingError as exc:
-            self.action_error = exc.message
+        except AppError as exc:
+            self.load_error = exc.message
         finally:
+            # An unexpected error too must leave the buttons usable and the dialog closed.
             self.working, self.cancel_dialog_open = False, False
-        try:
-            self._apply(await self._run_as_user(_dashboard_data))
-        except SessionEnded:
-            yield self._to_login()
 
     @rx.event
     async def confirm_cancel(self):
@@ -368,7 +343,3 @@ class DashboardState(AuthState):
         """Keep the subscription after all (before the period ends)."""
         async for update in self._act(lambda s, u: service.resume_subscription(session=s, user=u)):
             yield update
-
-
-PLAN_NAME = DEFAULT_PLAN.name
-PLAN_PRICE = DEFAULT_PLAN.price_label

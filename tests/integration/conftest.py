@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
+import uuid
+
 import pytest
+from aiosmtpd.controller import Controller
 
 from devtools.stripe_emulator import reset, start_in_background
+from subscription_app import crypto
 from tests.conftest import free_port
 
 
@@ -73,3 +80,83 @@ def subscribe(api, headers: dict[str, str], payment_method_id: str):
         json={"payment_method_id": payment_method_id},
         headers=headers,
     )
+
+
+class Inbox:
+    """aiosmtpd handler keeping every message it receives (`delay`: seconds per message)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.delay = 0.0
+        self.messages: list[str] = []
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        self.messages.append(envelope.content.decode("utf-8", errors="replace"))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp(settings_env):
+    """A local SMTP server, with SMTP_URL pointing at it; yields its `Inbox`."""
+    inbox = Inbox(free_port())
+    controller = Controller(inbox, hostname="127.0.0.1", port=inbox.port)
+    controller.start()
+    settings_env(SMTP_URL=f"smtp://127.0.0.1:{inbox.port}")
+    yield inbox
+    controller.stop()
+
+
+# Stripe objects for webhook tests: an hour ago, so "now" is always later.
+T0 = int(time.time()) - 3600
+
+
+def subscription_object(sub_id="sub_A", cus_id="cus_A", status="active", **extra) -> dict:
+    return {
+        "id": sub_id,
+        "object": "subscription",
+        "customer": cus_id,
+        "status": status,
+        "start_date": T0,
+        "cancel_at_period_end": False,
+        "canceled_at": None,
+        "items": {
+            "data": [
+                {
+                    "price": {"id": "price_1"},
+                    "current_period_start": T0,
+                    "current_period_end": T0 + 30 * 86400,
+                }
+            ]
+        },
+        **extra,
+    }
+
+
+def event_body(event_type: str, obj: dict, created: int = T0, event_id: str | None = None) -> str:
+    return json.dumps(
+        {
+            "id": event_id or f"evt_{uuid.uuid4().hex}",
+            "object": "event",
+            "type": event_type,
+            "created": created,
+            "livemode": False,
+            "data": {"object": obj},
+        }
+    )
+
+
+# Settings of a production deployment (HTTPS-only, trusted proxies), for tests that need one.
+PRODUCTION = {
+    "APP_ENV": "production",
+    "APP_SECRET_KEY": "q" * 20 + "Z7x9Lm2Pk4Rt8Wv1Yb3N",
+    "APP_URL": "https://billing.example.org",
+    "DATABASE_URL": "postgresql://app@db/app",  # the test engine stands in for it
+    "STRIPE_SECRET_KEY": "sk_test_51ProdLikeKey",
+    "STRIPE_PUBLISHABLE_KEY": "pk_test_51ProdLikeKey",
+    "STRIPE_WEBHOOK_SECRET": "whsec_prodlike",
+    "STRIPE_PRICE_ID": "price_123",
+    "TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1",
+    "APP_BLIND_INDEX_KEY": crypto.generate_key(),
+}

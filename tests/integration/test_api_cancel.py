@@ -1,33 +1,14 @@
 """Cancelling and resuming over REST against the emulator; email through a local SMTP server."""
 
 import pytest
-from aiosmtpd.controller import Controller
 from fastapi.testclient import TestClient
+from sqlmodel import Session, select
 
-from devtools.liveapp import free_port
+from subscription_app import notifications
 from subscription_app.api import create_api
+from subscription_app.models import Notification, OutboxEmail
+from tests.conftest import free_port
 from tests.integration.conftest import auth_headers, subscribe
-
-
-class Inbox:
-    """aiosmtpd handler keeping every message it receives."""
-
-    def __init__(self):
-        self.messages: list[str] = []
-
-    async def handle_DATA(self, server, session, envelope):
-        self.messages.append(envelope.content.decode("utf-8", errors="replace"))
-        return "250 OK"
-
-
-@pytest.fixture
-def smtp(settings_env):
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    settings_env(SMTP_URL=f"smtp://127.0.0.1:{controller.port}")
-    yield inbox
-    controller.stop()
 
 
 @pytest.fixture
@@ -64,7 +45,10 @@ def test_cancel_at_period_end_then_undo(api, subscribed, smtp):
     assert resumed.json()["subscription"]["cancel_at_period_end"] is False
     assert api.post("/api/v1/subscriptions/resume", headers=subscribed).status_code == 409
 
-    # The user was told by email each time, through a real SMTP conversation.
+    # The user is told by email each time, through a real SMTP conversation, once the outbox
+    # is delivered (each worker's lifespan task does this after the request committed).
+    assert smtp.messages == []
+    assert notifications.deliver_due().sent == 2
     assert len(smtp.messages) == 2
     assert "keep access until" in smtp.messages[0]
     assert "To: member@example.com" in smtp.messages[0]
@@ -112,7 +96,15 @@ def test_cancel_requires_a_token(api):
     assert api.post("/api/v1/subscriptions/cancel", json={}).status_code == 401
 
 
-def test_unreachable_smtp_does_not_break_cancelling(api, subscribed, settings_env):
+def test_unreachable_smtp_does_not_break_cancelling(api, subscribed, settings_env, db_engine):
     settings_env(SMTP_URL=f"smtp://127.0.0.1:{free_port()}")
     response = cancel(api, subscribed, at_period_end=True)
     assert response.status_code == 200
+    assert notifications.deliver_due().retrying == 1  # connection refused: tried, kept
+    with Session(db_engine) as session:
+        # The in-app message was saved, and the email waits to be retried later.
+        texts = session.exec(select(Notification.text)).all()
+        assert any("keep access until" in text for text in texts)
+        queued = session.exec(select(OutboxEmail)).one()
+        assert (queued.status, queued.attempts, queued.sent_at) == ("pending", 1, None)
+    assert notifications.deliver_due().retrying == 0  # not due again yet

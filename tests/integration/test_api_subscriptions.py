@@ -146,3 +146,31 @@ def test_stripe_outage_is_a_clear_error_and_changes_nothing(api, session, settin
     assert "could not reach our payment provider" in response.json()["detail"]
     assert "sk_test" not in response.text and "Traceback" not in response.text
     assert count(session, Subscription) == 0
+
+
+def test_stripe_not_set_up_is_a_clear_424_not_a_500(api, make_payment_method, settings_env):
+    from subscription_app.billing import client
+
+    headers = auth_headers(api, "nokeys@example.com")
+    card = make_payment_method("tok_visa")
+    settings_env(STRIPE_SECRET_KEY=None)
+    client.get_client.cache_clear()
+    for response in (
+        api.post("/api/v1/subscriptions/setup-intent", headers=headers),
+        subscribe(api, headers, card),
+    ):
+        assert response.status_code == 424, response.text
+        assert "payments are not set up" in response.json()["detail"]
+        assert "STRIPE_SECRET_KEY" not in response.text  # what to set goes to the log only
+
+
+def test_a_missing_price_is_a_clear_424(api, make_payment_method, settings_env, session):
+    from subscription_app.billing import catalog
+
+    headers = auth_headers(api, "noprice@example.com")
+    settings_env(STRIPE_PRICE_LOOKUP_KEY="no_such_lookup_key")
+    catalog.forget_default_price()
+    response = subscribe(api, headers, make_payment_method("tok_visa"))
+    assert response.status_code == 424, response.text
+    assert "payments are not set up" in response.json()["detail"]
+    assert count(session, Subscription) == 0

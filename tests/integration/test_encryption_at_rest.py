@@ -15,9 +15,8 @@ from subscription_app.billing import repository
 from subscription_app.billing.webhooks import sign
 from subscription_app.models import BillingCustomer, Subscription
 from subscription_app.rotate_keys import rotate
-from tests.integration.conftest import auth_headers, subscribe
-from tests.integration.test_webhooks import event_body, subscription_object
-from tests.unit.test_crypto import legacy_v1
+from tests.conftest import legacy_v1
+from tests.integration.conftest import auth_headers, event_body, subscribe, subscription_object
 
 FORBIDDEN = (b"cus_", b"sub_", b"pm_")
 

@@ -14,6 +14,7 @@ EXPECTED_TABLES = {
     "stripe_event",
     "notification",
     "app_lock",
+    "outbox_email",
     "alembic_version",
 }
 
@@ -43,7 +44,7 @@ def test_migrations_apply_to_an_empty_database_and_round_trip(empty_database_url
     assert (EXPECTED_TABLES - {"alembic_version"}) & remaining == set()
     upgrade(empty_database_url)  # and back up again
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0004"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0005"
     engine.dispose()
 
 

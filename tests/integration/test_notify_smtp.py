@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from subscription_app.notify import send_email
+from subscription_app.notifications import send_email
 from tests.conftest import free_port
 
 PASSWORD = "pa ss/w@rd-never-logged"
@@ -191,7 +191,7 @@ def smtp_server(settings_env, caplog):
     mode "smtps": TLS from the first byte; mode "plain": no TLS at all, AUTH offered anyway
     (a server that would happily take a password in the clear).
     """
-    caplog.set_level(logging.WARNING, logger="subscription_app.notify")
+    caplog.set_level(logging.WARNING, logger="subscription_app.notifications")
     started: list[Controller] = []
 
     def _start(mode: str, cert: tuple[Path, Path] | None = None, *, user: bool = False):
@@ -229,7 +229,7 @@ def assert_refused(recorder: Recorder, caplog, reason: str) -> None:
     warnings = [
         r.getMessage()
         for r in caplog.records
-        if r.name == "subscription_app.notify" and r.levelno >= logging.WARNING
+        if r.name == "subscription_app.notifications" and r.levelno >= logging.WARNING
     ]
     assert any(reason in w for w in warnings), warnings
     assert not any(PASSWORD in r.getMessage() for r in caplog.records)

@@ -14,19 +14,7 @@ from subscription_app import crypto
 from subscription_app.api import create_api
 from subscription_app.models import StripeEvent
 from subscription_app.security import SecurityMiddleware
-
-PRODUCTION = {
-    "APP_ENV": "production",
-    "APP_SECRET_KEY": "q" * 20 + "Z7x9Lm2Pk4Rt8Wv1Yb3N",
-    "APP_URL": "https://billing.example.org",
-    "DATABASE_URL": "postgresql://app@db/app",  # the test engine stands in for it
-    "STRIPE_SECRET_KEY": "sk_test_51ProdLikeKey",
-    "STRIPE_PUBLISHABLE_KEY": "pk_test_51ProdLikeKey",
-    "STRIPE_WEBHOOK_SECRET": "whsec_prodlike",
-    "STRIPE_PRICE_ID": "price_123",
-    "TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1",
-    "APP_BLIND_INDEX_KEY": crypto.generate_key(),
-}
+from tests.integration.conftest import PRODUCTION
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from subscription_app import accounts, crypto, session_cookie
 from subscription_app.api import create_api
 from subscription_app.security import SecurityMiddleware
-from tests.integration.test_security import PRODUCTION
+from tests.integration.conftest import PRODUCTION
 
 
 @pytest.fixture

@@ -15,16 +15,15 @@ from sqlalchemy import update
 from sqlmodel import Session, func, select
 
 from devtools.stripe_emulator import renew_subscription
-from subscription_app import accounts, crypto
+from subscription_app import accounts, crypto, notifications
 from subscription_app.api import create_api
 from subscription_app.billing import catalog, handlers, inbox, processor, repository, service, sync
 from subscription_app.billing.webhooks import sign
 from subscription_app.models import EventStatus, StripeEvent, Subscription
 from tests.conftest import free_port, stripe_fixture
+from tests.integration.conftest import T0, event_body, subscription_object
 
 SECRET = "whsec_test_secret_for_integration"
-
-T0 = int(time.time()) - 3600
 
 
 @pytest.fixture
@@ -32,41 +31,6 @@ def hook(db_engine, settings_env):
     settings_env(STRIPE_WEBHOOK_SECRET=SECRET)
     with TestClient(create_api(), raise_server_exceptions=False) as client:
         yield client
-
-
-def subscription_object(sub_id="sub_A", cus_id="cus_A", status="active", **extra) -> dict:
-    return {
-        "id": sub_id,
-        "object": "subscription",
-        "customer": cus_id,
-        "status": status,
-        "start_date": T0,
-        "cancel_at_period_end": False,
-        "canceled_at": None,
-        "items": {
-            "data": [
-                {
-                    "price": {"id": "price_1"},
-                    "current_period_start": T0,
-                    "current_period_end": T0 + 30 * 86400,
-                }
-            ]
-        },
-        **extra,
-    }
-
-
-def event_body(event_type: str, obj: dict, created: int = T0, event_id: str | None = None) -> str:
-    return json.dumps(
-        {
-            "id": event_id or f"evt_{uuid.uuid4().hex}",
-            "object": "event",
-            "type": event_type,
-            "created": created,
-            "livemode": False,
-            "data": {"object": obj},
-        }
-    )
 
 
 def post(client, body: str, header: str | None = "sign"):
@@ -179,7 +143,7 @@ def subscribe_for_real(session: Session, stripe_client, email="a@example.com") -
     )
     result = service.start_subscription(session=session, user=user, payment_method_id=pm.id)
     assert result.status == "active"
-    return user.id, repository.live_subscription_id(session, user.id)
+    return user.id, getattr(repository.live_subscription(session, user.id), "id", None)
 
 
 def view_of(session: Session, user_id: int):
@@ -546,7 +510,7 @@ def test_a_subscription_to_another_price_is_recorded_but_not_shown_as_our_plan(
     assert set(rows) == {ours, theirs.id}  # recorded
     assert rows[theirs.id].our_plan is False and rows[theirs.id].price_id == other_price.id
     # What the person sees is still our plan's subscription, and only that one.
-    assert repository.live_subscription_id(session, user_id) == ours
+    assert getattr(repository.live_subscription(session, user_id), "id", None) == ours
     assert [o.id for o in repository.open_subscriptions(session, user_id)] == [ours]
     # Ending ours leaves nothing of our plan to show, even though the other one is active.
     gone = stripe_client.v1.subscriptions.cancel(ours)
@@ -554,10 +518,10 @@ def test_a_subscription_to_another_price_is_recorded_but_not_shown_as_our_plan(
     drain()
     session.rollback()
     assert view_of(session, user_id).status == "canceled"
-    assert repository.live_subscription_id(session, user_id) is None
+    assert getattr(repository.live_subscription(session, user_id), "id", None) is None
     assert stripe_client.v1.subscriptions.retrieve(theirs.id).status == "active"  # untouched
     # Its failed payments are the other product's business: no message to the person here.
-    told = len(repository.recent_notifications(session, user_id, limit=100))
+    told = len(notifications.recent_messages(session, user_id=user_id, limit=100))
     invoice = stripe_fixture("invoice")
     invoice.update(id="in_other_1", customer=customer_id)
     invoice["parent"] = {
@@ -568,7 +532,7 @@ def test_a_subscription_to_another_price_is_recorded_but_not_shown_as_our_plan(
     post(stripe_hook, stripe_event_body("invoice.payment_failed", invoice))
     assert drain().skipped == 1
     session.rollback()
-    assert len(repository.recent_notifications(session, user_id, limit=100)) == told
+    assert len(notifications.recent_messages(session, user_id=user_id, limit=100)) == told
 
 
 def test_a_subscriber_stays_ours_when_the_merchant_changes_the_price(
@@ -583,4 +547,4 @@ def test_a_subscriber_stays_ours_when_the_merchant_changes_the_price(
     assert drain().done == 1
     view = view_of(session, user_id)
     assert view is not None and view.cancel_at_period_end is True  # still shown, still ours
-    assert repository.live_subscription_id(session, user_id) == ours
+    assert getattr(repository.live_subscription(session, user_id), "id", None) == ours

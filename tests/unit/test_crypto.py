@@ -8,6 +8,7 @@ import pytest
 
 from subscription_app import crypto, session_cookie
 from subscription_app.crypto import Purpose
+from tests.conftest import legacy_v1
 
 STRIPE_ID = Purpose.STRIPE_ID
 
@@ -69,18 +70,6 @@ def test_a_stripe_id_ciphertext_cannot_be_passed_off_as_a_login_handoff():
         session_cookie.redeem_handoff(forged)
     genuine = session_cookie.make_handoff("my-session")
     assert session_cookie.redeem_handoff(genuine) == "my-session"
-
-
-def legacy_v1(plaintext: str, key: bytes) -> str:
-    """A ciphertext as the first release made it: no purpose, the key id as associated data."""
-    import os
-
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    kid = crypto.key_id(key)
-    nonce = os.urandom(12)
-    sealed = AESGCM(key).encrypt(nonce, plaintext.encode(), kid.encode())
-    return f"v1.{kid}.{base64.urlsafe_b64encode(nonce + sealed).decode()}"
 
 
 def test_first_release_ciphertexts_read_where_stored_never_as_a_handoff():

@@ -1,0 +1,80 @@
+"""Local Stripe emulator: localstripe plus the parts of today's Stripe API we use.
+
+Run it with::
+
+    python -m devtools.stripe_emulator --port 8420 [--host 127.0.0.1] [--from-scratch]
+
+and point the SDK at it with
+``stripe.StripeClient("sk_test_...", base_addresses={"api": "http://127.0.0.1:8420"})``
+and the browser at ``http://127.0.0.1:8420/js.stripe.com/v3/`` (fake Stripe.js).
+
+localstripe (GPL-3.0) is imported and extended at run time: this package adds
+routes and wraps its resource classes, it does not contain any of its code.
+It is a development/test dependency only (``requirements-emulator.txt``), run as
+a separate process; the app never imports it.
+What is added on top of localstripe 1.15.10:
+
+* the Prices API (``/v1/prices``), each price backed by a localstripe Plan
+  with the same id so subscriptions work;
+* ``POST /v1/subscriptions`` with ``items[][price]``, ``default_payment_method``,
+  ``payment_behavior`` (all four values), ``payment_settings``, trials;
+  ``cancel_at_period_end`` / cancel set ``cancel_at``, ``canceled_at`` and
+  ``cancellation_details``; ``customer.subscription.updated`` events;
+* ``Idempotency-Key`` on POSTs (localstripe ignores it);
+* confirming a SetupIntent attaches its payment method to its customer;
+* confirming a PaymentIntent with ``payment_method`` (invoices of
+  ``default_incomplete`` subscriptions);
+* today's response fields: ``items.data[].price``,
+  ``items.data[].current_period_start/end``, ``invoice.confirmation_secret``,
+  ``invoice.payments``, ``invoice.lines.data[].pricing``;
+* magic test tokens / payment methods (``tok_visa``, ``pm_card_chargeDeclined``...),
+  ``payment_methods.create(card={"token": ...})``,
+  ``GET /v1/customers/{id}/payment_methods``;
+* Stripe-shaped errors (``card_error`` for 402, ``resource_missing`` for 404);
+* renewals, like a Stripe test clock reaching the end of a period:
+  ``POST /_config/subscriptions/{id}/renew`` (see :func:`renew_subscription`).
+
+The helpers :func:`start_in_background`, :func:`register_webhook`,
+:func:`renew_subscription` and :func:`reset` drive an emulator from tests and
+dev scripts.
+
+Modules, lowest layer first (each imports only those above it):
+
+* ``common``: localstripe's modules, small helpers, the route table for our endpoints;
+* ``webhooks``: events we schedule, their API version, :func:`register_webhook`;
+* ``idempotency``: the ``Idempotency-Key`` cache and middleware;
+* ``errors``: Stripe-shaped errors;
+* ``persistence``: the state file;
+* ``prices``: products and prices;
+* ``cards``: test cards, PaymentMethods, specific declines, customers;
+* ``intents``: SetupIntents and PaymentIntents;
+* ``subscriptions``: subscriptions, invoices and today's fields on them;
+* ``renewals``: renewals and :func:`renew_subscription`;
+* ``server``: :func:`install`, the CLI (:func:`main`), :class:`EmulatorProcess`,
+  :func:`start_in_background`, :func:`reset`.
+"""
+
+from __future__ import annotations
+
+from devtools.stripe_emulator.renewals import renew_subscription
+from devtools.stripe_emulator.server import (
+    DEFAULT_PORT,
+    EmulatorProcess,
+    install,
+    main,
+    reset,
+    start_in_background,
+)
+from devtools.stripe_emulator.webhooks import API_VERSION, register_webhook
+
+__all__ = [
+    "API_VERSION",
+    "DEFAULT_PORT",
+    "EmulatorProcess",
+    "install",
+    "main",
+    "register_webhook",
+    "renew_subscription",
+    "reset",
+    "start_in_background",
+]

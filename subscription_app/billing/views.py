@@ -1,0 +1,93 @@
+"""What people see of a subscription: the one mapping from our rows to pages and the API.
+
+`view_of` turns a stored row into a `SubscriptionView`. The REST API serializes its fields
+(`api/subscriptions.py` validates the model from its attributes); the dashboard shows its
+display strings. Dates are formatted here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from subscription_app.billing.plans import DEFAULT_PLAN
+from subscription_app.models import Subscription, SubscriptionStatus
+
+STATUS_LABELS = {
+    "active": "Active",
+    "trialing": "Trial",
+    "past_due": "Past due",
+    "unpaid": "Unpaid",
+    "paused": "Paused",
+    "incomplete": "Awaiting payment",
+    "incomplete_expired": "Expired",
+    "canceled": "Canceled",
+}
+PERIOD_END_FALLBACK = "the end of the period"
+
+
+def format_date(value: datetime | None, missing: str = "") -> str:
+    """A date as people read it, e.g. "November 22, 2026" (UTC); `missing` when None."""
+    return f"{value:%B} {value.day}, {value.year}" if value else missing
+
+
+def status_label(status: str) -> str:
+    """A Stripe status in words, e.g. "past_due" → "Past due"."""
+    return STATUS_LABELS.get(status, status.replace("_", " ").capitalize())
+
+
+@dataclass(frozen=True)
+class SubscriptionView:
+    """A subscription as pages and API clients see it (no Stripe ids, nothing secret)."""
+
+    status: str = ""
+    started_at: datetime | None = None
+    current_period_end: datetime | None = None
+    cancel_at_period_end: bool = False
+    canceled_at: datetime | None = None
+    ended_at: datetime | None = None
+    plan: str = DEFAULT_PLAN.name
+    price: str = DEFAULT_PLAN.price_label
+    amount_cents: int = DEFAULT_PLAN.amount_cents
+    currency: str = DEFAULT_PLAN.currency
+    interval: str = DEFAULT_PLAN.interval
+    # Display strings, derived from the fields above by `view_of`.
+    status_label: str = ""
+    started_on: str = ""
+    renews_on: str = ""
+    canceled_on: str = ""
+    is_live: bool = False
+    past_due: bool = False
+
+
+def view_of(row: Subscription) -> SubscriptionView:
+    """The one mapping of a stored subscription to what people see."""
+    return SubscriptionView(
+        status=row.status,
+        started_at=row.started_at,
+        current_period_end=row.current_period_end,
+        cancel_at_period_end=row.cancel_at_period_end,
+        canceled_at=row.canceled_at,
+        ended_at=row.ended_at,
+        status_label=status_label(row.status),
+        started_on=format_date(row.started_at),
+        renews_on=format_date(row.current_period_end),
+        canceled_on=format_date(row.canceled_at),
+        is_live=SubscriptionStatus(row.status).is_live,
+        past_due=row.status in ("past_due", "unpaid"),
+    )
+
+
+NO_SUBSCRIPTION = SubscriptionView()
+
+
+@dataclass(frozen=True)
+class DashboardView:
+    """Everything the dashboard shows, read in one transaction.
+
+    `version` changes whenever any of it may have changed (live pages compare it).
+    """
+
+    subscription: SubscriptionView | None
+    messages: list[str] = field(default_factory=list)
+    version: str = ""
