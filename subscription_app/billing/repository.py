@@ -161,19 +161,6 @@ class SecondOpenSubscription(Exception):
     """Stripe reports an open subscription for a person who already has another one."""
 
 
-def _fields(row: Subscription) -> tuple:
-    return (
-        row.price_id,
-        row.our_plan,
-        row.status,
-        row.started_at,
-        row.current_period_end,
-        row.cancel_at_period_end,
-        row.canceled_at,
-        row.ended_at,
-    )
-
-
 def apply_snapshot(
     session: Session,
     *,
@@ -193,42 +180,53 @@ def apply_snapshot(
     Raises:
         SecondOpenSubscription: the user already has another live or in-progress row.
     """
+    # Read outside the savepoint and change the row only inside it: SQLAlchemy flushes
+    # pending changes when a savepoint begins (a row changed before it would hit the unique
+    # index outside it and break the caller's transaction), and on SQLite a read inside the
+    # savepoint would pin a snapshot that a concurrent commit makes unwritable ("database is
+    # locked", which no busy timeout retries).
     row = _row_by_stripe_id(session, snapshot.id)
+    if row is not None and only_if_new:
+        return False
+    status = SubscriptionStatus(snapshot.status)
+    values = {
+        "price_id": snapshot.price_id or (row.price_id if row else ""),
+        "status": status.value,
+        "started_at": snapshot.started_at,
+        "current_period_end": snapshot.current_period_end,
+        "cancel_at_period_end": snapshot.cancel_at_period_end,
+        "canceled_at": snapshot.canceled_at,
+        "ended_at": snapshot.ended_at,
+        "activated": bool(row and row.activated) or status.is_live,
+        "our_plan": our_plan,
+    }
+    if row is not None and all(getattr(row, name) == value for name, value in values.items()):
+        return False
+    created = row is None
     now = utcnow()
-    if row is None:
-        row = Subscription(
-            user_id=user_id,
-            stripe_customer_id_enc=_seal(snapshot.customer_id),
-            stripe_customer_id_hash=crypto.blind_index(snapshot.customer_id),
-            stripe_subscription_id_enc=_seal(snapshot.id),
-            stripe_subscription_id_hash=crypto.blind_index(snapshot.id),
-            price_id=snapshot.price_id or "",
-            status=snapshot.status,
-            created_at=now,
-        )
-    elif only_if_new:
-        return False
-    before = _fields(row) if row.id is not None else None
-    row.price_id = snapshot.price_id or row.price_id
-    row.status = SubscriptionStatus(snapshot.status).value
-    row.started_at = snapshot.started_at
-    row.current_period_end = snapshot.current_period_end
-    row.cancel_at_period_end = snapshot.cancel_at_period_end
-    row.canceled_at = snapshot.canceled_at
-    row.ended_at = snapshot.ended_at
-    row.activated = row.activated or SubscriptionStatus(row.status).is_live
-    row.our_plan = our_plan
-    if before == _fields(row):
-        return False
-    row.stripe_updated_at = now
-    row.updated_at = now
-    session.add(row)
     try:
         with session.begin_nested():
+            if row is None:
+                row = Subscription(
+                    user_id=user_id,
+                    stripe_customer_id_enc=_seal(snapshot.customer_id),
+                    stripe_customer_id_hash=crypto.blind_index(snapshot.customer_id),
+                    stripe_subscription_id_enc=_seal(snapshot.id),
+                    stripe_subscription_id_hash=crypto.blind_index(snapshot.id),
+                    price_id=str(values["price_id"]),
+                    status=status.value,
+                    created_at=now,
+                )
+            for name, value in values.items():
+                setattr(row, name, value)
+            row.stripe_updated_at = now
+            row.updated_at = now
+            session.add(row)
             session.flush()
     except IntegrityError as exc:
-        session.expunge(row)
-        if _row_by_stripe_id(session, snapshot.id) is not None:
+        # The savepoint is rolled back: a new row is gone from the session, an existing
+        # row's changes are undone.
+        if created and _row_by_stripe_id(session, snapshot.id) is not None:
             # A concurrent writer inserted this subscription: update theirs instead.
             return apply_snapshot(
                 session,

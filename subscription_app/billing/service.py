@@ -44,7 +44,7 @@ from subscription_app.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
-PAYMENT_METHOD_ID = re.compile(r"^pm_[A-Za-z0-9_]{1,200}$")
+PAYMENT_METHOD_ID = re.compile(r"pm_[A-Za-z0-9_]{1,200}")  # whole string: fullmatch
 # Expansions of the subscription's first invoice, in today's API shape.
 SUBSCRIPTION_EXPAND = ["latest_invoice.confirmation_secret", "latest_invoice.payments"]
 
@@ -114,7 +114,7 @@ def _translate(exc: stripe.StripeError) -> BillingError:
 
 def validate_payment_method_id(payment_method_id: object) -> str:
     """Check the form of a payment method id (`pm_...`)."""
-    if not isinstance(payment_method_id, str) or not PAYMENT_METHOD_ID.match(payment_method_id):
+    if not isinstance(payment_method_id, str) or not PAYMENT_METHOD_ID.fullmatch(payment_method_id):
         raise BillingError(
             "payment_method_id must be a Stripe payment method id (pm_...).", kind="invalid"
         )
