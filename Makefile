@@ -14,7 +14,7 @@ export PATH := $(CURDIR)/$(TOOLS)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH
 export REFLEX_USE_SYSTEM_BUN := 1
 export REFLEX_TELEMETRY_ENABLED := false
 
-.PHONY: rotate-keys run test test-unit test-integration test-e2e lint format bench chromium clean
+.PHONY: resync rotate-keys run test test-unit test-integration test-e2e lint format bench chromium clean
 
 # `make run` starts the local Stripe emulator when STRIPE_SECRET_KEY is empty both in the
 # environment and in .env (the rule of devtools/run.py: a non-empty environment value wins, an
@@ -28,6 +28,9 @@ run: $(VENV)/.installed $(if $(RUN_EMULATOR),$(VENV)/.installed-emulator) $(BUN)
 
 rotate-keys: $(VENV)/.installed ## Re-encrypt stored Stripe IDs under the first APP_ENCRYPTION_KEYS key
 	$(PY) -m subscription_app.rotate_keys
+
+resync: $(VENV)/.installed ## Repair local subscriptions from Stripe (after missed webhooks); ARGS=--dry-run
+	$(PY) -m subscription_app.billing.resync $(ARGS)
 
 test: $(VENV)/.installed-dev $(BUN) chromium ## Install test dependencies and run every test
 	$(PY) -m ruff check .

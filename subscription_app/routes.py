@@ -5,6 +5,8 @@ REGISTER = "/register"
 LOGIN = "/login"
 PLAN = "/plan"
 CHECKOUT = "/checkout"
+# Where Stripe Checkout sends the browser back after paying (`?session_id=cs_...`).
+CHECKOUT_COMPLETE = "/checkout/complete"
 DASHBOARD = "/dashboard"
 
 # The REST API (see `api/`) and the paths the pages call in it.

@@ -7,10 +7,15 @@ import reflex as rx
 from subscription_app import notifications, routes
 from subscription_app.api import create_api
 from subscription_app.billing.processor import run_processor
-from subscription_app.pages import auth, checkout, dashboard, landing, plan
+from subscription_app.pages import auth, checkout, checkout_complete, dashboard, landing, plan
 from subscription_app.security import SecurityMiddleware
 from subscription_app.state.auth import AuthState
-from subscription_app.state.billing import CheckoutState, DashboardState
+from subscription_app.state.billing import (
+    CheckoutReturnState,
+    CheckoutState,
+    DashboardState,
+    PlanState,
+)
 
 # (route, page function, title). Pages decorated with `require_login` get the guard.
 PAGES = [
@@ -19,14 +24,18 @@ PAGES = [
     (routes.LOGIN, auth.login, "Log in"),
     (routes.PLAN, plan.plan, "Our plan"),
     (routes.CHECKOUT, checkout.checkout, "Checkout"),
+    (routes.CHECKOUT_COMPLETE, checkout_complete.checkout_complete, "Checkout"),
     (routes.DASHBOARD, dashboard.dashboard, "Dashboard"),
 ]
 
 # Extra on_load events, run after the login guard.
 _LOADERS = {
     routes.CHECKOUT: [CheckoutState.prepare],
+    routes.CHECKOUT_COMPLETE: [CheckoutReturnState.complete],
     routes.DASHBOARD: [DashboardState.load],
 }
+# Pages open to everyone whose own loader also checks the session.
+_PUBLIC_LOADERS = {routes.PLAN: [PlanState.load]}
 
 # Login and registration bounce an already logged-in visitor onwards.
 _GUEST_ONLY = {routes.REGISTER, routes.LOGIN}
@@ -37,7 +46,7 @@ def _on_load(route: str, page) -> list:
         return [AuthState.require_login, *_LOADERS.get(route, [])]
     if route in _GUEST_ONLY:
         return [AuthState.redirect_if_logged_in]
-    return [AuthState.check_session]
+    return _PUBLIC_LOADERS.get(route, [AuthState.check_session])
 
 
 def build_app() -> rx.App:

@@ -32,26 +32,46 @@ What is added on top of localstripe 1.15.10:
   ``GET /v1/customers/{id}/payment_methods``;
 * Stripe-shaped errors (``card_error`` for 402, ``resource_missing`` for 404);
 * renewals, like a Stripe test clock reaching the end of a period:
-  ``POST /_config/subscriptions/{id}/renew`` (see :func:`renew_subscription`).
+  ``POST /_config/subscriptions/{id}/renew`` (see :func:`renew_subscription`);
+* Stripe Checkout in subscription mode (``/v1/checkout/sessions``) and its
+  hosted payment page, with the test cards, declines and 3-D Secure;
+* the customer portal (``POST /v1/billing_portal/sessions`` and its pages:
+  cancel / don't cancel, update the card, invoice history);
+* invoice numbers, hosted invoice pages and PDFs; ``GET /v1/invoices`` and
+  ``GET /v1/events`` newest first;
+* ``allowed_payment_method_types`` on SetupIntents and PaymentIntents;
+* holding webhook deliveries back and releasing them in order
+  (``POST /_config/webhooks/hold``, see :func:`hold_webhooks`).
+
+The pages (``/checkout/...``, ``/billing/portal/...``, ``/invoice/...``) need no
+API key; their links are built from the address each request was sent to
+(``--public-url`` overrides it).
 
 The helpers :func:`start_in_background`, :func:`register_webhook`,
-:func:`renew_subscription` and :func:`reset` drive an emulator from tests and
-dev scripts.
+:func:`renew_subscription`, :func:`hold_webhooks` and :func:`reset` drive an
+emulator from tests and dev scripts.
 
 Modules, lowest layer first (each imports only those above it):
 
-* ``common``: localstripe's modules, small helpers, the route table for our endpoints;
-* ``webhooks``: events we schedule, their API version, :func:`register_webhook`;
+* ``common``: localstripe's modules, small helpers, the route table for our
+  endpoints and pages, the API key check that lets pages through, public URLs;
+* ``webhooks``: events we schedule, their API version, :func:`register_webhook`,
+  the events list, holding deliveries;
 * ``idempotency``: the ``Idempotency-Key`` cache and middleware;
 * ``errors``: Stripe-shaped errors;
 * ``persistence``: the state file;
+* ``pages``: the HTML the pages share (layout, card form, 3-D Secure challenge);
 * ``prices``: products and prices;
-* ``cards``: test cards, PaymentMethods, specific declines, customers;
+* ``cards``: test cards, PaymentMethods, specific declines, customers, cards
+  typed into our pages;
 * ``intents``: SetupIntents and PaymentIntents;
 * ``subscriptions``: subscriptions, invoices and today's fields on them;
+* ``invoices``: invoice numbers, hosted invoice pages, PDFs, the invoice list;
 * ``renewals``: renewals and :func:`renew_subscription`;
+* ``checkout``: Checkout Sessions and the hosted payment page;
+* ``portal``: customer portal sessions and pages;
 * ``server``: :func:`install`, the CLI (:func:`main`), :class:`EmulatorProcess`,
-  :func:`start_in_background`, :func:`reset`.
+  :func:`start_in_background`, :func:`reset`, :func:`hold_webhooks`.
 """
 
 from __future__ import annotations
@@ -60,6 +80,7 @@ from devtools.stripe_emulator.renewals import renew_subscription
 from devtools.stripe_emulator.server import (
     DEFAULT_PORT,
     EmulatorProcess,
+    hold_webhooks,
     install,
     main,
     reset,
@@ -71,6 +92,7 @@ __all__ = [
     "API_VERSION",
     "DEFAULT_PORT",
     "EmulatorProcess",
+    "hold_webhooks",
     "install",
     "main",
     "register_webhook",

@@ -3,12 +3,15 @@
 Magic test tokens and payment method ids (``tok_visa``, ``pm_card_chargeDeclined``...),
 ``payment_methods.create(card={"token": ...})``, Stripe's specific declines of its
 test cards, ``GET /v1/customers/{id}/payment_methods`` and a customer's
-``invoice_settings[default_payment_method]``.
+``invoice_settings[default_payment_method]``; and what our pages do with a card
+typed into them (create it, check it, pay with it while the customer is there).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
@@ -213,6 +216,89 @@ async def _payment_method_attach_route(request: web.Request, id: str) -> web.Res
     data = await _request_data(request)
     expand = data.pop("expand", None)
     return _json(_pm_api_attach(ls.PaymentMethod, id, **data), expand)
+
+
+# --------------------------------------------------------------------------
+# Cards typed into our pages (hosted Checkout, the customer portal)
+# --------------------------------------------------------------------------
+
+# Stripe accepts these when they are attached and declines the charges made
+# later: a payment made while the customer is on the page goes through
+# (4000 0000 0000 0341, "accepted now, later charges fail").
+_DECLINED_LATER = frozenset({"4000000000000341"})
+
+_orig_requires_authentication = ls.PaymentMethod._requires_authentication
+_orig_charging_is_declined = ls.PaymentMethod._charging_is_declined
+
+
+def _pm_requires_authentication(self) -> bool:
+    if getattr(self, "_authenticated_now", False):
+        return False
+    return _orig_requires_authentication(self)
+
+
+def _pm_charging_is_declined(self) -> bool:
+    if getattr(self, "_on_session", False) and getattr(self, "_card_number", None) in (
+        _DECLINED_LATER
+    ):
+        return False
+    return _orig_charging_is_declined(self)
+
+
+@contextlib.contextmanager
+def _on_session_payment(pm: ls.PaymentMethod, *, authenticated: bool) -> Iterator[None]:
+    """While inside, charges to ``pm`` are made with the customer on the page.
+
+    ``authenticated``: the customer just passed 3-D Secure, so these charges
+    need no further authentication. Later (off-session) charges are unaffected.
+    """
+    pm._on_session = True
+    pm._authenticated_now = authenticated
+    try:
+        yield
+    finally:
+        del pm._on_session, pm._authenticated_now
+
+
+def _card_payment_method(
+    number: str, exp_month: int, exp_year: int, cvc: str, name: str, email: str | None
+) -> ls.PaymentMethod:
+    """A card PaymentMethod (unattached) from details typed into one of our pages."""
+    pm = ls.PaymentMethod(
+        type="card",
+        card={"number": number, "exp_month": exp_month, "exp_year": exp_year, "cvc": cvc},
+        billing_details={
+            "address": None,
+            "email": email,
+            "name": name,
+            "phone": None,
+        },
+    )
+    return pm
+
+
+def _attach_decline(pm: ls.PaymentMethod) -> UserError | None:
+    """The error attaching ``pm`` to a customer would raise (Stripe's wording), if any."""
+    if not pm._attaching_is_declined():
+        return None
+    declined = UserError(402, "Your card was declined.", {"code": "card_declined"})
+    return _specific_decline(declined, pm)
+
+
+def _charge_decline(pm: ls.PaymentMethod, *, authenticated: bool) -> UserError | None:
+    """The error an on-session charge to ``pm`` would end with, if any."""
+    with _on_session_payment(pm, authenticated=authenticated):
+        declined = pm._charging_is_declined()
+    if not declined:
+        return None
+    return UserError(402, "Your card was declined.", {"code": "card_declined"})
+
+
+def _forget(pm: ls.PaymentMethod) -> None:
+    """Remove a PaymentMethod nobody got to see (a card refused by one of our pages)."""
+    key = "payment_method:" + pm.id
+    if key in ls.store:
+        del ls.store[key]
 
 
 # --------------------------------------------------------------------------

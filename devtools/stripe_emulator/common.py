@@ -2,14 +2,17 @@
 
 localstripe's modules (its server module imported with its aiohttp deprecation
 warnings silenced; import ``ls_server`` from here), Stripe-shaped 400 errors,
-request/response helpers, and the route table through which our endpoints are
-served before localstripe's own.
+request/response helpers, the route table through which our endpoints are
+served before localstripe's own, and the public pages (hosted Checkout, the
+customer portal, hosted invoices): routes a browser opens without an API key,
+with links built from the address the emulator was reached at.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from aiohttp import web
@@ -84,6 +87,55 @@ def _route(method: str, path: str) -> Callable[[Handler], Handler]:
     return register
 
 
+# Pages a browser opens (hosted Checkout, customer portal, hosted invoices) need
+# no API key. They are served by _router like our API routes (so the save-store
+# middleware persists what they change); this second table only tells
+# _auth_middleware which requests skip localstripe's key check.
+_public_router = web.UrlDispatcher()
+
+
+def _page_route(method: str, path: str) -> Callable[[Handler], Handler]:
+    """Like :func:`_route`, for a page a browser opens without an API key."""
+
+    def register(handler: Handler) -> Handler:
+        _router.add_route(method, path, handler)
+        _public_router.add_route(method, path, handler)
+        return handler
+
+    return register
+
+
+class _PublicUrl:
+    # --public-url: where browsers reach the emulator, when that is not the
+    # address API clients use (a container name, a proxy...).
+    configured: str | None = None
+    fallback = "http://127.0.0.1:8420"
+
+
+# The origin (scheme://host:port) of the request being handled.
+_request_origin: ContextVar[str | None] = ContextVar("_request_origin", default=None)
+
+
+def _public_url(path: str) -> str:
+    """An absolute URL of one of our pages (``path`` starts with ``/``).
+
+    Built from ``--public-url`` if given, else from the address the current
+    request was sent to, so a link handed to an API client opens in a browser
+    on the same machine.
+    """
+    base = _PublicUrl.configured or _request_origin.get() or _PublicUrl.fallback
+    return base.rstrip("/") + path
+
+
+@web.middleware
+async def _auth_middleware(request: web.Request, handler):
+    """localstripe's API key check, skipped for our public pages."""
+    match = await _public_router.resolve(request)
+    if match.http_exception is None:
+        return await handler(request)
+    return await ls_server.auth_middleware(request, handler)
+
+
 async def _dispatch(request: web.Request) -> Handler | None:
     match = await _router.resolve(request)
     if match.http_exception is not None:
@@ -98,6 +150,7 @@ async def _dispatch(request: web.Request) -> Handler | None:
 
 @web.middleware
 async def _extensions_middleware(request: web.Request, handler):
+    _request_origin.set(str(request.url.origin()))
     ours = await _dispatch(request)
     if ours is not None:
         return await ours(request)

@@ -2,7 +2,8 @@
 
 A confirmed SetupIntent attaches its card to its customer; a PaymentIntent
 (the invoice of a ``default_incomplete`` subscription) is confirmed with a
-``payment_method``. 3-D Secure (``requires_action``) is localstripe's own.
+``payment_method``. Both accept today's ``allowed_payment_method_types``.
+3-D Secure (``requires_action``) is localstripe's own.
 """
 
 from __future__ import annotations
@@ -23,6 +24,15 @@ from devtools.stripe_emulator.common import (
 from devtools.stripe_emulator.webhooks import _schedule_event
 
 _orig_seti_create = ls.SetupIntent._api_create.__func__
+_orig_pi_create = ls.PaymentIntent._api_create.__func__
+
+
+def _allowed_types(data: dict) -> None:
+    # Today's API (2026-10) names the list `allowed_payment_method_types`; older versions
+    # (and localstripe) `payment_method_types`.
+    allowed = data.pop("allowed_payment_method_types", None)
+    if allowed is not None:
+        data.setdefault("payment_method_types", allowed)
 
 
 def _setup_intent_create(cls, **data):
@@ -32,11 +42,7 @@ def _setup_intent_create(cls, **data):
     # Only cards exist here, so automatic payment methods == cards.
     data.pop("automatic_payment_methods", None)
     data.pop("return_url", None)
-    # Today's API (2026-10) names the list `allowed_payment_method_types`; older versions
-    # (and localstripe) `payment_method_types`.
-    allowed = data.pop("allowed_payment_method_types", None)
-    if allowed is not None:
-        data.setdefault("payment_method_types", allowed)
+    _allowed_types(data)
     pm = ls.PaymentMethod._api_retrieve(pm_id) if pm_id else None
     seti = _orig_seti_create(cls, **data)
     seti.description = description
@@ -46,6 +52,14 @@ def _setup_intent_create(cls, **data):
     if confirm:
         _confirm_setup_intent(seti.id, {})
     return seti
+
+
+def _payment_intent_create(cls, **data):
+    _allowed_types(data)
+    pi = _orig_pi_create(cls, **data)
+    # localstripe accepts the list but does not keep it.
+    pi.payment_method_types = data.get("payment_method_types") or ["card"]
+    return pi
 
 
 def _confirm_setup_intent(id: str, data: dict) -> ls.SetupIntent:

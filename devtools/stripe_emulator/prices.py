@@ -154,6 +154,12 @@ _PRICE_UPDATE_PARAMS = frozenset(
 _TAX_BEHAVIORS = ("exclusive", "inclusive", "unspecified")
 
 
+def _product_name(plan: ls.Plan) -> str:
+    """The name customers see for a price: its product's, else its nickname."""
+    product = ls.store.get(f"product:{plan.product}") if isinstance(plan.product, str) else None
+    return getattr(product, "name", None) or plan.nickname or plan.id
+
+
 def _plans() -> list[ls.Plan]:
     return [obj for key, obj in list(ls.store.items()) if key.startswith("plan:")]
 

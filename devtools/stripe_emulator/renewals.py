@@ -105,8 +105,7 @@ def _renew(id: str) -> ls.Subscription:
     # Stripe: an invoice's own period looks back one period; its lines
     # cover the new one (which they already do).
     invoice.period_start, invoice.period_end = old_start, old_end
-    invoice._finalize()
-    _schedule_event("invoice.finalized", invoice)
+    invoice._finalize()  # numbers it and sends invoice.finalized (see .invoices)
 
     _Flags.renewing = True
     try:

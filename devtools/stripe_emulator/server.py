@@ -3,7 +3,8 @@
 :func:`install` applies every patch of this package to localstripe and adds our
 middlewares; :func:`main` serves it (``python -m devtools.stripe_emulator``).
 Tests and dev scripts run it as a subprocess with :func:`start_in_background`
-(an :class:`EmulatorProcess`) and empty it with :func:`reset`.
+(an :class:`EmulatorProcess`), empty it with :func:`reset` and hold webhook
+deliveries back with :func:`hold_webhooks`.
 """
 
 from __future__ import annotations
@@ -27,21 +28,39 @@ from aiohttp import web
 from localstripe import resources as ls
 
 # Importing a module registers its routes (@_route). install() needs nothing else from
-# prices, so it is imported for its /v1/prices routes alone.
+# these, so they are imported for their routes alone.
+import devtools.stripe_emulator.checkout
+import devtools.stripe_emulator.portal
 import devtools.stripe_emulator.prices  # noqa: F401
 from devtools.stripe_emulator.cards import (
     _canonical_pm,
     _customer_update,
     _pm_api_attach,
+    _pm_charging_is_declined,
     _pm_create,
     _pm_list,
+    _pm_requires_authentication,
     _seti_attach_pm,
     _token_retrieve,
 )
-from devtools.stripe_emulator.common import UserError, _extensions_middleware, _route, ls_server
+from devtools.stripe_emulator.common import (
+    UserError,
+    _auth_middleware,
+    _extensions_middleware,
+    _PublicUrl,
+    _route,
+    ls_server,
+)
 from devtools.stripe_emulator.errors import _retrieve, _user_error_init
 from devtools.stripe_emulator.idempotency import _idempotency, _idempotency_middleware
-from devtools.stripe_emulator.intents import _setup_intent_create
+from devtools.stripe_emulator.intents import _payment_intent_create, _setup_intent_create
+from devtools.stripe_emulator.invoices import (
+    _draft_property,
+    _invoice_finalize,
+    _invoice_hosted_url,
+    _invoice_list,
+    _invoice_pdf_url,
+)
 from devtools.stripe_emulator.persistence import (
     DEFAULT_STATE_FILE,
     _dump_state,
@@ -66,7 +85,12 @@ from devtools.stripe_emulator.subscriptions import (
     _subscription_list,
     _subscription_update,
 )
-from devtools.stripe_emulator.webhooks import _event_init
+from devtools.stripe_emulator.webhooks import (
+    _clear_hold,
+    _event_init,
+    _event_list,
+    _schedule_webhook,
+)
 
 DEFAULT_PORT = 8420
 
@@ -80,6 +104,7 @@ DEFAULT_PORT = 8420
 async def _reset_route(request: web.Request) -> web.Response:
     ls.store.clear()
     _idempotency.clear()
+    _clear_hold()
     return web.Response()
 
 
@@ -98,16 +123,20 @@ _installed = False
 
 def install(
     state_file: str | os.PathLike | None = DEFAULT_STATE_FILE,
+    public_url: str | None = None,
 ) -> web.Application:
     """Patch localstripe in this process and return its aiohttp application.
 
     Idempotent. ``state_file`` is where the store is persisted after each
     change (``None`` keeps everything in memory); it replaces localstripe's
     hard-coded ``/tmp/localstripe.pickle`` so a test emulator never clobbers a
-    developer's running one.
+    developer's running one. ``public_url`` is where browsers reach the
+    emulator's pages (Checkout, portal, invoices); by default each link is
+    built from the address its request was sent to.
     """
     global _installed
     _Persistence.path = None if state_file is None else os.fspath(state_file)
+    _PublicUrl.configured = public_url
     if _installed:
         return ls_server.app
     _installed = True
@@ -117,17 +146,24 @@ def install(
     ls.Store.try_load_from_disk = _load_state
     ls.Store.dump_to_disk = _dump_state
     ls.Event.__init__ = _event_init
+    ls.Event._api_list_all = classmethod(_event_list)
+    # resources.py calls schedule_webhook through its module global.
+    ls.schedule_webhook = _schedule_webhook
 
     ls.Token._api_retrieve = classmethod(_token_retrieve)
     ls.PaymentMethod._try_get_canonical_test_article = classmethod(_canonical_pm)
     ls.PaymentMethod._api_create = classmethod(_pm_create)
     ls.PaymentMethod._api_attach = classmethod(_pm_api_attach)
+    ls.PaymentMethod._requires_authentication = _pm_requires_authentication
+    ls.PaymentMethod._charging_is_declined = _pm_charging_is_declined
     ls.SetupIntent._attach_pm = _seti_attach_pm
     ls.PaymentMethod._api_list_all = classmethod(_pm_list)
     ls.Customer._api_update = classmethod(_customer_update)
     ls.SetupIntent._api_create = classmethod(_setup_intent_create)
     ls.SetupIntent.last_setup_error = None
     ls.SetupIntent.description = None
+    ls.PaymentIntent._api_create = classmethod(_payment_intent_create)
+    ls.PaymentIntent.payment_method_types = ("card",)
 
     ls.Subscription._api_create = classmethod(_subscription_create)
     ls.Subscription._api_update = classmethod(_subscription_update)
@@ -156,15 +192,22 @@ def install(
     ls.Invoice.confirmation_secret = property(_invoice_confirmation_secret)
     ls.Invoice.payments = property(_invoice_payments)
     ls.Invoice.amount_remaining = property(_invoice_amount_remaining)
-    ls.Invoice.hosted_invoice_url = None
-    ls.Invoice.invoice_pdf = None
+    ls.Invoice._api_list_all = classmethod(_invoice_list)
+    ls.Invoice._draft = _draft_property
+    ls.Invoice._finalize = _invoice_finalize
+    ls.Invoice.number = None
+    ls.Invoice.hosted_invoice_url = property(_invoice_hosted_url)
+    ls.Invoice.invoice_pdf = property(_invoice_pdf_url)
     ls.InvoiceLineItem.pricing = property(_line_pricing)
 
     # localstripe's chain is [errors, auth, save-store]. Idempotency goes
     # after auth (unauthenticated requests are never cached); our routes go
     # innermost so the save-store middleware persists what they change.
     middlewares = ls_server.app.middlewares
-    middlewares.insert(middlewares.index(ls_server.auth_middleware) + 1, _idempotency_middleware)
+    auth = middlewares.index(ls_server.auth_middleware)
+    # The same key check, except for the pages browsers open (Checkout, portal...).
+    middlewares[auth] = _auth_middleware
+    middlewares.insert(auth + 1, _idempotency_middleware)
     middlewares.append(_extensions_middleware)
     return ls_server.app
 
@@ -187,6 +230,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="where the state is saved after each change (default: %(default)s)",
     )
     parser.add_argument("--no-persist", action="store_true", help="keep the state in memory only")
+    parser.add_argument(
+        "--public-url",
+        help="where browsers reach the emulator's pages, e.g. http://localhost:8420 "
+        "(default: the address each request was sent to)",
+    )
     return parser.parse_args(argv)
 
 
@@ -200,7 +248,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    app = install(None if args.no_persist else args.state_file)
+    app = install(None if args.no_persist else args.state_file, args.public_url)
+    _PublicUrl.fallback = f"http://{args.host}:{args.port}"
     if not args.from_scratch:
         ls.store.try_load_from_disk()
 
@@ -360,6 +409,30 @@ def start_in_background(
 
 
 def reset(api_base: str) -> None:
-    """Delete all Stripe objects in the emulator (webhooks stay registered)."""
+    """Delete all Stripe objects in the emulator (webhooks stay registered).
+
+    Also stops holding webhook deliveries and forgets the held events.
+    """
     response = httpx.delete(f"{api_base.rstrip('/')}/_config/data", timeout=10)
     response.raise_for_status()
+
+
+def hold_webhooks(url: str, hold: bool, drop: bool = False) -> dict:
+    """Hold webhook deliveries back (``hold=True``) or release them (``hold=False``).
+
+    While held, events are still created (``GET /v1/events`` lists them) but
+    not sent. Releasing sends the held events in the order they happened, one
+    after the other, and returns once they were all sent; with ``drop=True``
+    they are discarded instead. :func:`reset` also ends a hold, dropping the
+    held events. ``url`` is the emulator's base URL.
+
+    Returns the emulator's answer: ``{"hold": True, "held": n}`` when holding,
+    ``{"hold": False, "released": n, "dropped": m, ...}`` when releasing.
+    """
+    response = httpx.post(
+        f"{url.rstrip('/')}/_config/webhooks/hold",
+        json={"hold": hold, "drop": drop},
+        timeout=60,
+    )
+    response.raise_for_status()
+    return response.json()

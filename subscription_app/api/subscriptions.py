@@ -141,3 +141,76 @@ def my_subscription(session: SessionDep, user: CurrentUser) -> MySubscriptionOut
     return MySubscriptionOut(
         subscription=to_out(service.get_subscription(session=session, user=user))
     )
+
+
+class UrlOut(BaseModel):
+    """Where to send the browser next (a Stripe-hosted page)."""
+
+    url: str
+
+
+@router.post("/checkout-session", status_code=201, response_model=UrlOut)
+def checkout_session(session: SessionDep, user: CurrentUser) -> UrlOut:
+    """Start Stripe Checkout for the default plan: 201 with the page's URL.
+
+    409 when already subscribed. Back from Checkout, Stripe sends the browser to the app's
+    return page (`/checkout/complete?session_id=...`); API clients then call
+    `/checkout-session/complete`.
+    """
+    return UrlOut(url=service.start_checkout(session=session, user=user))
+
+
+class CheckoutCompleteIn(BaseModel):
+    """The Checkout Session the person came back from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: str = Field(min_length=4, max_length=255, examples=["cs_test_a1B2..."])
+
+
+@router.post("/checkout-session/complete", response_model=SubscribeOut)
+def complete_checkout(
+    body: CheckoutCompleteIn, session: SessionDep, user: CurrentUser
+) -> SubscribeOut:
+    """Record the subscription a finished Checkout Session made (webhook or not).
+
+    403 for a session that is not the caller's (or does not exist); 409 when it is not
+    completed, or the caller already had another subscription.
+    """
+    result = service.complete_checkout(
+        session=session, user=user, checkout_session_id=body.session_id
+    )
+    return SubscribeOut(status=result.status, subscription=to_out(result.subscription))
+
+
+@router.post("/portal-session", response_model=UrlOut)
+def portal_session(session: SessionDep, user: CurrentUser) -> UrlOut:
+    """Stripe's customer portal for the caller (returns to the dashboard). 409: no customer yet."""
+    return UrlOut(url=service.open_billing_portal(session=session, user=user))
+
+
+class InvoiceOut(BaseModel):
+    """One invoice: its number, when, how much was paid, and Stripe's pages for it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    number: str
+    created: datetime | None
+    amount_paid: int
+    currency: str
+    status: str
+    hosted_invoice_url: str
+    invoice_pdf: str
+
+
+class InvoicesOut(BaseModel):
+    """The caller's invoices, newest first (drafts are not shown)."""
+
+    invoices: list[InvoiceOut]
+
+
+@router.get("/invoices", response_model=InvoicesOut)
+def invoices(session: SessionDep, user: CurrentUser) -> InvoicesOut:
+    """The caller's own invoices, newest first; drafts are left out."""
+    shown = service.list_invoices(session=session, user=user)
+    return InvoicesOut(invoices=[InvoiceOut.model_validate(view) for view in shown])

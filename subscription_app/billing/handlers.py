@@ -136,3 +136,21 @@ def on_invoice_action_required(session: Session, event: ClaimedEvent) -> Handler
         session, user_id=user_id, kind="payment_action_required", text=ACTION_REQUIRED_TEXT
     )
     return HandlerResult(changed_users={user_id})
+
+
+@handles("checkout.session.completed")
+def on_checkout_completed(session: Session, event: ClaimedEvent) -> HandlerResult:
+    """Stripe Checkout finished: record its subscription, exactly as the return page does.
+
+    The session is re-read from Stripe (the event's copy is only a hint) and applied through
+    `sync.record_checkout`, so return page, this event and the subscription's own events
+    converge on one row in any order.
+    """
+    checkout_session_id = event.payload["data"]["object"].get("id")
+    if not isinstance(checkout_session_id, str) or not checkout_session_id:
+        return HandlerResult(EventStatus.SKIPPED, "event names no checkout session")
+    fulfilled = sync.record_checkout(session, sync.read_checkout(checkout_session_id))
+    if fulfilled is None:
+        return HandlerResult(EventStatus.SKIPPED, "not a completed subscription checkout of ours")
+    user_id = fulfilled.synced.user_id
+    return HandlerResult(changed_users={user_id} if user_id is not None else set())

@@ -165,3 +165,59 @@ def read_invoice(obj: Any) -> InvoiceSnapshot:
         subscription_id=_id(parent.get("subscription")) or _id(data.get("subscription")),
         status=data.get("status"),
     )
+
+
+@dataclass(frozen=True)
+class CheckoutSnapshot:
+    """A Checkout Session, as far as fulfilling it needs."""
+
+    id: str
+    mode: str | None
+    status: str | None  # open, complete, expired
+    customer_id: str | None
+    client_reference_id: str | None
+    subscription_id: str | None
+    url: str | None
+
+
+def read_checkout_session(obj: Any) -> CheckoutSnapshot:
+    """A Checkout Session (its `subscription` may be an id or expanded)."""
+    data = _to_dict(obj)
+    return CheckoutSnapshot(
+        id=data.get("id") or "",
+        mode=data.get("mode"),
+        status=data.get("status"),
+        customer_id=_id(data.get("customer")),
+        client_reference_id=data.get("client_reference_id"),
+        subscription_id=_id(data.get("subscription")),
+        url=data.get("url"),
+    )
+
+
+@dataclass(frozen=True)
+class InvoiceRecord:
+    """An invoice as the invoice history shows it."""
+
+    number: str | None
+    created: datetime | None
+    amount_paid: int
+    amount_due: int
+    currency: str
+    status: str | None
+    hosted_invoice_url: str | None
+    invoice_pdf: str | None
+
+
+def read_invoice_record(obj: Any) -> InvoiceRecord:
+    """An invoice (any API version) for the history table."""
+    data = _to_dict(obj)
+    return InvoiceRecord(
+        number=data.get("number"),
+        created=_ts(data.get("created")),
+        amount_paid=int(data.get("amount_paid") or 0),
+        amount_due=int(data.get("amount_due") or 0),
+        currency=str(data.get("currency") or "usd"),
+        status=data.get("status"),
+        hosted_invoice_url=data.get("hosted_invoice_url"),
+        invoice_pdf=data.get("invoice_pdf"),
+    )

@@ -24,20 +24,24 @@ from typing import Literal
 import stripe
 from sqlmodel import Session
 
-from subscription_app import locks, notifications, ratelimit
+from subscription_app import locks, notifications, ratelimit, routes
 from subscription_app.billing import catalog, repository, sync
 from subscription_app.billing.client import get_client
 from subscription_app.billing.errors import AlreadySubscribed, BillingError
 from subscription_app.billing.reader import (
     SubscriptionSnapshot,
+    read_checkout_session,
+    read_invoice_record,
     read_payment_intent,
     read_subscription,
 )
 from subscription_app.billing.views import (
     PERIOD_END_FALLBACK,
     DashboardView,
+    InvoiceView,
     SubscriptionView,
     format_date,
+    invoice_view_of,
 )
 from subscription_app.models import SubscriptionStatus, User
 from subscription_app.settings import get_settings
@@ -293,6 +297,7 @@ def _start_locked(
     client = get_client()
     _settle_open_attempts(client, session, user)
     customer_id = ensure_customer(session=session, user=user, client=client)
+    _expire_open_checkouts(client, customer_id)
     payment_method = client.v1.payment_methods.retrieve(payment_method_id)
     owner = payment_method.customer
     owner_id = owner if isinstance(owner, str) or owner is None else owner.id
@@ -515,6 +520,152 @@ def dashboard(*, session: Session, user: User) -> DashboardView:
         messages=notifications.recent_messages(session, user_id=user_id),
         version=f"{changed.isoformat() if changed else '-'}/{newest_message}",
     )
+
+
+CHECKOUT_SESSION_ID = re.compile(r"cs_[A-Za-z0-9_]{1,250}")  # whole string: fullmatch
+NOT_YOUR_CHECKOUT = "That checkout session is not yours, or does not exist."
+
+
+def _app_url(path: str) -> str:
+    return get_settings().app_url.rstrip("/") + path
+
+
+def _expire_open_checkouts(client: stripe.StripeClient, customer_id: str) -> None:
+    """Close the person's open Checkout pages before subscribing another way.
+
+    Otherwise finishing one later would start a second subscription (which `record_checkout`
+    would then cancel, after its first payment).
+    """
+    listed = client.v1.checkout.sessions.list(params={"customer": customer_id, "status": "open"})
+    for item in listed.auto_paging_iter():
+        client.v1.checkout.sessions.expire(item.id)
+
+
+def _start_checkout_locked(session: Session, user: User) -> str:
+    client = get_client()
+    _settle_open_attempts(client, session, user)
+    customer_id = ensure_customer(session=session, user=user, client=client)
+    # One open Checkout per person: a second click, a retry or another tab gets the same page.
+    listed = client.v1.checkout.sessions.list(params={"customer": customer_id, "status": "open"})
+    for item in listed.auto_paging_iter():
+        existing = read_checkout_session(item)
+        if existing.client_reference_id == str(_id(user)) and existing.url:
+            return existing.url
+    attempt = repository.attempt_number(session, _id(user))
+    created = client.v1.checkout.sessions.create(
+        params={
+            "mode": "subscription",
+            "customer": customer_id,
+            "client_reference_id": str(_id(user)),
+            "line_items": [{"price": catalog.default_price_id(), "quantity": 1}],
+            "metadata": {"user_id": str(_id(user))},
+            "subscription_data": {"metadata": {"user_id": str(_id(user))}},
+            "success_url": _app_url(
+                f"{routes.CHECKOUT_COMPLETE}?session_id={{CHECKOUT_SESSION_ID}}"
+            ),
+            "cancel_url": _app_url(f"{routes.PLAN}?checkout=cancelled"),
+        },
+        # A retried request (same attempt, no open session seen yet) gets the same session.
+        options={"idempotency_key": f"checkout-{_id(user)}-{customer_id}-{attempt}"},
+    )
+    if not created.url:
+        raise BillingError(UNAVAILABLE, kind="unavailable")
+    return created.url
+
+
+def start_checkout(*, session: Session, user: User) -> str:
+    """The URL of a Stripe Checkout page subscribing `user` to the default plan.
+
+    Refuses a person who already has a subscription (conflict). Runs under the person's
+    subscribe lock, like `start_subscription`, and reuses their open Checkout Session.
+    """
+    session.commit()  # hold no transaction while waiting for the lock
+    try:
+        with sync.subscriber_lock(_id(user)):
+            return _start_checkout_locked(session, user)
+    except locks.LockTimeout as exc:
+        raise BillingError(ATTEMPT_IN_PROGRESS, kind="conflict") from exc
+    except stripe.StripeError as exc:
+        raise _translate(exc) from exc
+
+
+def complete_checkout(*, session: Session, user: User, checkout_session_id: str) -> SubscribeResult:
+    """Back from Stripe Checkout: record the subscription now, webhook or not.
+
+    Re-reads the session from Stripe and checks it belongs to `user` (its customer is theirs
+    and it names them); someone else's or an unknown id is refused alike (forbidden).
+
+    Raises:
+        BillingError: forbidden (not theirs), conflict (not completed, or already subscribed).
+    """
+    if not CHECKOUT_SESSION_ID.fullmatch(checkout_session_id or ""):
+        raise BillingError(NOT_YOUR_CHECKOUT, kind="forbidden")
+    try:
+        checkout = sync.read_checkout(checkout_session_id)
+        if sync.checkout_owner(session, checkout) != _id(user):
+            raise BillingError(NOT_YOUR_CHECKOUT, kind="forbidden")
+        if checkout.status == "expired":
+            raise BillingError(
+                "That checkout has expired. Nothing was charged; please start again.",
+                kind="conflict",
+            )
+        fulfilled = sync.record_checkout(session, checkout)
+    except stripe.InvalidRequestError as exc:
+        if exc.code == "resource_missing":
+            raise BillingError(NOT_YOUR_CHECKOUT, kind="forbidden") from exc
+        raise _translate(exc) from exc
+    except locks.LockTimeout as exc:
+        raise BillingError(ATTEMPT_IN_PROGRESS, kind="conflict") from exc
+    except stripe.StripeError as exc:
+        raise _translate(exc) from exc
+    if fulfilled is None:
+        raise BillingError("Checkout is not finished yet.", kind="conflict")
+    if fulfilled.duplicate:
+        raise AlreadySubscribed()
+    current = repository.current_subscription(session, _id(user))
+    live = fulfilled.synced.snapshot.status in ("active", "trialing")
+    return SubscribeResult(status="active" if live else "processing", subscription=current)
+
+
+def open_billing_portal(*, session: Session, user: User) -> str:
+    """The URL of Stripe's customer portal for `user`, returning to the dashboard.
+
+    Raises:
+        BillingError: conflict when the person has no Stripe customer yet.
+    """
+    customer_id = repository.customer_id_for_user(session, _id(user))
+    if customer_id is None:
+        raise BillingError(
+            "You have no billing account yet. Subscribe first, then manage billing here.",
+            kind="conflict",
+        )
+    try:
+        portal = get_client().v1.billing_portal.sessions.create(
+            params={"customer": customer_id, "return_url": _app_url(routes.DASHBOARD)}
+        )
+    except stripe.StripeError as exc:
+        raise _translate(exc) from exc
+    return portal.url
+
+
+INVOICE_HISTORY_LIMIT = 24
+
+
+def list_invoices(*, session: Session, user: User) -> list[InvoiceView]:
+    """The person's invoices, newest first, drafts left out (they are not bills yet)."""
+    customer_id = repository.customer_id_for_user(session, _id(user))
+    if customer_id is None:
+        return []
+    try:
+        listed = get_client().v1.invoices.list(
+            params={"customer": customer_id, "limit": INVOICE_HISTORY_LIMIT}
+        )
+    except stripe.StripeError as exc:
+        raise _translate(exc) from exc
+    records = [read_invoice_record(item) for item in listed.data]
+    shown = [r for r in records if r.status and r.status != "draft"]
+    shown.sort(key=lambda r: r.created.timestamp() if r.created else 0, reverse=True)
+    return [invoice_view_of(r) for r in shown]
 
 
 def publishable_config() -> dict[str, str]:

@@ -25,7 +25,12 @@ from sqlmodel import Session
 from subscription_app import crypto, locks
 from subscription_app.billing import catalog, repository
 from subscription_app.billing.client import get_client
-from subscription_app.billing.reader import SubscriptionSnapshot, read_subscription
+from subscription_app.billing.reader import (
+    CheckoutSnapshot,
+    SubscriptionSnapshot,
+    read_checkout_session,
+    read_subscription,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -175,3 +180,66 @@ def record_created(*, session: Session, user_id: int, snapshot: SubscriptionSnap
     session.commit()
     with subscription_lock(snapshot.id):
         return _apply(session, snapshot, user_id, only_if_new=True)
+
+
+def read_checkout(checkout_session_id: str) -> CheckoutSnapshot:
+    """Re-read a Checkout Session from Stripe (the return page's id or a webhook's object).
+
+    Raises:
+        stripe.StripeError: e.g. `InvalidRequestError` (resource_missing) for an unknown id.
+    """
+    return read_checkout_session(get_client().v1.checkout.sessions.retrieve(checkout_session_id))
+
+
+@dataclass(frozen=True)
+class Fulfilled:
+    """What recording a completed Checkout Session did.
+
+    `duplicate`: the person already had another live subscription, so the one this checkout
+    made was cancelled in Stripe at once (one subscription per person, whichever path).
+    """
+
+    synced: Synced
+    duplicate: bool = False
+
+
+def checkout_owner(session: Session, checkout: CheckoutSnapshot) -> int | None:
+    """Our user a Checkout Session belongs to: its customer is theirs and it names them."""
+    if not checkout.customer_id:
+        return None
+    owner = repository.user_id_for_customer(session, checkout.customer_id)
+    if owner is None or checkout.client_reference_id != str(owner):
+        return None
+    return owner
+
+
+def record_checkout(session: Session, checkout: CheckoutSnapshot) -> Fulfilled | None:
+    """Record the subscription a completed Checkout Session made; None if there is none.
+
+    The one path for the return page and `checkout.session.completed` (and, through the
+    subscription's own events, the same `sync_subscription` as every other write), so the
+    race between them ends in one row whichever comes first. Idempotent. Commits.
+    """
+    owner = checkout_owner(session, checkout)
+    if (
+        owner is None
+        or checkout.mode != "subscription"
+        or checkout.status != "complete"
+        or not checkout.subscription_id
+    ):
+        return None
+    try:
+        return Fulfilled(
+            sync_subscription(
+                session=session, subscription_id=checkout.subscription_id, user_id=owner
+            )
+        )
+    except repository.SecondOpenSubscription:
+        # Subscribed another way meanwhile (the Elements form in another tab): keep the first
+        # subscription and cancel this newer one, so nobody pays twice from now on.
+        session.rollback()
+        logger.error("a completed checkout met another live subscription; cancelling the new one")
+        with subscription_lock(checkout.subscription_id):
+            cancelled = get_client().v1.subscriptions.cancel(checkout.subscription_id)
+            synced = _apply(session, read_subscription(cancelled), owner, only_if_new=False)
+        return Fulfilled(synced, duplicate=True)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from subscription_app.billing.plans import DEFAULT_PLAN
+from subscription_app.billing.reader import InvoiceRecord
 from subscription_app.models import Subscription, SubscriptionStatus
 
 STATUS_LABELS = {
@@ -91,3 +92,52 @@ class DashboardView:
     subscription: SubscriptionView | None
     messages: list[str] = field(default_factory=list)
     version: str = ""
+
+
+INVOICE_STATUS_LABELS = {
+    "paid": "Paid",
+    "open": "Due",
+    "uncollectible": "Uncollectible",
+    "void": "Void",
+}
+
+
+def format_amount(cents: int, currency: str) -> str:
+    """An amount as people read it, e.g. "$12.00" (other currencies: "12.00 EUR")."""
+    if currency.lower() == "usd":
+        return f"${cents / 100:,.2f}"
+    return f"{cents / 100:,.2f} {currency.upper()}"
+
+
+@dataclass(frozen=True)
+class InvoiceView:
+    """One row of the invoice history (API fields, then display strings)."""
+
+    number: str
+    created: datetime | None
+    amount_paid: int
+    currency: str
+    status: str
+    hosted_invoice_url: str
+    invoice_pdf: str
+    created_on: str = ""
+    amount: str = ""
+    status_label: str = ""
+
+
+def invoice_view_of(record: InvoiceRecord) -> InvoiceView:
+    """The one mapping of a Stripe invoice to a row of the invoice history."""
+    status = record.status or ""
+    shown_cents = record.amount_paid if status == "paid" else record.amount_due
+    return InvoiceView(
+        number=record.number or "",
+        created=record.created,
+        amount_paid=record.amount_paid,
+        currency=record.currency,
+        status=status,
+        hosted_invoice_url=record.hosted_invoice_url or "",
+        invoice_pdf=record.invoice_pdf or "",
+        created_on=format_date(record.created),
+        amount=format_amount(shown_cents, record.currency),
+        status_label=INVOICE_STATUS_LABELS.get(status, status.replace("_", " ").capitalize()),
+    )

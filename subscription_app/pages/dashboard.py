@@ -138,6 +138,87 @@ def _messages() -> rx.Component:
     )
 
 
+_CELL = {"padding": "0.5rem 0.75rem 0.5rem 0", "textAlign": "left", "whiteSpace": "nowrap"}
+
+
+def _invoice_row(invoice) -> rx.Component:
+    return rx.el.tr(
+        rx.el.td(invoice.created_on, style=_CELL),
+        rx.el.td(invoice.amount, style=_CELL),
+        rx.el.td(invoice.status_label, style=_CELL),
+        rx.el.td(
+            rx.hstack(
+                rx.link(
+                    "View",
+                    href=invoice.hosted_invoice_url,
+                    is_external=True,
+                    aria_label="View invoice " + invoice.number,
+                ),
+                rx.link(
+                    "PDF",
+                    href=invoice.invoice_pdf,
+                    is_external=True,
+                    aria_label="PDF of invoice " + invoice.number,
+                ),
+                spacing="3",
+            ),
+            style=_CELL,
+        ),
+        style={"borderTop": "1px solid var(--gray-a5)"},
+    )
+
+
+def _invoices() -> rx.Component:
+    # A plain <table> named by its heading (Radix's table puts props on a wrapper div).
+    return rx.card(
+        rx.vstack(
+            rx.heading("Invoices", as_="h2", size="4", id="invoices-heading"),
+            error_callout(DashboardState.invoices_error),
+            rx.cond(
+                DashboardState.invoices,  # isTrue(): a non-empty list
+                rx.box(
+                    rx.el.table(
+                        rx.el.thead(
+                            rx.el.tr(
+                                *[
+                                    rx.el.th(name, scope="col", style=_CELL)
+                                    for name in ("Date", "Amount", "Status", "Invoice")
+                                ]
+                            )
+                        ),
+                        rx.el.tbody(rx.foreach(DashboardState.invoices, _invoice_row)),
+                        aria_labelledby="invoices-heading",
+                        style={"borderCollapse": "collapse", "width": "100%"},
+                    ),
+                    overflow_x="auto",  # a narrow phone scrolls the table, not the page
+                    width="100%",
+                ),
+                rx.text(
+                    rx.cond(DashboardState.invoices_loaded, "No invoices yet.", "Loading…"),
+                    color_scheme="gray",
+                ),
+            ),
+            spacing="3",
+            align="start",
+            width="100%",
+        ),
+        width="100%",
+    )
+
+
+def _manage_billing() -> rx.Component:
+    return rx.cond(
+        DashboardState.has_subscription,
+        rx.button(
+            "Manage billing",
+            on_click=DashboardState.open_portal,
+            loading=DashboardState.opening_portal,
+            disabled=DashboardState.opening_portal,
+            variant="outline",
+        ),
+    )
+
+
 @require_login
 def dashboard() -> rx.Component:
     """The dashboard (login required)."""
@@ -169,6 +250,7 @@ def dashboard() -> rx.Component:
                         rx.link("See the plan", href=routes.PLAN),
                     ),
                 ),
+                _manage_billing(),
                 spacing="4",
                 align="start",
                 width="100%",
@@ -176,5 +258,6 @@ def dashboard() -> rx.Component:
             width="100%",
         ),
         _messages(),
+        _invoices(),
         title="Dashboard",
     )

@@ -3,8 +3,9 @@
 import reflex as rx
 
 from subscription_app.billing.plans import DEFAULT_PLAN
-from subscription_app.components.layout import page_frame
+from subscription_app.components.layout import error_callout, page_frame
 from subscription_app.state.auth import AuthState
+from subscription_app.state.billing import PlanState
 
 
 def plan_card() -> rx.Component:
@@ -29,12 +30,34 @@ def plan_card() -> rx.Component:
 def plan() -> rx.Component:
     """The plan page."""
     return page_frame(
+        rx.cond(
+            PlanState.notice != "",
+            rx.callout(PlanState.notice, icon="info", role="status", max_width="480px"),
+        ),
+        error_callout(PlanState.checkout_error),
         plan_card(),
         rx.button(
             "Subscribe",
             on_click=AuthState.subscribe_clicked,
             size="3",
             width="100%",
+            max_width="480px",
+        ),
+        rx.button(
+            "Subscribe with Stripe Checkout",
+            on_click=PlanState.start_checkout,
+            loading=PlanState.redirecting,
+            disabled=PlanState.redirecting,
+            variant="outline",
+            size="3",
+            width="100%",
+            max_width="480px",
+        ),
+        rx.text(
+            "Subscribe pays with the card form on our checkout page; Stripe Checkout takes you "
+            "to Stripe's own payment page and back.",
+            size="2",
+            color_scheme="gray",
             max_width="480px",
         ),
         rx.cond(

@@ -18,7 +18,12 @@ from sqlmodel import Session
 
 from subscription_app import changes, routes
 from subscription_app.billing import service
-from subscription_app.billing.views import NO_SUBSCRIPTION, DashboardView, SubscriptionView
+from subscription_app.billing.views import (
+    NO_SUBSCRIPTION,
+    DashboardView,
+    InvoiceView,
+    SubscriptionView,
+)
 from subscription_app.errors import AppError
 from subscription_app.models import User
 from subscription_app.state.auth import AuthState, SessionEnded, call_as_user
@@ -196,6 +201,76 @@ class CheckoutState(AuthState):
             self.processing = False
 
 
+CHECKOUT_CANCELLED = "Checkout was cancelled. You have not been charged."
+
+
+class PlanState(AuthState):
+    """The plan page: the Stripe Checkout button, and what happened on Checkout's page."""
+
+    notice: str = ""
+    checkout_error: str = ""
+    redirecting: bool = False
+
+    @rx.event
+    async def load(self):
+        """On load: say so when the person came back from Checkout's page with "Back"."""
+        await self._refresh_user()
+        self.redirecting, self.checkout_error = False, ""
+        cancelled = self.router.url.query_parameters.get("checkout") == "cancelled"
+        self.notice = CHECKOUT_CANCELLED if cancelled else ""
+
+    @rx.event
+    async def start_checkout(self):
+        """ "Subscribe with Stripe Checkout": off to Stripe's page (via login if needed)."""
+        if not self.logged_in:
+            return rx.redirect(f"{routes.LOGIN}?next={routes.PLAN}")
+        if self.redirecting:
+            return None
+        self.redirecting, self.checkout_error, self.notice = True, "", ""
+        try:
+            url = await self._run_as_user(lambda s, u: service.start_checkout(session=s, user=u))
+        except SessionEnded:
+            self.redirecting = False
+            return self._to_login()
+        except AppError as exc:
+            self.redirecting, self.checkout_error = False, exc.message
+            return None
+        except Exception:
+            self.redirecting = False
+            raise
+        return rx.redirect(url)  # another host: the browser leaves for Stripe's page
+
+
+class CheckoutReturnState(AuthState):
+    """The page Stripe Checkout returns to: records the subscription at once."""
+
+    result: str = ""  # "active", "processing" or "" (see error)
+    error: str = ""
+    already_subscribed: bool = False
+
+    @rx.event
+    async def complete(self):
+        """On load: fetch the Checkout Session from Stripe and record its subscription."""
+        self.result, self.error, self.already_subscribed = "", "", False
+        checkout_session_id = self.router.url.query_parameters.get("session_id", "")
+        try:
+            outcome = await self._run_as_user(
+                lambda s, u: service.complete_checkout(
+                    session=s, user=u, checkout_session_id=checkout_session_id
+                )
+            )
+        except SessionEnded:
+            return self._to_login()
+        except service.AlreadySubscribed as exc:
+            self.error, self.already_subscribed = exc.message, True
+            return None
+        except AppError as exc:
+            self.error = exc.message
+            return None
+        self.result = outcome.status
+        return None
+
+
 CANCEL_AT_PERIOD_END = "At the end of the period"
 CANCEL_NOW = "Now"
 WATCH_SECONDS = 30 * 60  # a dashboard left open stops listening after half an hour
@@ -217,6 +292,10 @@ class DashboardState(AuthState):
     working: bool = False
     result_message: str = ""
     action_error: str = ""
+    invoices: list[InvoiceView] = []
+    invoices_loaded: bool = False
+    invoices_error: str = ""
+    opening_portal: bool = False
     # Backend-only: the tab's one watcher (see `watch`), and what it last showed.
     _watching: bool = False
     _watch_requested: bool = False
@@ -242,7 +321,53 @@ class DashboardState(AuthState):
             return None
         self.load_error = ""
         self._watch_requested = True
-        return DashboardState.watch
+        return [DashboardState.watch, DashboardState.load_invoices]
+
+    @rx.event
+    async def load_invoices(self):
+        """The invoice history, read from Stripe (after the page has shown the rest)."""
+        try:
+            self.invoices = await self._run_as_user(
+                lambda s, u: service.list_invoices(session=s, user=u)
+            )
+            self.invoices_error = ""
+        except SessionEnded:
+            return self._to_login()
+        except AppError as exc:
+            self.invoices_error = exc.message
+        finally:
+            self.invoices_loaded = True
+        return None
+
+    @rx.event
+    async def open_portal(self):
+        """ "Manage billing": off to Stripe's customer portal, which returns here."""
+        if self.opening_portal:
+            return None
+        self.opening_portal, self.action_error = True, ""
+        try:
+            url = await self._run_as_user(
+                lambda s, u: service.open_billing_portal(session=s, user=u)
+            )
+        except SessionEnded:
+            return self._to_login()
+        except AppError as exc:
+            self.action_error = exc.message
+            return None
+        finally:
+            self.opening_portal = False
+        return rx.redirect(url)
+
+    async def _refresh_invoices(self, ref: str) -> None:
+        """Re-read the invoices from the background watcher (which holds no state lock)."""
+        try:
+            invoices = await asyncio.to_thread(
+                call_as_user, ref, lambda s, u: service.list_invoices(session=s, user=u)
+            )
+        except AppError:
+            return  # keep showing the last list; the next change tries again
+        async with self:
+            self.invoices = invoices
 
     @rx.event(background=True)
     async def watch(self):
@@ -282,6 +407,10 @@ class DashboardState(AuthState):
                 if data.version != seen:
                     async with self:
                         self._apply(data)
+                        # Something changed (a payment, say): the invoices may have too.
+                        refresh_invoices = self.invoices_loaded
+                    if refresh_invoices:
+                        await self._refresh_invoices(ref)
         except SessionEnded:
             async with self:
                 self._watching = False

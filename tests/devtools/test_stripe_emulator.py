@@ -1,60 +1,28 @@
 """The Stripe emulator speaks today's API to the real stripe SDK.
 
-One emulator subprocess serves the module (started on a free port); every
-test creates its own objects with unique lookup keys, so order does not
-matter. A second, short-lived emulator checks start/stop/reset.
+One emulator subprocess serves the module (the ``emulator`` and ``client``
+fixtures of conftest.py); every test creates its own objects with unique
+lookup keys, so order does not matter. A second, short-lived emulator checks
+start/stop/reset.
 """
 
 from __future__ import annotations
 
-import contextlib
-import http.server
 import json
-import queue
-import socket
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 import stripe
 
-from devtools.stripe_emulator import (
-    EmulatorProcess,
-    register_webhook,
-    renew_subscription,
-    reset,
-    start_in_background,
-)
+from devtools.liveapp import free_port
+from devtools.stripe_emulator import renew_subscription, reset, start_in_background
+from tests.devtools.webhook_sink import webhook_receiver
 
 CARD_OK = "4242424242424242"
 CARD_DECLINED_ON_ATTACH = "4000000000000002"
 CARD_DECLINED_ON_CHARGE = "4000000000000341"
 MONTH_SECONDS = (28 * 86400, 31 * 86400)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[EmulatorProcess]:
-    with start_in_background(_free_port()) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def client(emulator: EmulatorProcess) -> stripe.StripeClient:
-    # No retries: a failing request must fail the test, not be replayed.
-    return stripe.StripeClient(
-        "sk_test_12345",
-        base_addresses={"api": emulator.url},
-        max_network_retries=0,
-    )
 
 
 def _unique(prefix: str) -> str:
@@ -410,95 +378,11 @@ def test_stripe_version_header_of_the_sdk_is_accepted(client, emulator):
     assert response.json()["id"] == price.id
 
 
-class _WebhookSink(http.server.BaseHTTPRequestHandler):
-    received: queue.Queue
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.received.put((body, self.headers.get("Stripe-Signature")))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 def test_registered_webhook_receives_signed_events(client, emulator):
-    received: queue.Queue = queue.Queue()
-    handler = type("Sink", (_WebhookSink,), {"received": received})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    secret = "whsec_test_" + uuid.uuid4().hex
-    try:
-        register_webhook(
-            emulator.url,
-            f"http://127.0.0.1:{server.server_address[1]}/stripe/webhook",
-            secret,
-            endpoint_id=_unique("test"),
-            events=["customer.created"],
-        )
+    with webhook_receiver(emulator, ["customer.created"]) as receiver:
         customer = client.v1.customers.create({"email": f"{_unique('u')}@example.com"})
-
-        deadline = time.monotonic() + 10
-        event = None
-        while event is None:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, "no customer.created webhook for our customer"
-            body, signature = received.get(timeout=remaining)
-            candidate = stripe.Webhook.construct_event(body, signature, secret)
-            if candidate.data.object.id == customer.id:
-                event = candidate
-        assert event.type == "customer.created"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-@contextlib.contextmanager
-def _webhook_receiver(emulator: EmulatorProcess, events: list[str]) -> Iterator[Callable]:
-    """Register a local endpoint for `events`; yields `wait(predicate)` -> verified event.
-
-    Endpoints registered by earlier tests stay registered with the module's
-    emulator, so the receiver may get other deliveries (possibly signed with
-    another secret): only events that verify with our secret are considered.
-    """
-    received: queue.Queue = queue.Queue()
-    handler = type("Sink", (_WebhookSink,), {"received": received})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    secret = "whsec_test_" + uuid.uuid4().hex
-    register_webhook(
-        emulator.url,
-        f"http://127.0.0.1:{server.server_address[1]}/stripe/webhook",
-        secret,
-        endpoint_id=_unique("renewal"),
-        events=events,
-    )
-    seen: list[stripe.Event] = []
-
-    def wait(predicate: Callable[[stripe.Event], bool], timeout: float = 10) -> stripe.Event:
-        # Events arrive about a second after they happen, in no guaranteed order.
-        deadline = time.monotonic() + timeout
-        while True:
-            for event in seen:
-                if predicate(event):
-                    return event
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"no matching event among {[e.type for e in seen]}"
-            try:
-                body, signature = received.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            with contextlib.suppress(stripe.SignatureVerificationError):
-                seen.append(stripe.Webhook.construct_event(body, signature, secret))
-
-    try:
-        yield wait
-    finally:
-        server.shutdown()
-        server.server_close()
+        event = receiver.wait(lambda e: e.data.object.id == customer.id)
+    assert event.type == "customer.created"
 
 
 def _subscribed(client: stripe.StripeClient, amount: int = 1200):
@@ -533,9 +417,9 @@ def test_renewal_with_a_card_that_fails_later_makes_the_subscription_past_due(cl
     )
     client.v1.subscriptions.update(sub.id, {"default_payment_method": failing.id})
 
-    with _webhook_receiver(
+    with webhook_receiver(
         emulator, ["invoice.payment_failed", "customer.subscription.updated"]
-    ) as wait:
+    ) as receiver:
         renewed = renew_subscription(emulator.url, sub.id)
 
         assert renewed["id"] == sub.id
@@ -566,7 +450,7 @@ def test_renewal_with_a_card_that_fails_later_makes_the_subscription_past_due(cl
         assert pi.payment_method == failing.id
         assert pi.last_payment_error.code == "card_declined"
 
-        failed = wait(
+        failed = receiver.wait(
             lambda e: e.type == "invoice.payment_failed" and e.data.object.id == invoice.id
         )
         # What the app reads to find the subscription, in both API shapes.
@@ -574,7 +458,7 @@ def test_renewal_with_a_card_that_fails_later_makes_the_subscription_past_due(cl
         assert failed.data.object.subscription == sub.id
         assert failed.data.object.status == "open"
         assert failed.created > 0
-        updated = wait(
+        updated = receiver.wait(
             lambda e: (
                 e.type == "customer.subscription.updated"
                 and e.data.object.id == sub.id
@@ -652,7 +536,7 @@ def test_renewal_errors_are_stripe_shaped(client, emulator):
 
 
 def test_background_emulator_reset_and_clean_stop():
-    port = _free_port()
+    port = free_port()
     emulator = start_in_background(port)
     try:
         assert emulator.url == f"http://127.0.0.1:{port}"

@@ -41,7 +41,7 @@ def log_in(page: Page, email: str, password: str = PASSWORD) -> None:
 def open_checkout(page: Page) -> None:
     """From the plan page, press Subscribe and wait for the card form."""
     page.goto("/plan")
-    page.get_by_role("button", name="Subscribe").click()
+    page.get_by_role("button", name="Subscribe", exact=True).click()
     expect(page).to_have_url(path_is("/checkout"))
     expect(page.get_by_role("heading", name="Checkout")).to_be_visible()
     expect(page.get_by_role("button", name="Subscribe")).to_be_enabled(timeout=15_000)

@@ -34,7 +34,7 @@ def test_register_logout_login_plan_dashboard(page: Page):
     page.get_by_role("link", name="Plan", exact=True).click()
     expect(page).to_have_url(path_is("/plan"))
     expect(page.get_by_text("$12.00 / month")).to_be_visible()
-    expect(page.get_by_role("button", name="Subscribe")).to_be_visible()
+    expect(page.get_by_role("button", name="Subscribe", exact=True)).to_be_visible()
 
     page.get_by_role("link", name="Dashboard").click()
     expect(page).to_have_url(path_is("/dashboard"))
@@ -66,7 +66,7 @@ def test_login_failures_and_duplicate_registration_show_clear_messages(page: Pag
 
 def test_subscribe_leads_a_logged_out_visitor_to_log_in_first(page: Page):
     page.goto("/plan")
-    page.get_by_role("button", name="Subscribe").click()
+    page.get_by_role("button", name="Subscribe", exact=True).click()
     expect(page).to_have_url(path_is("/login"))
     assert "next=/checkout" in page.url
 

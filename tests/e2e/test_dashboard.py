@@ -59,7 +59,8 @@ def test_subscription_facts_arrive_through_the_signed_webhook_path(page: Page, l
     )
     page.goto("/dashboard")
     expect(page.get_by_text("Active", exact=True)).to_be_visible()
-    expect(page.locator("main").get_by_text(DATE)).to_have_count(2)
+    facts = page.locator("main").get_by_role("definition")
+    expect(facts.filter(has_text=DATE)).to_have_count(2)  # started, next renewal
 
 
 def test_cancel_at_period_end_then_undo(page: Page):

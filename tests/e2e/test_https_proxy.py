@@ -170,7 +170,7 @@ def test_subscribe_over_https_through_the_proxy(https_proxy, browser_type: Brows
     try:
         register(page, unique_email("https"))
         page.goto("/plan")
-        page.get_by_role("button", name="Subscribe").click()
+        page.get_by_role("button", name="Subscribe", exact=True).click()
         expect(page).to_have_url(path_is("/checkout"))
         expect(page.get_by_role("button", name="Subscribe")).to_be_enabled(timeout=15_000)
         fill_card(page, "4242424242424242")

@@ -29,7 +29,8 @@ def expect_dashboard_subscription(page: Page) -> None:
     expect(details.get_by_text("$12.00 / month")).to_be_visible()
     expect(details.get_by_text("Active", exact=True)).to_be_visible()
     expect(details.get_by_text("Next renewal")).to_be_visible()
-    expect(details.get_by_text(DATE)).to_have_count(2)  # start date and renewal date
+    # The start and renewal dates among the subscription facts (the invoice table has more).
+    expect(details.get_by_role("definition").filter(has_text=DATE)).to_have_count(2)
 
 
 def expect_dashboard_empty(page: Page) -> None:

@@ -1,4 +1,5 @@
-"""Integration fixtures: the local Stripe emulator, with the app's settings pointing at it."""
+"""Integration fixtures: the Stripe emulator (settings pointing at it), a local SMTP server,
+Stripe-shaped objects for webhook tests, and paying on the emulator's Checkout page."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import asyncio
 import json
 import time
 import uuid
+from html.parser import HTMLParser
+from urllib.parse import urljoin
 
+import httpx
 import pytest
 from aiosmtpd.controller import Controller
 
@@ -160,3 +164,59 @@ PRODUCTION = {
     "TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1",
     "APP_BLIND_INDEX_KEY": crypto.generate_key(),
 }
+
+
+class _FormReader(HTMLParser):
+    """The first form of a page: its action, its fields by label, and hidden fields."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.action: str | None = None
+        self.labels: dict[str, str] = {}  # field id -> label text
+        self.fields: dict[str, str] = {}  # field id -> field name
+        self.values: dict[str, str] = {}  # field name -> preset value
+        self._label_for: str | None = None
+        self._in_form = False
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        if tag == "form" and self.action is None:
+            self.action, self._in_form = attributes.get("action") or "", True
+        elif tag == "label":
+            self._label_for = attributes.get("for")
+        elif tag in ("input", "select") and self._in_form and attributes.get("name"):
+            name = attributes["name"] or ""
+            self.fields[attributes.get("id") or name] = name
+            self.values[name] = attributes.get("value") or ""
+
+    def handle_endtag(self, tag):
+        if tag == "label":
+            self._label_for = None
+        elif tag == "form":
+            self._in_form = False
+
+    def handle_data(self, data):
+        if self._label_for and data.strip():
+            self.labels[self._label_for] = self.labels.get(self._label_for, "") + data.strip()
+
+
+def pay_checkout(url: str, card: str = "4242 4242 4242 4242") -> httpx.Response:
+    """Pay on the emulator's hosted Checkout page as a person would: fields by their labels.
+
+    Returns the answer to the form (a redirect to the success URL when it worked).
+    """
+    page = httpx.get(url, timeout=30)
+    page.raise_for_status()
+    form = _FormReader()
+    form.feed(page.text)
+    answers = {
+        "Card number": card,
+        "Expiry date": "12 / 34",
+        "CVC": "123",
+        "Cardholder name": "Ada Lovelace",
+    }
+    data = dict(form.values)
+    for field_id, label in form.labels.items():
+        if label in answers and field_id in form.fields:
+            data[form.fields[field_id]] = answers[label]
+    return httpx.post(urljoin(url, form.action or url), data=data, timeout=30)

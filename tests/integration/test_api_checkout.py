@@ -1,0 +1,217 @@
+"""Stripe Checkout, the portal and invoices over REST, against the emulator (both databases).
+
+The emulator delivers no webhooks here (no endpoint is registered): the return path alone
+must record the subscription, and `checkout.session.completed` is applied by calling its
+handler, as the processor would.
+"""
+
+from __future__ import annotations
+
+import threading
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import func, select
+
+from subscription_app.api import create_api
+from subscription_app.billing import handlers, service
+from subscription_app.billing.inbox import ClaimedEvent
+from subscription_app.db import session_scope
+from subscription_app.models import Subscription, User, utcnow
+from tests.integration.conftest import auth_headers, pay_checkout, subscribe
+
+
+@pytest.fixture
+def api(db_engine, stripe_env, settings_env):
+    settings_env(APP_URL="http://app.example.test")
+    with TestClient(create_api(), raise_server_exceptions=False) as client:
+        yield client
+
+
+def start(api, headers):
+    return api.post("/api/v1/subscriptions/checkout-session", headers=headers)
+
+
+def paid_session_id(api, headers) -> str:
+    """Start Checkout, pay 4242 on the emulator's page, and return the session id."""
+    created = start(api, headers)
+    assert created.status_code == 201, created.text
+    answer = pay_checkout(created.json()["url"])
+    assert answer.status_code in (302, 303), answer.text[:500]
+    back = urlsplit(answer.headers["location"])
+    assert back.path == "/checkout/complete" and back.netloc == "app.example.test"
+    return parse_qs(back.query)["session_id"][0]
+
+
+def complete(api, headers, session_id: str):
+    return api.post(
+        "/api/v1/subscriptions/checkout-session/complete",
+        json={"session_id": session_id},
+        headers=headers,
+    )
+
+
+def rows(session) -> int:
+    session.rollback()
+    return session.exec(select(func.count()).select_from(Subscription)).one()
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/api/v1/subscriptions/checkout-session"),
+        ("POST", "/api/v1/subscriptions/checkout-session/complete"),
+        ("POST", "/api/v1/subscriptions/portal-session"),
+        ("GET", "/api/v1/subscriptions/invoices"),
+    ],
+)
+def test_every_new_route_needs_a_login(api, method, path):
+    response = api.request(method, path, json={"session_id": "cs_test_x"})
+    assert response.status_code == 401
+
+
+def test_checkout_session_is_created_once_and_records_the_subscription(api, stripe_client, session):
+    headers = auth_headers(api, "checkout@example.com")
+    first, again = start(api, headers), start(api, headers)
+    assert first.status_code == again.status_code == 201
+    assert first.json()["url"] == again.json()["url"]  # one open Checkout per person
+    cs_id = first.json()["url"].rstrip("/").rsplit("/", 1)[-1]
+    created = stripe_client.v1.checkout.sessions.retrieve(cs_id)
+    assert created.mode == "subscription" and created.client_reference_id
+    assert created.success_url.endswith("/checkout/complete?session_id={CHECKOUT_SESSION_ID}")
+    assert created.cancel_url == "http://app.example.test/plan?checkout=cancelled"
+
+    session_id = paid_session_id(api, headers)
+    assert session_id == cs_id
+    done = complete(api, headers, session_id)
+    assert done.status_code == 200, done.text
+    assert done.json()["status"] == "active"
+    assert done.json()["subscription"]["status"] == "active"
+    assert complete(api, headers, session_id).status_code == 200  # idempotent
+    assert rows(session) == 1
+    me = api.get("/api/v1/subscriptions/me", headers=headers).json()["subscription"]
+    assert me["status"] == "active"
+    # Subscribed: no second Checkout, no Elements subscription either.
+    assert start(api, headers).status_code == 409
+
+
+def test_someone_elses_or_an_unknown_session_is_refused_and_records_nothing(api, session):
+    owner = auth_headers(api, "owner@example.com")
+    session_id = paid_session_id(api, owner)
+    intruder = auth_headers(api, "intruder@example.com")
+    for candidate in (session_id, "cs_test_doesnotexist", "not-a-session-id"):
+        refused = complete(api, intruder, candidate)
+        assert refused.status_code == 403, refused.text
+        assert "not yours" in refused.json()["detail"]
+    assert rows(session) == 0
+    assert api.get("/api/v1/subscriptions/me", headers=intruder).json()["subscription"] is None
+
+
+def test_an_unfinished_checkout_is_a_clear_409(api):
+    headers = auth_headers(api, "unfinished@example.com")
+    url = start(api, headers).json()["url"]
+    refused = complete(api, headers, url.rstrip("/").rsplit("/", 1)[-1])
+    assert refused.status_code == 409 and "not finished" in refused.json()["detail"]
+
+
+def _event(session_id: str) -> ClaimedEvent:
+    return ClaimedEvent(
+        row_id=1,
+        event_id="evt_checkout_test",
+        type="checkout.session.completed",
+        created=utcnow(),
+        attempts=1,
+        lease_token="test",
+        payload={"type": "checkout.session.completed", "data": {"object": {"id": session_id}}},
+    )
+
+
+def test_return_page_and_webhook_at_once_record_one_subscription(api, session):
+    headers = auth_headers(api, "race@example.com")
+    session_id = paid_session_id(api, headers)
+    with session_scope() as s:
+        user = s.exec(select(User).where(User.email == "race@example.com")).one()
+    start_line = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def return_page() -> None:
+        start_line.wait()
+        try:
+            with session_scope() as s:
+                service.complete_checkout(session=s, user=user, checkout_session_id=session_id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def webhook() -> None:
+        start_line.wait()
+        try:
+            with session_scope() as s:
+                handlers.dispatch(s, _event(session_id))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=f) for f in (return_page, return_page, webhook, webhook)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert rows(session) == 1
+
+
+def test_elements_after_an_open_checkout_closes_it_so_one_subscription_results(
+    api, make_payment_method, stripe_client, session
+):
+    headers = auth_headers(api, "mixed@example.com")
+    url = start(api, headers).json()["url"]
+    assert subscribe(api, headers, make_payment_method()).status_code == 200
+    cs_id = url.rstrip("/").rsplit("/", 1)[-1]
+    assert stripe_client.v1.checkout.sessions.retrieve(cs_id).status == "expired"
+    late = pay_checkout(url)  # the old Checkout tab, submitted after all
+    assert late.status_code not in (302, 303)
+    assert rows(session) == 1
+
+
+def test_portal_session_for_a_customer_only(api, make_payment_method, stripe_client):
+    headers = auth_headers(api, "portal@example.com")
+    refused = api.post("/api/v1/subscriptions/portal-session", headers=headers)
+    assert refused.status_code == 409 and "no billing account" in refused.json()["detail"]
+    assert subscribe(api, headers, make_payment_method()).status_code == 200
+    portal = api.post("/api/v1/subscriptions/portal-session", headers=headers)
+    assert portal.status_code == 200, portal.text
+    assert portal.json()["url"].startswith("http")
+
+
+def test_invoices_are_my_own_newest_first_without_drafts(api, make_payment_method, stripe_client):
+    mine = auth_headers(api, "invoices@example.com")
+    assert api.get("/api/v1/subscriptions/invoices", headers=mine).json() == {"invoices": []}
+    assert subscribe(api, mine, make_payment_method()).status_code == 200
+    theirs = auth_headers(api, "neighbour@example.com")
+    assert subscribe(api, theirs, make_payment_method()).status_code == 200
+
+    listed = api.get("/api/v1/subscriptions/invoices", headers=mine)
+    assert listed.status_code == 200
+    invoices = listed.json()["invoices"]
+    assert len(invoices) == 1
+    [invoice] = invoices
+    assert set(invoice) == {
+        "number",
+        "created",
+        "amount_paid",
+        "currency",
+        "status",
+        "hosted_invoice_url",
+        "invoice_pdf",
+    }
+    assert invoice["amount_paid"] == 1200 and invoice["status"] == "paid"
+    assert invoice["number"] and invoice["hosted_invoice_url"] and invoice["invoice_pdf"]
+    # A draft (an invoice not yet finalized) is not a bill: not shown.
+    customer = stripe_client.v1.customers.list(params={"email": "invoices@example.com"}).data[0]
+    stripe_client.v1.invoice_items.create(
+        params={"customer": customer.id, "amount": 500, "currency": "usd"}
+    )
+    draft = stripe_client.v1.invoices.create(params={"customer": customer.id})
+    assert draft.status == "draft"
+    again = api.get("/api/v1/subscriptions/invoices", headers=mine).json()["invoices"]
+    assert [i["number"] for i in again] == [invoice["number"]]
