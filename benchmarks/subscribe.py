@@ -108,7 +108,7 @@ def bench_ui(app: LiveApp, runs: int, timing_log: Path) -> tuple[list[float], li
             page.on("requestfinished", on_done)
             page.on("requestfailed", on_done)
             page.goto("/checkout")
-            button = page.get_by_role("button", name="Subscribe")
+            button = page.get_by_role("button", name="Subscribe", exact=True)
             expect(button).to_be_enabled(timeout=30_000)
             card = page.get_by_role("group", name="Card details")
             for placeholder, value in [

@@ -8,6 +8,8 @@ developer's shell, fresh secrets.
 from __future__ import annotations
 
 import base64
+import datetime
+import ipaddress
 import json
 import os
 import secrets
@@ -15,7 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 for _name in list(os.environ):
     if _name.startswith(("STRIPE_", "APP_")) or _name in {"DATABASE_URL", "REDIS_URL", "SMTP_URL"}:
@@ -130,3 +136,86 @@ def _fresh_rate_limits():
 
     ratelimit.reset()
     yield
+
+
+# Test certificates (TLS for the SMTP and HTTPS-proxy tests) --------------------------------
+
+# The names a certificate for this machine's test servers must carry.
+LOCAL_NAMES: list[x509.GeneralName] = [
+    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    x509.DNSName("localhost"),
+]
+
+
+def _cert_name(common_name: str) -> x509.Name:
+    """An X.509 name with just a common name."""
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def write_pem(directory: Path, stem: str, cert: x509.Certificate, key) -> tuple[Path, Path]:
+    """Write a certificate and its key as PEM files; returns (cert path, key path)."""
+    cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def issue_certificate(
+    subject: str,
+    sans: list[x509.GeneralName],
+    *,
+    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None,
+    is_ca: bool = False,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A certificate for `subject`, signed by `issuer` (or by itself when None).
+
+    Carries the extensions strict verifiers (VERIFY_X509_STRICT) insist on, so the only
+    reason a handshake fails is the one a test sets up.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    issuer_cert, issuer_key = issuer if issuer else (None, key)
+    issuer_name = issuer_cert.subject if issuer_cert else _cert_name(subject)
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_cert_name(subject))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+            critical=False,
+        )
+    )
+    if is_ca:
+        builder = builder.add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+    else:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256()), key

@@ -114,3 +114,24 @@ def labelled_input(
         width="100%",
         align="stretch",
     )
+
+
+def subscribed_notice(pending: rx.Var[bool] | bool) -> rx.Component:
+    """The confirmation after subscribing (either way), with the way to the dashboard."""
+    return rx.callout(
+        rx.vstack(
+            rx.text(
+                rx.cond(
+                    pending,
+                    "Payment received. Your subscription will be active in a moment.",
+                    "You're subscribed! Your subscription is active.",
+                ),
+                weight="bold",
+            ),
+            rx.link("Go to your dashboard", href=routes.DASHBOARD),
+            spacing="2",
+        ),
+        icon="circle_check",
+        color_scheme="green",
+        role="status",
+    )

@@ -30,27 +30,29 @@ def _form(*fields: rx.Component, submit_label: str, on_submit) -> rx.Component:
     )
 
 
+def _email() -> rx.Component:
+    return labelled_input("Email", "email", type_="email", autocomplete="email", required=True)
+
+
+def _password(label: str, name: str, autocomplete: str, **rules) -> rx.Component:
+    return labelled_input(
+        label, name, type_="password", autocomplete=autocomplete, required=True, **rules
+    )
+
+
 def register() -> rx.Component:
     """Create an account."""
     return page_frame(
         _form(
-            labelled_input("Email", "email", type_="email", autocomplete="email", required=True),
-            labelled_input(
+            _email(),
+            _password(
                 "Password",
                 "password",
-                type_="password",
-                autocomplete="new-password",
-                required=True,
+                "new-password",
                 min_length=accounts.PASSWORD_MIN_LENGTH,
                 max_length=accounts.PASSWORD_MAX_LENGTH,
             ),
-            labelled_input(
-                "Confirm password",
-                "confirm_password",
-                type_="password",
-                autocomplete="new-password",
-                required=True,
-            ),
+            _password("Confirm password", "confirm_password", "new-password"),
             rx.text(
                 f"At least {accounts.PASSWORD_MIN_LENGTH} characters.",
                 size="2",
@@ -68,14 +70,8 @@ def login() -> rx.Component:
     """Log in."""
     return page_frame(
         _form(
-            labelled_input("Email", "email", type_="email", autocomplete="email", required=True),
-            labelled_input(
-                "Password",
-                "password",
-                type_="password",
-                autocomplete="current-password",
-                required=True,
-            ),
+            _email(),
+            _password("Password", "password", "current-password"),
             submit_label="Log in",
             on_submit=AuthState.login,
         ),

@@ -3,7 +3,7 @@
 import reflex as rx
 
 from subscription_app import routes
-from subscription_app.components.layout import error_callout, page_frame
+from subscription_app.components.layout import error_callout, page_frame, subscribed_notice
 from subscription_app.pages.plan import plan_card
 from subscription_app.state.auth import require_login
 from subscription_app.state.billing import CheckoutState
@@ -58,27 +58,7 @@ def _subscribe_button() -> rx.Component:
 
 
 def _success() -> rx.Component:
-    return rx.cond(
-        CheckoutState.succeeded,
-        rx.callout(
-            rx.vstack(
-                rx.text(
-                    rx.cond(
-                        CheckoutState.pending,
-                        "Payment received. Your subscription will be active in a moment.",
-                        "You're subscribed! Your subscription is active.",
-                    ),
-                    weight="bold",
-                ),
-                rx.link("Go to your dashboard", href=routes.DASHBOARD),
-                spacing="2",
-            ),
-            icon="circle_check",
-            color_scheme="green",
-            role="status",
-        ),
-        rx.fragment(),
-    )
+    return rx.cond(CheckoutState.succeeded, subscribed_notice(CheckoutState.pending), rx.fragment())
 
 
 def _already_subscribed() -> rx.Component:

@@ -3,7 +3,7 @@
 import reflex as rx
 
 from subscription_app import routes
-from subscription_app.components.layout import error_callout, page_frame
+from subscription_app.components.layout import error_callout, page_frame, subscribed_notice
 from subscription_app.state.auth import require_login
 from subscription_app.state.billing import CheckoutReturnState
 
@@ -11,23 +11,7 @@ from subscription_app.state.billing import CheckoutReturnState
 def _outcome() -> rx.Component:
     return rx.cond(
         CheckoutReturnState.result != "",
-        rx.callout(
-            rx.vstack(
-                rx.text(
-                    rx.cond(
-                        CheckoutReturnState.result == "processing",
-                        "Payment received. Your subscription will be active in a moment.",
-                        "You're subscribed! Your subscription is active.",
-                    ),
-                    weight="bold",
-                ),
-                rx.link("Go to your dashboard", href=routes.DASHBOARD),
-                spacing="2",
-            ),
-            icon="circle_check",
-            color_scheme="green",
-            role="status",
-        ),
+        subscribed_notice(CheckoutReturnState.result == "processing"),
         rx.cond(
             CheckoutReturnState.error != "",
             rx.vstack(

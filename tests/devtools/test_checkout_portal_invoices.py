@@ -22,8 +22,7 @@ from devtools.stripe_emulator import (
     reset,
     start_in_background,
 )
-from tests.devtools.html_page import Page, read_page, submit
-from tests.devtools.webhook_sink import webhook_receiver
+from tests.devtools.conftest import Page, read_page, submit, webhook_receiver
 
 CARD_OK = "4242 4242 4242 4242"
 CARD_DECLINED = "4000 0000 0000 0002"

@@ -17,7 +17,7 @@ import stripe
 
 from devtools.liveapp import free_port
 from devtools.stripe_emulator import renew_subscription, reset, start_in_background
-from tests.devtools.webhook_sink import webhook_receiver
+from tests.devtools.conftest import webhook_receiver
 
 CARD_OK = "4242424242424242"
 CARD_DECLINED_ON_ATTACH = "4000000000000002"

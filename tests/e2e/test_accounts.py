@@ -4,7 +4,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.e2e.helpers import PASSWORD, log_in, path_is, register, unique_email
+from tests.e2e.conftest import PASSWORD, log_in, path_is, register, unique_email
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from devtools.stripe_emulator import hold_webhooks
-from tests.e2e.helpers import path_is, register, stripe_subscriptions_for, unique_email
+from tests.e2e.conftest import path_is, register, stripe_subscriptions_for, unique_email
 
 CHECKOUT_BUTTON = "Subscribe with Stripe Checkout"
 
@@ -24,7 +24,7 @@ def pay_on_checkout_page(page: Page, number: str = "4242 4242 4242 4242") -> Non
     page.get_by_label("Expiry date").fill("12 / 34")
     page.get_by_label("CVC").fill("123")
     page.get_by_label("Cardholder name").fill("Ada Lovelace")
-    page.get_by_role("button", name="Subscribe").click()
+    page.get_by_role("button", name="Subscribe", exact=True).click()
 
 
 def go_to_checkout(page: Page, live_app) -> None:

@@ -9,7 +9,7 @@ import stripe
 from playwright.sync_api import Page, expect
 
 from devtools.stripe_emulator import renew_subscription
-from tests.e2e.helpers import (
+from tests.e2e.conftest import (
     path_is,
     register,
     stripe_subscriptions_for,

@@ -7,8 +7,6 @@ where TEST_DATABASE_URL is set (`.ci/run` sets it when PostgreSQL answers).
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import secrets
 import shutil
@@ -19,15 +17,12 @@ from string import Template
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from playwright.sync_api import BrowserType, expect
 
 from devtools.liveapp import CHROMIUM, CHROMIUM_ARGS, ROOT, free_port, start_live_app
 from devtools.pgschema import fresh_schema
-from tests.e2e.helpers import fill_card, path_is, register, unique_email
+from tests.conftest import LOCAL_NAMES, issue_certificate, write_pem
+from tests.e2e.conftest import fill_card, path_is, register, unique_email
 
 pytestmark = pytest.mark.e2e
 DATABASE = os.environ.get("TEST_DATABASE_URL")
@@ -40,36 +35,8 @@ def pytest_generate_tests(metafunc):
 
 
 def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and localhost, made with `cryptography`."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "tls.crt", directory / "tls.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
+    """A certificate for 127.0.0.1 and localhost, signed by itself."""
+    return write_pem(directory, "tls", *issue_certificate("127.0.0.1", LOCAL_NAMES))
 
 
 @pytest.fixture(scope="module")
@@ -172,9 +139,11 @@ def test_subscribe_over_https_through_the_proxy(https_proxy, browser_type: Brows
         page.goto("/plan")
         page.get_by_role("button", name="Subscribe", exact=True).click()
         expect(page).to_have_url(path_is("/checkout"))
-        expect(page.get_by_role("button", name="Subscribe")).to_be_enabled(timeout=15_000)
+        expect(page.get_by_role("heading", name="Checkout")).to_be_visible()
+        subscribe = page.get_by_role("button", name="Subscribe", exact=True)
+        expect(subscribe).to_be_enabled(timeout=15_000)
         fill_card(page, "4242424242424242")
-        page.get_by_role("button", name="Subscribe").click()
+        page.get_by_role("button", name="Subscribe", exact=True).click()
         expect(page.get_by_role("status")).to_contain_text("You're subscribed!", timeout=20_000)
         page.goto("/dashboard")
         expect(page.get_by_text("Active", exact=True)).to_be_visible()

@@ -3,7 +3,7 @@
 import pytest
 from playwright.sync_api import Browser, expect
 
-from tests.e2e.helpers import path_is, register, unique_email
+from tests.e2e.conftest import path_is, register, unique_email
 
 pytestmark = pytest.mark.e2e
 

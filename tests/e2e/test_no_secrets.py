@@ -7,7 +7,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from devtools.liveapp import ROOT
-from tests.e2e.helpers import register, subscribe_with_card, unique_email
+from tests.e2e.conftest import register, subscribe_with_card, unique_email
 
 pytestmark = pytest.mark.e2e
 

@@ -21,7 +21,7 @@ from playwright.sync_api import Browser, expect
 from devtools.liveapp import start_live_app
 from devtools.pgschema import fresh_schema
 from subscription_app.settings import Settings
-from tests.e2e.helpers import (
+from tests.e2e.conftest import (
     PASSWORD,
     path_is,
     register,

@@ -8,7 +8,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from tests.e2e.helpers import (
+from tests.e2e.conftest import (
     path_is,
     register,
     stripe_subscriptions_for,

@@ -6,7 +6,7 @@ import re
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.e2e.helpers import (
+from tests.e2e.conftest import (
     answer_3ds,
     expect_subscribed,
     fill_card,
@@ -62,7 +62,7 @@ def test_subscribe_with_a_good_card_and_card_data_never_reaches_our_backend(page
 
     open_checkout(page)
     fill_card(page, "4242424242424242", cvc="987")
-    page.get_by_role("button", name="Subscribe").click()
+    page.get_by_role("button", name="Subscribe", exact=True).click()
     expect_subscribed(page)
 
     assert sent_to_us, "the recorder saw no traffic to our own origin at all"
@@ -86,12 +86,12 @@ def test_declined_card_shows_a_message_and_no_subscription(browser: Browser, bas
         register(page, email)
         open_checkout(page)
         fill_card(page, "4000000000000002")
-        page.get_by_role("button", name="Subscribe").click()
+        page.get_by_role("button", name="Subscribe", exact=True).click()
         expect(page.get_by_role("alert")).to_contain_text("declined", timeout=20_000)
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 375
         # The form is usable again for another card.
-        expect(page.get_by_role("button", name="Subscribe")).to_be_enabled()
+        expect(page.get_by_role("button", name="Subscribe", exact=True)).to_be_enabled()
         expect_dashboard_empty(page)
         assert [s for s in stripe_subscriptions_for(live_app, email) if s.status == "active"] == []
     finally:
@@ -104,15 +104,15 @@ def test_card_testing_is_stopped_with_a_clear_message(page: Page, live_app):
     open_checkout(page)
     for _ in range(5):  # the shipped limit: 5 card attempts per person per hour
         fill_card(page, "4000000000000002")
-        page.get_by_role("button", name="Subscribe").click()
+        page.get_by_role("button", name="Subscribe", exact=True).click()
         expect(page.get_by_role("alert")).to_contain_text("declined", timeout=20_000)
-        expect(page.get_by_role("button", name="Subscribe")).to_be_enabled()
+        expect(page.get_by_role("button", name="Subscribe", exact=True)).to_be_enabled()
     fill_card(page, "4242424242424242")  # even a good card waits now
-    page.get_by_role("button", name="Subscribe").click()
+    page.get_by_role("button", name="Subscribe", exact=True).click()
     expect(page.get_by_role("alert")).to_contain_text(
         "Too many card attempts. Please wait 60 minutes and try again.", timeout=20_000
     )
-    expect(page.get_by_role("button", name="Subscribe")).to_be_disabled()
+    expect(page.get_by_role("button", name="Subscribe", exact=True)).to_be_disabled()
     assert [s for s in stripe_subscriptions_for(live_app, email) if s.status == "active"] == []
     # Coming back to the page later within the hour: still refused, with the same words.
     page.goto("/checkout")
@@ -123,7 +123,7 @@ def test_3d_secure_completed_gives_an_active_subscription(page: Page):
     register(page, unique_email("threeds-ok"))
     open_checkout(page)
     fill_card(page, "4000002760003184")
-    page.get_by_role("button", name="Subscribe").click()
+    page.get_by_role("button", name="Subscribe", exact=True).click()
     # This card asks twice: when the card is saved and for the first payment.
     answer_3ds(page, "Complete authentication")
     answer_3ds(page, "Complete authentication")
@@ -136,7 +136,7 @@ def test_3d_secure_failed_leaves_no_active_subscription(page: Page, live_app):
     register(page, email)
     open_checkout(page)
     fill_card(page, "4000002760003184")
-    page.get_by_role("button", name="Subscribe").click()
+    page.get_by_role("button", name="Subscribe", exact=True).click()
     answer_3ds(page, "Fail authentication")
     expect(page.get_by_role("alert")).to_contain_text("authentication failed", timeout=20_000)
     expect(page.get_by_role("status")).to_have_count(0)
@@ -149,7 +149,7 @@ def test_3d_secure_failed_on_the_first_payment_leaves_no_subscription(page: Page
     register(page, email)
     open_checkout(page)
     fill_card(page, "4000002760003184")
-    page.get_by_role("button", name="Subscribe").click()
+    page.get_by_role("button", name="Subscribe", exact=True).click()
     answer_3ds(page, "Complete authentication")  # card saved
     answer_3ds(page, "Fail authentication")  # first payment not authenticated
     expect(page.get_by_role("alert")).to_contain_text("authentication failed", timeout=20_000)
@@ -163,7 +163,7 @@ def test_double_click_creates_one_subscription(page: Page, live_app):
     register(page, email)
     open_checkout(page)
     fill_card(page, "4242424242424242")
-    button = page.get_by_role("button", name="Subscribe")
+    button = page.get_by_role("button", name="Subscribe", exact=True)
     button.dblclick()
     expect_subscribed(page)
     subscriptions = stripe_subscriptions_for(live_app, email)
@@ -171,32 +171,32 @@ def test_double_click_creates_one_subscription(page: Page, live_app):
     # And coming back to checkout is refused politely.
     page.goto("/checkout")
     expect(page.get_by_role("status")).to_contain_text("already have an active subscription")
-    expect(page.get_by_role("button", name="Subscribe")).to_be_hidden()
+    expect(page.get_by_role("button", name="Subscribe", exact=True)).to_be_hidden()
 
 
 def test_subscribe_button_shows_progress_while_working(page: Page):
     register(page, unique_email("progress"))
     open_checkout(page)
     fill_card(page, "4000002760003184")
-    page.get_by_role("button", name="Subscribe").click()
+    page.get_by_role("button", name="Subscribe", exact=True).click()
     # While the 3-D Secure dialog waits, the request is in flight: the button says so.
     busy = page.get_by_role("button", name="Processing…")
     expect(busy).to_be_visible()
     expect(busy).to_be_disabled()
     answer_3ds(page, "Fail authentication")
-    expect(page.get_by_role("button", name="Subscribe")).to_be_enabled(timeout=20_000)
+    expect(page.get_by_role("button", name="Subscribe", exact=True)).to_be_enabled(timeout=20_000)
 
 
 def test_invalid_card_data_gets_a_clear_message_and_can_be_corrected(page: Page):
     register(page, unique_email("invalid-card"))
     open_checkout(page)
     fill_card(page, "4242")  # far too short
-    page.get_by_role("button", name="Subscribe").click()
+    page.get_by_role("button", name="Subscribe", exact=True).click()
     expect(page.get_by_role("alert")).to_contain_text("incomplete or incorrect", timeout=20_000)
     expect_dashboard_empty(page)
     open_checkout(page)
     fill_card(page, "4242424242424242")
-    page.get_by_role("button", name="Subscribe").click()
+    page.get_by_role("button", name="Subscribe", exact=True).click()
     expect_subscribed(page)
 
 
@@ -204,6 +204,6 @@ def test_insufficient_funds_is_said_plainly(page: Page):
     register(page, unique_email("nsf"))
     open_checkout(page)
     fill_card(page, "4000000000009995")
-    page.get_by_role("button", name="Subscribe").click()
+    page.get_by_role("button", name="Subscribe", exact=True).click()
     expect(page.get_by_role("alert")).to_contain_text("insufficient funds", timeout=20_000)
     expect_dashboard_empty(page)

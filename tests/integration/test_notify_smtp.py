@@ -12,8 +12,6 @@ server was going to record (AUTH, the message) it has recorded by then.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import logging
 import ssl
 from dataclasses import dataclass, field
@@ -23,12 +21,9 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from subscription_app.notifications import send_email
-from tests.conftest import free_port
+from tests.conftest import LOCAL_NAMES, free_port, issue_certificate, write_pem
 
 PASSWORD = "pa ss/w@rd-never-logged"
 USER_URL_PART = "mailer:pa%20ss%2Fw%40rd-never-logged@"
@@ -45,93 +40,21 @@ class Certs:
     self_signed: tuple[Path, Path]  # for 127.0.0.1 and localhost, signed by nobody trusted
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _write(directory: Path, stem: str, cert: x509.Certificate, key) -> tuple[Path, Path]:
-    cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
-def _issue(
-    subject: str,
-    sans: list[x509.GeneralName],
-    *,
-    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None,
-    is_ca: bool = False,
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A certificate for `subject`, signed by `issuer` (or by itself when None).
-
-    Carries the extensions strict verifiers (VERIFY_X509_STRICT) insist on, so the only
-    reason a handshake fails is the one a test sets up.
-    """
-    key = ec.generate_private_key(ec.SECP256R1())
-    issuer_cert, issuer_key = issuer if issuer else (None, key)
-    issuer_name = issuer_cert.subject if issuer_cert else _name(subject)
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-            critical=False,
-        )
-    )
-    if is_ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    else:
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256()), key
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory) -> Certs:
     directory = tmp_path_factory.mktemp("smtp-certs")
-    local = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-    ca = _issue("Subscription App Test CA", [], is_ca=True)
-    ca_path, _ = _write(directory, "ca", *ca)
+    local = LOCAL_NAMES
+    ca = issue_certificate("Subscription App Test CA", [], is_ca=True)
+    ca_path, _ = write_pem(directory, "ca", *ca)
     return Certs(
         ca=ca_path,
-        trusted=_write(directory, "trusted", *_issue("127.0.0.1", local, issuer=ca)),
-        other_name=_write(
+        trusted=write_pem(directory, "trusted", *issue_certificate("127.0.0.1", local, issuer=ca)),
+        other_name=write_pem(
             directory,
             "other-name",
-            *_issue("other.example", [x509.DNSName("other.example")], issuer=ca),
+            *issue_certificate("other.example", [x509.DNSName("other.example")], issuer=ca),
         ),
-        self_signed=_write(directory, "self-signed", *_issue("127.0.0.1", local)),
+        self_signed=write_pem(directory, "self-signed", *issue_certificate("127.0.0.1", local)),
     )
 
 
