@@ -63,9 +63,10 @@ from devtools.stripe_emulator.invoices import (
 )
 from devtools.stripe_emulator.persistence import (
     DEFAULT_STATE_FILE,
-    _dump_state,
     _load_state,
+    _mark_dirty,
     _Persistence,
+    persistence_ctx,
 )
 from devtools.stripe_emulator.renewals import _item_current_period
 from devtools.stripe_emulator.subscriptions import (
@@ -127,8 +128,10 @@ def install(
 ) -> web.Application:
     """Patch localstripe in this process and return its aiohttp application.
 
-    Idempotent. ``state_file`` is where the store is persisted after each
-    change (``None`` keeps everything in memory); it replaces localstripe's
+    Idempotent. ``state_file`` is where the store is persisted, in the
+    background shortly after each change and on a clean stop (see
+    :mod:`devtools.stripe_emulator.persistence`; ``None`` keeps everything in
+    memory); it replaces localstripe's
     hard-coded ``/tmp/localstripe.pickle`` so a test emulator never clobbers a
     developer's running one. ``public_url`` is where browsers reach the
     emulator's pages (Checkout, portal, invoices); by default each link is
@@ -144,7 +147,10 @@ def install(
     UserError.__init__ = _user_error_init
     ls.StripeObject._api_retrieve = classmethod(_retrieve)
     ls.Store.try_load_from_disk = _load_state
-    ls.Store.dump_to_disk = _dump_state
+    # Every localstripe save (after each write) only marks the store dirty;
+    # persistence_ctx saves it in the background and on shutdown.
+    ls.Store.dump_to_disk = _mark_dirty
+    ls_server.app.cleanup_ctx.append(persistence_ctx)
     ls.Event.__init__ = _event_init
     ls.Event._api_list_all = classmethod(_event_list)
     # resources.py calls schedule_webhook through its module global.
@@ -227,7 +233,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--state-file",
         default=DEFAULT_STATE_FILE,
-        help="where the state is saved after each change (default: %(default)s)",
+        help="where the state is saved, within a second of each change and on exit "
+        "(default: %(default)s)",
     )
     parser.add_argument("--no-persist", action="store_true", help="keep the state in memory only")
     parser.add_argument(
@@ -259,8 +266,9 @@ def _serve(args: argparse.Namespace) -> None:
     access_log.setLevel(logging.DEBUG)
     access_log.addHandler(logging.StreamHandler())
 
-    # run_app turns SIGINT and SIGTERM into a graceful shutdown (exit 0);
-    # a short timeout so a lingering keep-alive connection cannot stall it.
+    # run_app turns SIGINT and SIGTERM into a graceful shutdown (exit 0), whose
+    # cleanup saves the state (persistence_ctx); a short timeout so a lingering
+    # keep-alive connection cannot stall it.
     web.run_app(
         app,
         host=args.host,
@@ -317,7 +325,8 @@ class EmulatorProcess:
     def stop(self, timeout: float = 10.0) -> int:
         """Send SIGTERM, wait for a clean exit (SIGKILL after ``timeout``).
 
-        Returns the exit code: 0 when it shut down gracefully.
+        A clean exit saves the whole state first (with a state file). Returns
+        the exit code: 0 when it shut down gracefully.
         """
         self._finalizer.detach()
         if self.process.poll() is None:
@@ -352,7 +361,8 @@ def start_in_background(
 
     With ``state_file=None`` (the default) the emulator starts empty and keeps
     its state in memory only, which is what tests want; with a path it loads
-    that state and saves every change to it.
+    that state and saves changes to it (within about a second, and all of them
+    when stopped with :meth:`EmulatorProcess.stop`).
 
     Raises ``RuntimeError`` (with the emulator's output) if it exits or does
     not answer within ``startup_timeout`` seconds.

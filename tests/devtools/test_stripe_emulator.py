@@ -9,6 +9,7 @@ start/stop/reset.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import httpx
@@ -558,3 +559,43 @@ def test_background_emulator_reset_and_clean_stop():
     assert exit_code == 0, emulator.logs()
     with pytest.raises(httpx.TransportError):
         httpx.get(emulator.js_url, timeout=2)
+
+
+def test_state_survives_a_restart_after_a_crash_and_after_a_clean_stop(tmp_path):
+    state = tmp_path / "emulator.pickle"
+
+    def client_of(emulator) -> stripe.StripeClient:
+        return stripe.StripeClient(
+            "sk_test_12345", base_addresses={"api": emulator.url}, max_network_retries=0
+        )
+
+    emulator = start_in_background(free_port(), state_file=state)
+    try:
+        before_crash = client_of(emulator).v1.customers.create({"email": "crash@example.com"})
+        # Saved in the background within about a second, off the request path...
+        deadline = time.monotonic() + 10
+        while not state.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert state.exists(), emulator.logs()
+    finally:
+        # ...so a crash (SIGKILL: no shutdown handlers) after that loses nothing.
+        emulator.process.kill()
+        emulator.stop()
+
+    emulator = start_in_background(free_port(), state_file=state)
+    try:
+        client = client_of(emulator)
+        assert client.v1.customers.retrieve(before_crash.id).email == "crash@example.com"
+        # Written just before a clean stop: the shutdown saves it.
+        last = client.v1.customers.create({"email": "last@example.com"})
+        client.v1.customers.update(before_crash.id, {"name": "Renamed"})
+    finally:
+        assert emulator.stop() == 0, emulator.logs()
+
+    emulator = start_in_background(free_port(), state_file=state)
+    try:
+        client = client_of(emulator)
+        assert client.v1.customers.retrieve(last.id).email == "last@example.com"
+        assert client.v1.customers.retrieve(before_crash.id).name == "Renamed"
+    finally:
+        assert emulator.stop() == 0, emulator.logs()
