@@ -623,7 +623,7 @@ def complete_checkout(*, session: Session, user: User, checkout_session_id: str)
     if fulfilled.duplicate:
         raise AlreadySubscribed()
     current = repository.current_subscription(session, _id(user))
-    live = fulfilled.synced.snapshot.status in ("active", "trialing")
+    live = SubscriptionStatus(fulfilled.synced.snapshot.status).is_live
     return SubscribeResult(status="active" if live else "processing", subscription=current)
 
 

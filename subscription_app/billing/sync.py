@@ -40,11 +40,22 @@ NESTED_LOCK_TIMEOUT_SECONDS = 5.0
 
 
 @contextmanager
-def subscription_lock(subscription_id: str, *, timeout: float | None = None) -> Iterator[None]:
-    """Hold the lock of one Stripe subscription (named by its blind index, not its id)."""
+def subscription_lock(
+    subscription_id: str, session: Session, *, timeout: float | None = None
+) -> Iterator[None]:
+    """Hold the lock of one Stripe subscription (named by its blind index, not its id).
+
+    If the block fails, `session`'s transaction is rolled back before the lock is released:
+    the next holder must not find our half-done write, and on SQLite our open write
+    transaction would otherwise block the release of the lease itself ("database is locked").
+    """
     name = f"subscription:{crypto.blind_index(subscription_id)}"
     with locks.hold(name, **({"timeout": timeout} if timeout else {})):
-        yield
+        try:
+            yield
+        except BaseException:
+            session.rollback()
+            raise
 
 
 @contextmanager
@@ -104,7 +115,10 @@ def _apply(
         )
     except repository.SecondOpenSubscription:
         # Our other open row may be stale (its own events still on the way): ask Stripe about
-        # it first. If Stripe really has two open subscriptions, the error stands.
+        # it first. If Stripe really has two open subscriptions, the error stands. End our
+        # transaction before taking another lock: on SQLite it holds the write lock, which
+        # the other lock's lease needs.
+        session.rollback()
         _refresh_other_open(session, owner, snapshot.id)
         changed = repository.apply_snapshot(
             session, user_id=owner, snapshot=snapshot, only_if_new=only_if_new, our_plan=our_plan
@@ -119,7 +133,7 @@ def _refresh_other_open(session: Session, user_id: int, except_id: str) -> None:
     for other in repository.open_subscriptions(session, user_id):
         if other.id == except_id:
             continue
-        with subscription_lock(other.id, timeout=NESTED_LOCK_TIMEOUT_SECONDS):
+        with subscription_lock(other.id, session, timeout=NESTED_LOCK_TIMEOUT_SECONDS):
             current = read_subscription(client.v1.subscriptions.retrieve(other.id))
             repository.apply_snapshot(
                 session,
@@ -146,7 +160,7 @@ def sync_subscription(
         locks.LockTimeout: another worker held the subscription for too long.
     """
     session.commit()  # read below only after the lock is held
-    with subscription_lock(subscription_id):
+    with subscription_lock(subscription_id, session):
         # The SDK's TypedDict: mypy checks every key against Stripe's API.
         params: stripe.params.SubscriptionRetrieveParams = {"expand": expand} if expand else {}
         current = get_client().v1.subscriptions.retrieve(subscription_id, params=params)
@@ -166,7 +180,7 @@ def change_subscription(
     answer can never overwrite it. Commits.
     """
     session.commit()
-    with subscription_lock(subscription_id):
+    with subscription_lock(subscription_id, session):
         updated = call(get_client())
         return _apply(session, read_subscription(updated), user_id, only_if_new=False)
 
@@ -178,7 +192,7 @@ def record_created(*, session: Session, user_id: int, snapshot: SubscriptionSnap
     so its row stands. Commits.
     """
     session.commit()
-    with subscription_lock(snapshot.id):
+    with subscription_lock(snapshot.id, session):
         return _apply(session, snapshot, user_id, only_if_new=True)
 
 
@@ -237,9 +251,8 @@ def record_checkout(session: Session, checkout: CheckoutSnapshot) -> Fulfilled |
     except repository.SecondOpenSubscription:
         # Subscribed another way meanwhile (the Elements form in another tab): keep the first
         # subscription and cancel this newer one, so nobody pays twice from now on.
-        session.rollback()
         logger.error("a completed checkout met another live subscription; cancelling the new one")
-        with subscription_lock(checkout.subscription_id):
+        with subscription_lock(checkout.subscription_id, session):
             cancelled = get_client().v1.subscriptions.cancel(checkout.subscription_id)
             synced = _apply(session, read_subscription(cancelled), owner, only_if_new=False)
         return Fulfilled(synced, duplicate=True)

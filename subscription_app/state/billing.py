@@ -414,7 +414,12 @@ class DashboardState(AuthState):
         except SessionEnded:
             async with self:
                 self._watching = False
-                (await self.get_state(AuthState))._forget()
+                auth = await self.get_state(AuthState)
+                if not auth.logged_in:
+                    # This tab logged out itself: its logout is already taking it to the
+                    # landing page; a redirect to the login page here would race it.
+                    return None
+                auth._forget()
                 return self._to_login()
         finally:
             async with self:

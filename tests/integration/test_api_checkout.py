@@ -215,3 +215,46 @@ def test_invoices_are_my_own_newest_first_without_drafts(api, make_payment_metho
     assert draft.status == "draft"
     again = api.get("/api/v1/subscriptions/invoices", headers=mine).json()["invoices"]
     assert [i["number"] for i in again] == [invoice["number"]]
+
+
+def test_a_checkout_completed_beside_a_live_subscription_is_cancelled_not_kept(
+    api, make_payment_method, stripe_client, session, stripe_env
+):
+    """The late Checkout tab that still went through: one subscription stays, the newer goes."""
+    headers = auth_headers(api, "late-tab@example.com")
+    assert subscribe(api, headers, make_payment_method()).status_code == 200
+    user = session.exec(select(User).where(User.email == "late-tab@example.com")).one()
+    customer = stripe_client.v1.customers.list(params={"email": "late-tab@example.com"}).data[0]
+    # A session made before the Elements subscribe closed the open ones (made here directly).
+    late = stripe_client.v1.checkout.sessions.create(
+        params={
+            "mode": "subscription",
+            "customer": customer.id,
+            "client_reference_id": str(user.id),
+            "line_items": [{"price": stripe_env["price_id"], "quantity": 1}],
+            "success_url": "http://app.example.test/checkout/complete?session_id={CHECKOUT_SESSION_ID}",
+            "cancel_url": "http://app.example.test/plan",
+        }
+    )
+    assert pay_checkout(late.url).status_code in (302, 303)
+    refused = complete(api, headers, late.id)
+    assert refused.status_code == 409, refused.text
+    assert "already have an active subscription" in refused.json()["detail"]
+    # The webhook for it, late and repeated, changes nothing more.
+    for _ in range(2):
+        with session_scope() as s:
+            handlers.dispatch(s, _event(late.id))
+    statuses = sorted(
+        sub.status
+        for sub in stripe_client.v1.subscriptions.list(
+            params={"customer": customer.id, "status": "all"}
+        ).data
+    )
+    assert statuses == ["active", "canceled"]
+    me = api.get("/api/v1/subscriptions/me", headers=headers).json()["subscription"]
+    assert me["status"] == "active"
+    session.rollback()
+    live = session.exec(
+        select(func.count()).select_from(Subscription).where(Subscription.status == "active")
+    ).one()
+    assert live == 1
