@@ -18,7 +18,7 @@ from pwdlib import PasswordHash
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from subscription_app import ratelimit
+from subscription_app import changes, ratelimit
 from subscription_app.errors import AppError
 from subscription_app.models import AuthSession, User, utcnow
 from subscription_app.settings import get_settings
@@ -265,6 +265,8 @@ def revoke_session(*, session: Session, session_id: str) -> bool:
         return False
     auth.revoked_at = utcnow()
     session.add(auth)
+    # The user's open pages learn of it at once (they leave the dashboard).
+    changes.mark(session, auth.user_id)
     return True
 
 

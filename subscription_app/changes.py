@@ -1,38 +1,162 @@
-"""In-process change feed: tells open dashboards of a user that their billing rows changed.
+"""Change feed: tells open pages that a user's billing rows or login changed.
 
-The webhook processor publishes after it commits; a dashboard's background task waits here.
-Other processes (a second backend worker) are covered by the dashboard's one-second
-re-check of the database, so a change is seen within a second either way.
+Writers `mark` the user on their database session; once that transaction commits (never
+before, never after a rollback) the user is published. Open dashboards wait here
+(`wait_for_change`) instead of re-reading the database on a timer, so an idle page costs no
+query at all.
+
+Publishing spans processes. With REDIS_URL set (production: several backend workers share
+state through Redis) a change goes out on a Redis pub/sub channel, and each worker's
+`run_listener` lifespan task relays it to that worker's waiting pages. Without Redis there is
+one backend worker, and the change stays in the process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections import defaultdict
+from collections.abc import Iterable
+from functools import lru_cache
+
+import redis
+import redis.asyncio as aioredis
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from subscription_app.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "subscription_app:changes"
+_SESSION_KEY = "changed_users"
+# After losing Redis, wait this long before subscribing again (pages are told to re-read
+# once the channel is back, since changes published meanwhile were missed).
+RECONNECT_SECONDS = 1.0
 
 _waiters: dict[int, set[asyncio.Event]] = defaultdict(set)
+_loop: asyncio.AbstractEventLoop | None = None
 _wakeup: asyncio.Event | None = None
 
 
-def publish(user_id: int) -> None:
-    """Wake every waiter of `user_id` (call from the event loop)."""
-    for event in list(_waiters.get(user_id, ())):
-        event.set()
+def mark(session: Session, user_id: int) -> None:
+    """Publish `user_id` once `session`'s transaction commits (nothing if it rolls back)."""
+    session.info.setdefault(_SESSION_KEY, set()).add(user_id)
+
+
+@event.listens_for(Session, "after_commit")
+def _publish_after_commit(session: Session) -> None:
+    users = session.info.pop(_SESSION_KEY, None)
+    if users:
+        publish(users)
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_after_rollback(session: Session) -> None:
+    session.info.pop(_SESSION_KEY, None)
+
+
+def _redis() -> redis.Redis | None:
+    url = get_settings().redis_url
+    return _client(url) if url else None
+
+
+@lru_cache(maxsize=4)
+def _client(url: str) -> redis.Redis:
+    # One connection pool per process; a publish is one short round trip.
+    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+
+
+def publish(user_ids: Iterable[int]) -> None:
+    """Tell every page of these users, in every worker, that something changed.
+
+    Safe from any thread. A change that cannot be sent through Redis still reaches this
+    worker's pages; the others see it at their next change or reload (it is logged).
+    """
+    ids = sorted(set(user_ids))
+    if not ids:
+        return
+    client = _redis()
+    if client is not None:
+        try:
+            client.publish(CHANNEL, ",".join(map(str, ids)))
+            return
+        except redis.RedisError:
+            logger.warning("could not publish a change through Redis", exc_info=True)
+    _wake_soon(ids)
+
+
+def _wake_soon(ids: Iterable[int]) -> None:
+    loop = _loop
+    if loop is None or loop.is_closed():
+        return  # no page has waited in this process yet
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        _wake(ids)
+    else:
+        loop.call_soon_threadsafe(_wake, list(ids))
+
+
+def _wake(ids: Iterable[int] | None) -> None:
+    """Set the waiters of `ids` (of everyone when None). Runs on the event loop."""
+    users = list(_waiters) if ids is None else ids
+    for user_id in users:
+        for waiter in list(_waiters.get(user_id, ())):
+            waiter.set()
 
 
 async def wait_for_change(user_id: int, timeout: float) -> bool:
-    """Wait until `publish(user_id)` or the timeout; True if woken by a change."""
-    event = asyncio.Event()
-    _waiters[user_id].add(event)
+    """Wait until a change of `user_id` is published, or the timeout; True if woken."""
+    global _loop
+    _loop = asyncio.get_running_loop()
+    waiter = asyncio.Event()
+    _waiters[user_id].add(waiter)
     try:
-        await asyncio.wait_for(event.wait(), timeout)
+        await asyncio.wait_for(waiter.wait(), timeout)
         return True
     except TimeoutError:
         return False
     finally:
-        _waiters[user_id].discard(event)
+        _waiters[user_id].discard(waiter)
         if not _waiters[user_id]:
             _waiters.pop(user_id, None)
+
+
+def _parse(data: bytes | str) -> list[int]:
+    text = data.decode() if isinstance(data, bytes) else data
+    return [int(part) for part in text.split(",") if part.strip().isdigit()]
+
+
+async def run_listener(stop: asyncio.Event | None = None) -> None:
+    """Relay changes published by any worker to this worker's pages (a lifespan task)."""
+    global _loop
+    _loop = asyncio.get_running_loop()
+    url = get_settings().redis_url
+    if not url:
+        return  # one worker: `publish` wakes pages directly
+    while stop is None or not stop.is_set():
+        client = aioredis.Redis.from_url(url)
+        try:
+            async with client.pubsub() as pubsub:
+                await pubsub.subscribe(CHANNEL)
+                # Anything published while we were not subscribed was missed: re-read.
+                _wake(None)
+                while stop is None or not stop.is_set():
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+                    if message is not None and message.get("type") == "message":
+                        _wake(_parse(message["data"]))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.warning("change feed lost Redis; subscribing again", exc_info=True)
+            await asyncio.sleep(RECONNECT_SECONDS)
+        finally:
+            with contextlib.suppress(Exception):
+                await client.aclose()
 
 
 def processor_wakeup() -> asyncio.Event:

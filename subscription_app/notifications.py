@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlsplit
 from sqlalchemy import update
 from sqlmodel import Session, col, or_, select
 
-from subscription_app import db
+from subscription_app import changes, db
 from subscription_app.models import Notification, OutboxEmail, User, utcnow
 from subscription_app.settings import get_settings
 
@@ -120,6 +120,7 @@ def tell(session: Session, *, user_id: int, kind: str, text: str) -> None:
     if get_settings().smtp_url:
         session.add(OutboxEmail(user_id=user_id, subject=SUBJECT, body=f"{text}{SIGNATURE}"))
     session.flush()
+    changes.mark(session, user_id)
 
 
 def recent_messages(session: Session, *, user_id: int, limit: int = 5) -> list[str]:

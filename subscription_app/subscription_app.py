@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import reflex as rx
 
-from subscription_app import notifications, routes
+from subscription_app import changes, notifications, routes
 from subscription_app.api import create_api
+from subscription_app.api.webhooks import dispatch_webhooks_first
 from subscription_app.billing.processor import run_processor
 from subscription_app.pages import auth, checkout, checkout_complete, dashboard, landing, plan
 from subscription_app.security import SecurityMiddleware
@@ -49,15 +50,25 @@ def _on_load(route: str, page) -> list:
     return _PUBLIC_LOADERS.get(route, [AuthState.check_session])
 
 
+class _App(rx.App):
+    """`rx.App` whose served ASGI app takes webhook deliveries before anything else."""
+
+    def __call__(self):
+        """The ASGI app granian serves, with the webhook fast path in front."""
+        return dispatch_webhooks_first(super().__call__())
+
+
 def build_app() -> rx.App:
     """Create the Reflex app with the API mounted and all pages registered."""
     # The FastAPI app is mounted first; the security middleware then wraps everything
     # (pages served by the backend, API, websocket).
-    application = rx.App(api_transformer=[create_api(), SecurityMiddleware])
+    application = _App(api_transformer=[create_api(), SecurityMiddleware])
     # Each backend worker runs a webhook processor; the inbox leases events so they share.
     application.register_lifespan_task(run_processor)
     # And delivers queued email (claimed row by row, so workers share the outbox too).
     application.register_lifespan_task(notifications.run_outbox)
+    # And relays changes published by any worker to the live pages it serves.
+    application.register_lifespan_task(changes.run_listener)
     for route, page, title in PAGES:
         application.add_page(page, route=route, title=title, on_load=_on_load(route, page))
     return application

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, or_, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from subscription_app import crypto
@@ -33,22 +34,42 @@ def backoff(attempts: int) -> timedelta:
 
 def store(session: Session, event: VerifiedEvent) -> bool:
     """Save a verified event (payload encrypted). False if it was stored before (duplicate)."""
-    exists = session.exec(select(StripeEvent.id).where(StripeEvent.event_id == event.id)).first()
-    if exists is not None:
-        return False
-    row = StripeEvent(
-        event_id=event.id,
-        type=event.type,
-        stripe_created_at=event.created,
-        livemode=event.livemode,
-        payload_enc=crypto.encrypt(event.raw, purpose=crypto.Purpose.EVENT_PAYLOAD),
+    return event.id in store_many(session, [event])
+
+
+def store_many(session: Session, events: Sequence[VerifiedEvent]) -> set[str]:
+    """Save verified events in one statement; return the ids that were new.
+
+    One `INSERT ... ON CONFLICT (event_id) DO NOTHING RETURNING event_id`: a repeat delivery
+    (stored before, by a concurrent request, or twice in `events`) is skipped by the database
+    itself, with no read first and no savepoint. The caller commits.
+    """
+    if not events:
+        return set()
+    now = utcnow()
+    rows = [
+        {
+            "event_id": event.id,
+            "type": event.type,
+            "stripe_created_at": event.created,
+            "livemode": event.livemode,
+            "payload_enc": crypto.encrypt(event.raw, purpose=crypto.Purpose.EVENT_PAYLOAD),
+            "status": EventStatus.PENDING.value,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "received_at": now,
+        }
+        for event in events
+    ]
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = (
+        insert(StripeEvent)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["event_id"])
+        .returning(col(StripeEvent.event_id))
     )
-    try:
-        with session.begin_nested():
-            session.add(row)
-    except IntegrityError:
-        return False  # a concurrent delivery of the same event won the race
-    return True
+    return set(session.execute(statement).scalars())
 
 
 @dataclass(frozen=True)

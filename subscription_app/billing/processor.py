@@ -54,6 +54,8 @@ def process_batch(*, limit: int = 20) -> BatchResult:
                 if not inbox.finish(session, event, outcome.status, outcome.note):
                     session.rollback()  # our lease ran out and another worker took over
                     continue
+                for user_id in outcome.changed_users:
+                    changes.mark(session, user_id)  # their open pages re-read after commit
                 session.commit()
             except Exception as exc:
                 session.rollback()
@@ -85,8 +87,6 @@ async def run_processor(stop: asyncio.Event | None = None) -> None:
         except Exception:  # the database may be down: keep going, try again shortly
             logger.exception("webhook processor pass failed")
             result = BatchResult()
-        for user_id in result.changed_users:
-            changes.publish(user_id)
         if result.claimed:
             continue  # there may be more waiting
         wakeup.clear()

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
-from subscription_app import crypto
+from subscription_app import changes, crypto
 from subscription_app.billing.reader import SubscriptionSnapshot
 from subscription_app.billing.views import SubscriptionView, view_of
 from subscription_app.models import (
@@ -238,6 +238,7 @@ def apply_snapshot(
         raise SecondOpenSubscription(
             "Stripe reports a second live or in-progress subscription for one user"
         ) from exc
+    changes.mark(session, user_id)  # open pages re-read once this commits
     return True
 
 

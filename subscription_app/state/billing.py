@@ -274,6 +274,8 @@ class CheckoutReturnState(AuthState):
 CANCEL_AT_PERIOD_END = "At the end of the period"
 CANCEL_NOW = "Now"
 WATCH_SECONDS = 30 * 60  # a dashboard left open stops listening after half an hour
+# How often an idle watcher checks that its tab is still on the dashboard (no database read).
+IDLE_RECHECK_SECONDS = 30.0
 
 
 def _dashboard(session: Session, user: User) -> DashboardView:
@@ -374,9 +376,9 @@ class DashboardState(AuthState):
         """Follow changes (webhooks, other tabs, API calls) while the dashboard is open.
 
         Runs at most once per tab, and only when `load` asked for it: a call from the browser
-        on its own does nothing. Woken at once by the webhook processor in this process;
-        re-checks every second for changes made by other processes. Stops when the person
-        leaves the page, after half an hour, or when the session ends.
+        on its own does nothing. Woken by the change feed (`changes`) when anything of this
+        user's commits, in any worker, and only then reads the database. Stops when the
+        person leaves the page, after half an hour, or when the session ends.
         """
         async with self:
             if self._watching or not self._watch_requested:
@@ -396,7 +398,11 @@ class DashboardState(AuthState):
                         self._watching = False
                         return
                     seen = self._seen_version
-                await changes.wait_for_change(user_id, timeout=1.0)
+                # Pushed, not polled: an idle page reads nothing until a change of this
+                # user is published (by any worker); the timeout only re-checks the deadline
+                # and whether the tab is still on the dashboard.
+                if not await changes.wait_for_change(user_id, timeout=IDLE_RECHECK_SECONDS):
+                    continue
                 try:
                     data = await asyncio.to_thread(call_as_user, ref, _dashboard)
                 except SessionEnded:

@@ -12,6 +12,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from subscription_app import crypto
 from subscription_app.api import create_api
+from subscription_app.api.webhooks import dispatch_webhooks_first
 from subscription_app.models import StripeEvent
 from subscription_app.security import SecurityMiddleware
 from tests.integration.conftest import PRODUCTION
@@ -20,7 +21,8 @@ from tests.integration.conftest import PRODUCTION
 @pytest.fixture
 def production(settings_env, db_engine):
     settings_env(**PRODUCTION, APP_ENCRYPTION_KEYS=crypto.generate_key())
-    return SecurityMiddleware(create_api())
+    # As served: webhook deliveries take the fast path, everything else the middleware.
+    return dispatch_webhooks_first(SecurityMiddleware(create_api()))
 
 
 def client(app, *, https=False, peer="203.0.113.9"):
@@ -67,6 +69,11 @@ def test_https_gets_hsts(production):
     response = client(production, https=True).get("/api/v1/health")
     assert response.status_code == 200
     assert response.headers["strict-transport-security"].startswith("max-age=")
+    # The webhook fast path keeps the security headers (an unsigned delivery: 400).
+    response = client(production, https=True).post("/api/v1/webhooks/stripe", content=b"{}")
+    assert response.status_code == 400
+    assert response.headers["strict-transport-security"].startswith("max-age=")
+    assert response.headers["x-content-type-options"] == "nosniff"
 
 
 def test_forwarded_proto_from_a_trusted_proxy_is_believed(production):

@@ -17,6 +17,7 @@ from sqlmodel import Session, func, select
 from devtools.stripe_emulator import renew_subscription
 from subscription_app import accounts, crypto, notifications
 from subscription_app.api import create_api
+from subscription_app.api.webhooks import dispatch_webhooks_first
 from subscription_app.billing import catalog, handlers, inbox, processor, repository, service, sync
 from subscription_app.billing.webhooks import sign
 from subscription_app.models import EventStatus, StripeEvent, Subscription
@@ -28,8 +29,10 @@ SECRET = "whsec_test_secret_for_integration"
 
 @pytest.fixture
 def hook(db_engine, settings_env):
+    """The webhook route as the app serves it: the fast path in front of the API app."""
     settings_env(STRIPE_WEBHOOK_SECRET=SECRET)
-    with TestClient(create_api(), raise_server_exceptions=False) as client:
+    served = dispatch_webhooks_first(create_api())
+    with TestClient(served, raise_server_exceptions=False) as client:
         yield client
 
 

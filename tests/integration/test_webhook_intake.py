@@ -1,0 +1,202 @@
+"""The webhook intake path under load: group commit, nothing lost, each event applied once.
+
+The served path (`dispatch_webhooks_first`) stores concurrent deliveries together
+(`billing.intake`) with one `INSERT ... ON CONFLICT DO NOTHING`; these tests fire many at
+once, repeats included, on SQLite and PostgreSQL, as one worker and as two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import httpx
+import pytest
+from sqlmodel import Session, col, func, select
+
+from subscription_app import db
+from subscription_app.api import create_api
+from subscription_app.api.webhooks import dispatch_webhooks_first
+from subscription_app.billing import handlers, intake, processor
+from subscription_app.billing.webhooks import sign, verify
+from subscription_app.models import StripeEvent
+from tests.integration.conftest import T0, event_body
+
+SECRET = "whsec_test_secret_for_intake"
+WEBHOOK = "/api/v1/webhooks/stripe"
+BLOCKED_SECONDS = 0.3  # how long an answer is watched to show it is NOT sent yet
+
+
+@pytest.fixture
+def served(db_engine, settings_env):
+    settings_env(STRIPE_WEBHOOK_SECRET=SECRET)
+    return dispatch_webhooks_first(create_api())
+
+
+@pytest.fixture
+def applied(monkeypatch) -> dict[str, int]:
+    """How many times each `test.count` event was applied."""
+    counts: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def count(session, event):
+        with lock:
+            counts[event.event_id] = counts.get(event.event_id, 0) + 1
+        return handlers.HandlerResult()
+
+    monkeypatch.setitem(handlers._REGISTRY, "test.count", count)
+    return counts
+
+
+@pytest.fixture
+def batches(monkeypatch) -> list[int]:
+    """The size of every transaction the intake committed."""
+    sizes: list[int] = []
+    real = intake._commit
+
+    def counting(events):
+        stored = real(events)
+        sizes.append(len(events))
+        return stored
+
+    monkeypatch.setattr(intake, "_commit", counting)
+    return sizes
+
+
+def _body(n: int) -> str:
+    return event_body("test.count", {"n": n}, T0 + n, f"evt_intake_{n}")
+
+
+async def _deliver(app, bodies: list[str]) -> list[httpx.Response]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        return list(
+            await asyncio.gather(
+                *(
+                    client.post(
+                        WEBHOOK,
+                        content=body.encode(),
+                        headers={"Stripe-Signature": sign(body, SECRET)},
+                    )
+                    for body in bodies
+                )
+            )
+        )
+
+
+def _stored(engine) -> dict[str, int]:
+    with Session(engine) as session:
+        rows = session.exec(
+            select(StripeEvent.event_id, func.count()).group_by(col(StripeEvent.event_id))
+        ).all()
+    return dict(rows)
+
+
+def _drain_with_two_processors() -> None:
+    def worker() -> None:
+        while processor.process_batch(limit=7).claimed:
+            pass
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+
+def test_a_burst_with_repeats_is_stored_once_each_in_few_transactions_and_applied_once(
+    served, db_engine, applied, batches
+):
+    distinct = [_body(n) for n in range(150)]
+    repeats = distinct[::3]  # Stripe delivers some twice, at the same moment
+    responses = asyncio.run(_deliver(served, distinct + repeats))
+
+    assert [r.status_code for r in responses] == [200] * len(responses)
+    first = {}
+    for body, response in zip(distinct + repeats, responses, strict=True):
+        event_id = verify(body.encode(), sign(body, SECRET)).id
+        first.setdefault(event_id, []).append(response.json()["duplicate"])
+    # Each event is new to exactly one of its deliveries.
+    assert all(flags.count(False) == 1 for flags in first.values())
+    assert _stored(db_engine) == {f"evt_intake_{n}": 1 for n in range(150)}
+    # Deliveries that arrived together shared a transaction (group commit).
+    assert sum(batches) == len(distinct) + len(repeats)
+    assert len(batches) < len(distinct) // 2
+
+    _drain_with_two_processors()
+    assert applied == {f"evt_intake_{n}": 1 for n in range(150)}
+
+
+def test_two_workers_storing_the_same_events_at_once_store_each_once(served, db_engine):
+    bodies = [_body(n) for n in range(80)]
+    answers: list[list[httpx.Response]] = []
+    start = threading.Barrier(2)
+
+    def worker() -> None:
+        # Its own event loop and writer, as in a second backend process.
+        start.wait(timeout=30)
+        answers.append(asyncio.run(_deliver(served, bodies)))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert len(answers) == 2
+    for n in range(80):
+        flags = [answers[0][n].json()["duplicate"], answers[1][n].json()["duplicate"]]
+        assert sorted(flags) == [False, True]  # one worker stored it, the other saw a repeat
+    assert _stored(db_engine) == {f"evt_intake_{n}": 1 for n in range(80)}
+
+
+def test_an_event_is_answered_only_after_its_transaction_commits(served, db_engine, monkeypatch):
+    release = threading.Event()
+    real = intake._commit
+
+    def slow_commit(events):
+        release.wait(timeout=30)
+        return real(events)
+
+    monkeypatch.setattr(intake, "_commit", slow_commit)
+
+    async def scenario() -> httpx.Response:
+        delivery = asyncio.create_task(_deliver(served, [_body(1)]))
+        done, _ = await asyncio.wait({delivery}, timeout=BLOCKED_SECONDS)
+        assert not done  # not acknowledged while the commit is under way
+        assert _stored(db_engine) == {}
+        release.set()
+        return (await delivery)[0]
+
+    response = asyncio.run(scenario())
+    assert response.status_code == 200
+    assert _stored(db_engine) == {"evt_intake_1": 1}
+
+
+def test_when_the_database_is_down_every_delivery_gets_503_and_stripes_retry_is_stored(
+    served, db_engine, monkeypatch, applied
+):
+    bodies = [_body(n) for n in range(20)]
+    down = db.make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=1")
+    monkeypatch.setattr(db, "get_engine", lambda: down)
+    responses = asyncio.run(_deliver(served, bodies))
+    assert {r.status_code for r in responses} == {503}
+    assert "Temporarily unable" in responses[0].json()["detail"]
+
+    monkeypatch.setattr(db, "get_engine", lambda: db_engine)
+    assert _stored(db_engine) == {}
+    responses = asyncio.run(_deliver(served, bodies))  # Stripe retries each
+    assert {r.status_code for r in responses} == {200}
+    _drain_with_two_processors()
+    assert applied == {f"evt_intake_{n}": 1 for n in range(20)}
+
+
+def test_other_methods_on_the_webhook_path_reach_the_api_app(served):
+    async def get() -> httpx.Response:
+        transport = httpx.ASGITransport(app=served)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await client.get(WEBHOOK)
+
+    response = asyncio.run(get())
+    assert response.status_code in (404, 405)
+    assert "detail" in response.json()
