@@ -188,13 +188,25 @@ class Subscription(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
 
 
+# The condition of the pending-events index, written as a literal: a query must say it in
+# these words (not with a bound parameter) for SQLite and PostgreSQL to use that index.
+PENDING_EVENT = "stripe_event.status = 'pending'"
+
+
 class StripeEvent(SQLModel, table=True):
     """A received, verified webhook event: stored first, processed later (transactional inbox)."""
 
     __tablename__ = "stripe_event"
     __table_args__ = (
         _enum_check("status", EventStatus, "ck_stripe_event_status"),
-        sa.Index("ix_stripe_event_due", "status", "next_attempt_at"),
+        # Only events still to process, in claim order (migration 0006).
+        sa.Index(
+            "ix_stripe_event_pending",
+            "stripe_created_at",
+            "id",
+            postgresql_where=sa.text(PENDING_EVENT),
+            sqlite_where=sa.text(PENDING_EVENT),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)

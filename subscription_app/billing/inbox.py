@@ -14,13 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, or_, update
+from sqlalchemy import ColumnElement, and_, or_, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from subscription_app import crypto
 from subscription_app.billing.webhooks import VerifiedEvent
-from subscription_app.models import EventStatus, StripeEvent, utcnow
+from subscription_app.models import PENDING_EVENT, EventStatus, StripeEvent, utcnow
 
 LEASE = timedelta(seconds=60)
 MAX_ATTEMPTS = 5
@@ -87,7 +87,7 @@ class ClaimedEvent:
 
 def _due(now: datetime) -> ColumnElement[bool]:
     return and_(
-        col(StripeEvent.status) == EventStatus.PENDING.value,
+        text(PENDING_EVENT),  # a literal, so the partial index of pending events serves it
         col(StripeEvent.next_attempt_at) <= now,
         or_(col(StripeEvent.locked_until).is_(None), col(StripeEvent.locked_until) < now),
     )

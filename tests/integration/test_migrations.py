@@ -38,13 +38,17 @@ def test_migrations_apply_to_an_empty_database_and_round_trip(empty_database_url
         "canceled_at",
         "stripe_updated_at",
     } <= columns
+    # Claims read an index of pending events only (0006), however many are done.
+    indexes = {i["name"] for i in sa.inspect(engine).get_indexes("stripe_event")}
+    assert "ix_stripe_event_pending" in indexes
+    assert "ix_stripe_event_due" not in indexes
 
     downgrade(empty_database_url)
     remaining = set(sa.inspect(engine).get_table_names())
     assert (EXPECTED_TABLES - {"alembic_version"}) & remaining == set()
     upgrade(empty_database_url)  # and back up again
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0005"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0006"
     engine.dispose()
 
 
