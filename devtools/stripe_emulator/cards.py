@@ -26,6 +26,7 @@ from devtools.stripe_emulator.common import (
     _route,
     ls_server,
 )
+from devtools.stripe_emulator.index import customer_objects
 from devtools.stripe_emulator.webhooks import _schedule_event
 
 # --------------------------------------------------------------------------
@@ -138,10 +139,8 @@ async def _list_customer_pms(request: web.Request, id: str) -> web.Response:
     )
     result._list = [
         obj
-        for key, obj in list(ls.store.items())
-        if key.startswith("payment_method:")
-        and obj.customer == id
-        and data.get("type") in (None, obj.type)
+        for obj in customer_objects("payment_method", id)
+        if data.get("type") in (None, obj.type)
     ]
     return _json(result, expand)
 

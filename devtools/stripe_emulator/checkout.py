@@ -19,6 +19,7 @@ default, creates the subscription with the session's price and
 
 from __future__ import annotations
 
+import heapq
 import time
 from typing import Any
 
@@ -43,6 +44,12 @@ from devtools.stripe_emulator.common import (
     _request_data,
     _route,
     ls_server,
+)
+from devtools.stripe_emulator.index import (
+    current_index,
+    customer_objects,
+    objects_of,
+    store_position,
 )
 from devtools.stripe_emulator.pages import (
     AUTHENTICATION_FAILED,
@@ -129,6 +136,7 @@ class CheckoutSession(ls.StripeObject):
         self._subscription_data = subscription_data
         # A card waiting for its 3-D Secure answer: {"payment_method", "email", "name"}.
         self._pending: dict | None = None
+        _Expiry.track(self)
 
     @property
     def url(self) -> str | None:
@@ -195,12 +203,65 @@ def _current(session: CheckoutSession) -> CheckoutSession:
     return session
 
 
-def _all_sessions() -> list[CheckoutSession]:
-    return [
-        _current(obj)
-        for key, obj in list(ls.store.items())
-        if key.startswith(CheckoutSession.object + ":")
-    ]
+class _Expiry:
+    """The stored sessions by ``expires_at``, to expire those whose time is up on a list.
+
+    A list expires every open session whose time is up first (as a scan of all sessions
+    calling :func:`_current` would), at the cost of those due only: each session leaves
+    the heap once its time is up, expired then if still open (``expires_at`` never
+    changes, and a session never becomes open again). Rebuilt from the stored sessions
+    whenever the store's index is (a reset, a loaded state file).
+    """
+
+    # (expires_at, store position, id)
+    heap: list[tuple[int, int, str]] = []
+    index: object = None  # the index the heap was built for
+
+    @classmethod
+    def _sync(cls) -> None:
+        index = current_index()
+        if cls.index is index:
+            return
+        cls.index = index
+        cls.heap = []
+        for session in objects_of(CheckoutSession.object):
+            cls._push(session)
+
+    @classmethod
+    def _push(cls, session: CheckoutSession) -> None:
+        where = store_position(session)
+        if where is not None:
+            heapq.heappush(cls.heap, (session.expires_at, where, session.id))
+
+    @classmethod
+    def track(cls, session: CheckoutSession) -> None:
+        """A new session (stored already)."""
+        if cls.index is current_index():
+            cls._push(session)
+        # else: the next _sync finds it in the store.
+
+    @classmethod
+    def expire_due(cls) -> None:
+        """Expire the open sessions whose time is up, in store order."""
+        cls._sync()
+        now = time.time()
+        due = []
+        while cls.heap and cls.heap[0][0] <= now:
+            due.append(heapq.heappop(cls.heap))
+        due.sort(key=lambda entry: entry[1])
+        for _, _, id in due:
+            session = ls.store.get(CheckoutSession.object + ":" + id)
+            if session is not None:
+                _current(session)
+
+
+def _sessions(customer: str | None = None) -> list[CheckoutSession]:
+    """The stored sessions (``customer``'s only if given) in store order, after expiring
+    every open session whose time is up."""
+    _Expiry.expire_due()
+    if customer is None:
+        return objects_of(CheckoutSession.object)
+    return customer_objects(CheckoutSession.object, customer)
 
 
 # --------------------------------------------------------------------------
@@ -402,9 +463,10 @@ async def _list_route(request: web.Request) -> web.Response:
     status = data.get("status")
     if status is not None and status not in _STATUSES:
         raise _invalid(f"Invalid status: must be one of {', '.join(_STATUSES)}", "status")
+    customer = data.get("customer")
     sessions = [
         s
-        for s in _all_sessions()
+        for s in _sessions(customer if isinstance(customer, str) and customer else None)
         if data.get("customer") in (None, s.customer)
         and data.get("subscription") in (None, s.subscription)
         and status in (None, s.status)

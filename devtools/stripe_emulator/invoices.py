@@ -16,6 +16,13 @@ from aiohttp import web
 from localstripe import resources as ls
 
 from devtools.stripe_emulator.common import _invalid, _page_route, _public_url
+from devtools.stripe_emulator.index import (
+    current_index,
+    customer_objects,
+    objects_of,
+    on_change,
+    store_position,
+)
 from devtools.stripe_emulator.pages import (
     BUSINESS_NAME,
     _date,
@@ -35,15 +42,63 @@ _STATUSES = ("draft", "open", "paid", "uncollectible", "void")
 # --------------------------------------------------------------------------
 
 
+def _number_value(invoice: object) -> int | None:
+    number = getattr(invoice, "number", None)
+    if isinstance(number, str) and number.startswith(NUMBER_PREFIX):
+        suffix = number[len(NUMBER_PREFIX) :]
+        if suffix.isdigit():
+            return int(suffix)
+    return None
+
+
+class _Numbers:
+    """The numbers of the stored invoices, kept by the store's index (see
+    :func:`devtools.stripe_emulator.index.on_change`) so that numbering the next one
+    does not go through every invoice: one after the highest stored."""
+
+    def __init__(self, index) -> None:
+        self.by_key = {
+            key: n
+            for key, obj in index.by_type.get("invoice", {}).items()
+            if (n := _number_value(obj)) is not None
+        }
+        self.highest: int | None = max(self.by_key.values(), default=0)
+
+    @classmethod
+    def of(cls, index) -> _Numbers:
+        numbers = index.extra.get("invoice_numbers")
+        if numbers is None:
+            numbers = index.extra["invoice_numbers"] = cls(index)
+        return numbers
+
+    @staticmethod
+    def changed(index, key: str, invoice: object | None) -> None:
+        numbers = index.extra.get("invoice_numbers")
+        if numbers is None:
+            return  # built from the stored invoices when first needed
+        new = None if invoice is None else _number_value(invoice)
+        old = numbers.by_key.pop(key, None)
+        if new is not None:
+            numbers.by_key[key] = new
+        if numbers.highest is None:
+            return
+        if new is not None and new > numbers.highest:
+            numbers.highest = new
+        elif old is not None and old == numbers.highest and (new is None or new < old):
+            numbers.highest = None  # the highest went: found again when next needed
+
+    def next(self) -> int:
+        if self.highest is None:
+            self.highest = max(self.by_key.values(), default=0)
+        return self.highest + 1
+
+
+on_change("invoice", {"number"}, _Numbers.changed)
+
+
 def _next_number() -> str:
-    highest = 0
-    for key, obj in list(ls.store.items()):
-        number = getattr(obj, "number", None) if key.startswith("invoice:") else None
-        if isinstance(number, str) and number.startswith(NUMBER_PREFIX):
-            suffix = number[len(NUMBER_PREFIX) :]
-            if suffix.isdigit():
-                highest = max(highest, int(suffix))
-    return f"{NUMBER_PREFIX}{highest + 1:04d}"
+    """One after the highest number of the stored invoices."""
+    return f"{NUMBER_PREFIX}{_Numbers.of(current_index()).next():04d}"
 
 
 def _get_draft(self) -> bool:
@@ -101,18 +156,13 @@ def _invoice_list(cls, url, status=None, **kwargs):
     if status is not None:
         result._list = [i for i in result._list if i.status == status]
     # Newest first, also among invoices of the same second (store order = creation order).
-    position = {obj.id: n for n, obj in enumerate(_invoices())}
-    result._list.sort(key=lambda i: (i.date, i.created, position.get(i.id, 0)), reverse=True)
+    result._list.sort(key=lambda i: (i.date, i.created, store_position(i) or 0), reverse=True)
     return result
 
 
 def _invoices(customer: str | None = None) -> list[ls.Invoice]:
     """Invoices in the store, oldest first; only ``customer``'s if given."""
-    return [
-        obj
-        for key, obj in list(ls.store.items())
-        if key.startswith("invoice:") and (customer is None or obj.customer == customer)
-    ]
+    return objects_of("invoice") if customer is None else customer_objects("invoice", customer)
 
 
 def _customer_invoices(customer: str) -> list[ls.Invoice]:

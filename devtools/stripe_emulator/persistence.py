@@ -14,11 +14,11 @@ cleanup context) saves it:
 * in the background, at most every :data:`SAVE_INTERVAL` seconds while there
   are unsaved changes: the server forks (:func:`os.fork`) and the child pickles
   its copy-on-write view of the store and writes it (niced, collector off),
-  so requests only pay for the fork (about 5 ms at 10,000 customers) and, for
-  the next request or two, the page copies of copy-on-write (about 20 ms more
-  at 10,000 customers, since localstripe's list calls touch every stored
-  object), at most once per interval, never for the pickling; one snapshot
-  runs at a time. Where ``os.fork`` does not exist the
+  so requests only pay for the fork (about 5 ms at 10,000 customers) and the
+  page copies of copy-on-write for the pages they touch (no request touches
+  every stored object since the store is indexed, see
+  :mod:`devtools.stripe_emulator.index`), at most once per interval, never for
+  the pickling; one snapshot runs at a time. Where ``os.fork`` does not exist the
   snapshot is taken in the server's thread instead, which stalls requests
   while it runs;
 * on a clean stop (SIGTERM/SIGINT, which ``web.run_app`` turns into a graceful
@@ -52,6 +52,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from devtools.stripe_emulator.common import ls
+from devtools.stripe_emulator.index import index_of
 
 DEFAULT_STATE_FILE = os.path.join(tempfile.gettempdir(), "subscription_app_stripe_emulator.pickle")
 
@@ -90,6 +91,8 @@ def _load_state(self) -> None:
         return
     self.clear()
     self.update(old)
+    # Index what was loaded now rather than in the first request (and before freezing).
+    index_of(self)
     # Unpickling a Store calls __setitem__ per object; what was loaded is saved already.
     _Persistence.dirty = False
     # Long-lived from now on: keep the collector's full passes (and their pauses) from

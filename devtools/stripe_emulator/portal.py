@@ -33,6 +33,7 @@ from devtools.stripe_emulator.common import (
     _request_data,
     _route,
 )
+from devtools.stripe_emulator.index import customer_objects
 from devtools.stripe_emulator.invoices import STATUS_LABELS, _customer_invoices
 from devtools.stripe_emulator.pages import (
     AUTHENTICATION_FAILED,
@@ -180,11 +181,7 @@ def _home(session: BillingPortalSession) -> str:
 
 
 def _subscriptions(customer: str) -> list[ls.Subscription]:
-    return [
-        obj
-        for key, obj in list(ls.store.items())
-        if key.startswith("subscription:") and obj.customer == customer and obj.status in _SHOWN
-    ]
+    return [obj for obj in customer_objects("subscription", customer) if obj.status in _SHOWN]
 
 
 def _subscription_html(session: BillingPortalSession, sub: ls.Subscription) -> str:

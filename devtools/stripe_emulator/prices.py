@@ -20,6 +20,7 @@ from devtools.stripe_emulator.common import (
     _route,
     ls_server,
 )
+from devtools.stripe_emulator.index import objects_of
 from devtools.stripe_emulator.webhooks import _changed_fields, _schedule_event
 
 
@@ -161,7 +162,7 @@ def _product_name(plan: ls.Plan) -> str:
 
 
 def _plans() -> list[ls.Plan]:
-    return [obj for key, obj in list(ls.store.items()) if key.startswith("plan:")]
+    return objects_of("plan")
 
 
 def _claim_lookup_key(lookup_key: Any, transfer: bool | None, owner_id: str | None):

@@ -53,6 +53,7 @@ from devtools.stripe_emulator.common import (
 )
 from devtools.stripe_emulator.errors import _retrieve, _user_error_init
 from devtools.stripe_emulator.idempotency import _idempotency, _idempotency_middleware
+from devtools.stripe_emulator.index import install as _install_index
 from devtools.stripe_emulator.intents import _payment_intent_create, _setup_intent_create
 from devtools.stripe_emulator.invoices import (
     _draft_property,
@@ -205,6 +206,10 @@ def install(
     ls.Invoice.hosted_invoice_url = property(_invoice_hosted_url)
     ls.Invoice.invoice_pdf = property(_invoice_pdf_url)
     ls.InvoiceLineItem.pricing = property(_line_pricing)
+
+    # Last: it wraps the lists installed above. The store indexes its objects by type
+    # and customer, so no list (or lookup) scans the whole store any more.
+    _install_index()
 
     # localstripe's chain is [errors, auth, save-store]. Idempotency goes
     # after auth (unauthenticated requests are never cached); our routes go
