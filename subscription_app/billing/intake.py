@@ -10,6 +10,7 @@ serves many events, and an event is acknowledged to Stripe only once it is durab
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
 from dataclasses import dataclass, field
 
@@ -72,3 +73,16 @@ async def store(event: VerifiedEvent) -> bool:
     if writer.task is None or writer.task.done():
         writer.task = loop.create_task(writer.run())
     return await answer
+
+
+async def quiet(timeout: float) -> None:
+    """Return once this worker's intake has nothing waiting or being stored, or after `timeout`.
+
+    The webhook processor calls this before each event, so acknowledging deliveries (which
+    Stripe times) goes ahead of applying them.
+    """
+    writer = _writers.get(asyncio.get_running_loop())
+    if writer is None or writer.task is None or writer.task.done():
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(writer.task), timeout)

@@ -13,9 +13,11 @@ latest state whatever order events arrive in, and however many workers run:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,6 +146,26 @@ def _refresh_other_open(session: Session, user_id: int, except_id: str) -> None:
             session.commit()
 
 
+# Re-reads shared by the events of one processor batch (see `reads_shared_from_now`).
+_shared_reads: ContextVar[dict[str, Synced] | None] = ContextVar("shared_reads", default=None)
+
+
+@contextmanager
+def reads_shared_from_now() -> Iterator[None]:
+    """Within this block, re-read each subscription from Stripe at most once.
+
+    For the webhook processor, entered right after it claims a batch: every event of the
+    batch was received before the claim, so one re-read made after it is at least as new as
+    what any of them reports. A burst of events about one subscription (Stripe sends several
+    for one change) then costs one Stripe call and one write, not one each.
+    """
+    token = _shared_reads.set({})
+    try:
+        yield
+    finally:
+        _shared_reads.reset(token)
+
+
 def sync_subscription(
     *,
     session: Session,
@@ -159,12 +181,18 @@ def sync_subscription(
         stripe.StripeError: Stripe could not be asked; nothing was applied (retry later).
         locks.LockTimeout: another worker held the subscription for too long.
     """
+    shared = _shared_reads.get()
+    if shared is not None and subscription_id in shared and not expand and user_id is None:
+        return dataclasses.replace(shared[subscription_id], changed=False)
     session.commit()  # read below only after the lock is held
     with subscription_lock(subscription_id, session):
         # The SDK's TypedDict: mypy checks every key against Stripe's API.
         params: stripe.params.SubscriptionRetrieveParams = {"expand": expand} if expand else {}
         current = get_client().v1.subscriptions.retrieve(subscription_id, params=params)
-        return _apply(session, read_subscription(current), user_id, only_if_new=False)
+        synced = _apply(session, read_subscription(current), user_id, only_if_new=False)
+    if shared is not None and not expand and user_id is None:
+        shared[subscription_id] = synced
+    return synced
 
 
 def change_subscription(

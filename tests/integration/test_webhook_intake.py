@@ -200,3 +200,38 @@ def test_other_methods_on_the_webhook_path_reach_the_api_app(served):
     response = asyncio.run(get())
     assert response.status_code in (404, 405)
     assert "detail" in response.json()
+
+
+def test_the_processor_lets_the_intake_finish_storing_first_for_a_moment_at_most(
+    served, db_engine, monkeypatch
+):
+    release = threading.Event()
+    real = intake._commit
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        storing = asyncio.Event()
+
+        def slow_commit(events):
+            loop.call_soon_threadsafe(storing.set)
+            release.wait(timeout=30)
+            return real(events)
+
+        monkeypatch.setattr(intake, "_commit", slow_commit)
+        await asyncio.wait_for(intake.quiet(30), 5)  # nothing stored yet: at once
+        delivery = asyncio.create_task(_deliver(served, [_body(1)]))
+        await asyncio.wait_for(storing.wait(), 30)
+
+        # A bounded wait ends while the intake is still storing...
+        await asyncio.wait_for(intake.quiet(0.05), 5)
+        assert not delivery.done()
+        # ...a longer one ends when it has stored.
+        waiting = asyncio.create_task(intake.quiet(30))
+        done, _ = await asyncio.wait({waiting}, timeout=BLOCKED_SECONDS)
+        assert not done
+        release.set()
+        await asyncio.wait_for(waiting, 30)
+        assert _stored(db_engine) == {"evt_intake_1": 1}
+        assert (await delivery)[0].status_code == 200
+
+    asyncio.run(scenario())

@@ -551,3 +551,86 @@ def test_a_subscriber_stays_ours_when_the_merchant_changes_the_price(
     view = view_of(session, user_id)
     assert view is not None and view.cancel_at_period_end is True  # still shown, still ours
     assert getattr(repository.live_subscription(session, user_id), "id", None) == ours
+
+
+# One re-read per subscription per batch ------------------------------------------------
+
+
+@pytest.fixture
+def stripe_reads(monkeypatch) -> list[str]:
+    """The subscription ids the processor re-reads from Stripe, in order."""
+    reads: list[str] = []
+    real = sync.get_client
+
+    class Counting:
+        def __init__(self, client):
+            self._client = client
+            self.v1 = self
+
+        def __getattr__(self, name):
+            return getattr(self._client.v1, name)
+
+        @property
+        def subscriptions(self):
+            service = self._client.v1.subscriptions
+
+            class Reads:
+                def __getattr__(self, name):
+                    return getattr(service, name)
+
+                def retrieve(self, subscription_id, *args, **kwargs):
+                    reads.append(subscription_id)
+                    return service.retrieve(subscription_id, *args, **kwargs)
+
+            return Reads()
+
+    monkeypatch.setattr(sync, "get_client", lambda: Counting(real()))
+    return reads
+
+
+def test_a_burst_about_one_subscription_is_one_stripe_read_and_every_event_counts(
+    stripe_hook, session, stripe_client, stripe_reads
+):
+    user_id, sub_id = subscribe_for_real(session, stripe_client)
+    stripe_reads.clear()
+    current = stripe_client.v1.subscriptions.update(
+        sub_id, params={"cancel_at_period_end": True}
+    ).to_dict()
+    invoice = stripe_fixture("invoice")  # Stripe's current shape: the subscription is a parent
+    invoice.update(id="in_burst_1", customer=current["customer"])
+    invoice["parent"] = {
+        "type": "subscription_details",
+        "quote_details": None,
+        "subscription_details": {"metadata": {}, "subscription": sub_id},
+    }
+    for event_type, obj in [
+        ("customer.subscription.updated", current),
+        ("customer.subscription.updated", current),
+        ("invoice.payment_failed", invoice),
+    ]:
+        assert post(stripe_hook, stripe_event_body(event_type, obj)).status_code == 200
+
+    result = drain()
+    assert result.done == 3
+    assert stripe_reads == [sub_id]  # read once, after all three were received
+    assert view_of(session, user_id).cancel_at_period_end is True
+    assert {e.status for e in events(session)} == {"done"}
+    # The payment_failed event's own effect is not lost to the shared read.
+    assert notifications.recent_messages(session, user_id=user_id)[0] == (
+        handlers.PAYMENT_FAILED_TEXT
+    )
+
+
+def test_an_event_received_after_a_batch_was_claimed_is_read_again(
+    stripe_hook, session, stripe_client, stripe_reads
+):
+    user_id, sub_id = subscribe_for_real(session, stripe_client)
+    stripe_reads.clear()
+    ending = stripe_client.v1.subscriptions.update(sub_id, params={"cancel_at_period_end": True})
+    post(stripe_hook, stripe_event_body("customer.subscription.updated", ending.to_dict()))
+    assert drain().done == 1
+    resumed = stripe_client.v1.subscriptions.update(sub_id, params={"cancel_at_period_end": False})
+    post(stripe_hook, stripe_event_body("customer.subscription.updated", resumed.to_dict()))
+    assert drain().done == 1
+    assert stripe_reads == [sub_id, sub_id]
+    assert view_of(session, user_id).cancel_at_period_end is False
