@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, or_, text, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
 from sqlmodel import Session, col, select
 
 from subscription_app import crypto
@@ -61,15 +63,25 @@ def store_many(session: Session, events: Sequence[VerifiedEvent]) -> set[str]:
         }
         for event in events
     ]
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = (
-        insert(StripeEvent)
-        .values(rows)
+    connection = session.connection()
+    # Core, with the rows as parameters of one cached statement (SQLAlchemy sends them as
+    # one multi-row INSERT): building a statement with the rows in it costs more than
+    # storing them.
+    statement = _STORE[connection.dialect.name == "postgresql"]
+    return set(connection.execute(statement, rows).scalars())
+
+
+def _store_statement(insert) -> Insert:
+    table = sa_inspect(StripeEvent).local_table
+    return (
+        insert(table)
         .on_conflict_do_nothing(index_elements=["event_id"])
-        .returning(col(StripeEvent.event_id))
+        .returning(table.c.event_id)
     )
-    return set(session.execute(statement).scalars())
+
+
+# (SQLite's, PostgreSQL's) `INSERT ... ON CONFLICT (event_id) DO NOTHING RETURNING event_id`.
+_STORE = (_store_statement(sqlite.insert), _store_statement(postgresql.insert))
 
 
 @dataclass(frozen=True)
