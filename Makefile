@@ -52,6 +52,12 @@ lint: $(VENV)/.installed-dev
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
+# BENCH=webhooks (needs wrk: apt-get install -y wrk; PostgreSQL too when TEST_DATABASE_URL and
+# TEST_REDIS_URL are set), subscribe or emulator; ARGS are the benchmark's own options.
+BENCH ?= webhooks
+bench: $(VENV)/.installed-dev $(BUN) ## Run a benchmark: make bench [BENCH=webhooks] [ARGS="--events 5000"]
+	$(PY) -m benchmarks.$(BENCH) $(ARGS)
+
 format: $(VENV)/.installed-dev
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
