@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
@@ -23,13 +24,14 @@ from functools import lru_cache
 import redis
 import redis.asyncio as aioredis
 from sqlalchemy import event
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from subscription_app.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
-CHANNEL = "subscription_app:changes"
+CHANNEL_PREFIX = "subscription_app:changes:"
 _SESSION_KEY = "changed_users"
 # After losing Redis, wait this long before subscribing again (pages are told to re-read
 # once the channel is back, since changes published meanwhile were missed).
@@ -57,6 +59,17 @@ def _forget_after_rollback(session: Session) -> None:
     session.info.pop(_SESSION_KEY, None)
 
 
+def channel() -> str:
+    """This deployment's channel: named after its database, whose users the ids are.
+
+    Pub/sub spans a whole Redis server (database numbers do not separate it), so two apps on
+    one Redis server (staging beside production, parallel test runs) must not share a name.
+    """
+    url = make_url(get_settings().sqlalchemy_url)  # the password is left out
+    name = f"{url.drivername}|{url.username}|{url.host}|{url.port}|{url.database}".encode()
+    return CHANNEL_PREFIX + hashlib.sha256(name).hexdigest()[:16]
+
+
 def _redis() -> redis.Redis | None:
     url = get_settings().redis_url
     return _client(url) if url else None
@@ -80,7 +93,7 @@ def publish(user_ids: Iterable[int]) -> None:
     client = _redis()
     if client is not None:
         try:
-            client.publish(CHANNEL, ",".join(map(str, ids)))
+            client.publish(channel(), ",".join(map(str, ids)))
             return
         except redis.RedisError:
             logger.warning("could not publish a change through Redis", exc_info=True)
@@ -142,7 +155,7 @@ async def run_listener(stop: asyncio.Event | None = None) -> None:
         client = aioredis.Redis.from_url(url)
         try:
             async with client.pubsub() as pubsub:
-                await pubsub.subscribe(CHANNEL)
+                await pubsub.subscribe(channel())
                 # Anything published while we were not subscribed was missed: re-read.
                 _wake(None)
                 while stop is None or not stop.is_set():

@@ -24,7 +24,10 @@ def get_session() -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the session commits (or fails) before the response is sent. FastAPI's
+# default for a `yield` dependency ends it after the response, which would answer 200 for a
+# write that is not committed yet, or never is.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def get_token(

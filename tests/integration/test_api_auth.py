@@ -110,3 +110,18 @@ def test_me_requires_a_valid_bearer_token(client, headers):
     response = client.get("/api/v1/auth/me", headers=headers)
     assert response.status_code == 401
     assert response.json()["detail"]
+
+
+def test_a_write_is_committed_before_its_answer_is_sent(client, monkeypatch):
+    """A 201 means the account exists: a commit that fails is the client's 500, not a 201."""
+    from sqlmodel import Session
+
+    def failing_commit(self):
+        raise RuntimeError("the database went away at commit")
+
+    monkeypatch.setattr(Session, "commit", failing_commit)
+    response = client.post(
+        "/api/v1/auth/register", json={"email": "late@example.com", "password": "s3cret-pass"}
+    )
+    assert response.status_code == 500
+    assert "Something went wrong" in response.json()["detail"]

@@ -153,3 +153,13 @@ async def _across_processes() -> None:
     finally:
         stop.set()
         await asyncio.wait_for(listener, WOKEN_WITHIN_SECONDS)
+
+
+def test_each_database_has_its_own_channel_whatever_its_password(settings_env):
+    settings_env(DATABASE_URL="postgresql://app:one@db.example/billing")
+    production = changes.channel()
+    settings_env(DATABASE_URL="postgresql://app:two@db.example/billing")
+    assert changes.channel() == production  # same database, same users
+    settings_env(DATABASE_URL="postgresql://app:one@db.example/staging")
+    assert changes.channel() != production
+    assert "one" not in production and "billing" not in production
