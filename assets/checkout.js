@@ -4,6 +4,7 @@
   "use strict";
   let stripe = null;
   let card = null;
+  let lastAttempt = null; // the last Subscribe press confirmed (see confirmSetup)
 
   function loadScript(url) {
     if (window.Stripe) return Promise.resolve();
@@ -37,6 +38,15 @@
   }
 
   window.saCheckout = {
+    // Load Stripe.js ahead of the checkout page (the plan page does). Resolves to "ok".
+    preload: async function (jsUrl) {
+      try {
+        if (jsUrl) await loadScript(jsUrl);
+        return "ok";
+      } catch (e) {
+        return "failed"; // the checkout page tries again, and says so if it cannot
+      }
+    },
     // Mount the card Element into #card-element. Resolves to "ok" or an error message.
     mount: async function (publishableKey, jsUrl) {
       try {
@@ -56,9 +66,14 @@
       }
     },
     // Tokenize the card at Stripe by confirming the SetupIntent (3-D Secure runs here when
-    // the card needs it). Resolves to {payment_method_id} or {error}.
-    confirmSetup: async function (clientSecret) {
+    // the card needs it). Resolves to {payment_method_id} or {error}. `attempt` numbers the
+    // press (the server moves it on after each answer): a second press of one attempt, as
+    // in a double click, resolves to {ignored} and asks Stripe nothing.
+    confirmSetup: async function (clientSecret, attempt) {
+      if (attempt !== undefined && attempt === lastAttempt) return { ignored: true };
+      lastAttempt = attempt;
       if (!stripe || !card) return { error: "The card form is not ready yet." };
+      if (!clientSecret) return { error: "The card form is not ready yet." };
       try {
         const result = await stripe.confirmCardSetup(clientSecret, {
           payment_method: { card: card },
@@ -68,6 +83,8 @@
             error: message(result.error, "Your card could not be used."),
             // Only a card Stripe refused counts as a card attempt (card testing), not a typo.
             card_refused: result.error.type === "card_error",
+            // This SetupIntent cannot be confirmed any more: the server makes a new one.
+            renew: result.error.code === "setup_intent_unexpected_state",
           };
         }
         let pm = result.setupIntent && result.setupIntent.payment_method;

@@ -182,11 +182,10 @@ def before_card_attempt(*, account: str, client_address: str | None) -> None:
     )
 
 
-def before_setup_intent(*, account: str, client_address: str | None) -> None:
-    """Count one SetupIntent handed to a browser. Raises `RateLimited`.
+def check_card_attempts_left(*, account: str, client_address: str | None) -> None:
+    """Refuse (`RateLimited`) a person or address with no card attempts left; counts nothing.
 
-    A person (or address) with no card attempts left gets none: the card form would only
-    lead to the same refusal.
+    Such a person gets no card form: it would only lead to the same refusal.
     """
     settings = get_settings()
     _refuse_if_spent(
@@ -196,6 +195,15 @@ def before_setup_intent(*, account: str, client_address: str | None) -> None:
         _refuse_if_spent(
             _card_window(settings.rate_limit_card_attempts_per_address), "card-addr", client_address
         )
+
+
+def before_setup_intent(*, account: str, client_address: str | None) -> None:
+    """Count one SetupIntent handed to a browser. Raises `RateLimited`.
+
+    A person (or address) with no card attempts left gets none (`check_card_attempts_left`).
+    """
+    settings = get_settings()
+    check_card_attempts_left(account=account, client_address=client_address)
     _take_per_account_and_address(
         "setup",
         settings.rate_limit_setup_intents_per_account,

@@ -167,12 +167,26 @@ def _limit(check: Callable[..., None], user: User, client_address: str | None) -
         raise BillingError(exc.message, kind="limited", retry_after=exc.retry_after) from exc
 
 
-def create_setup_intent(*, session: Session, user: User, client_address: str | None = None) -> str:
+def create_setup_intent(
+    *,
+    session: Session,
+    user: User,
+    client_address: str | None = None,
+    reuse: str | None = None,
+) -> str:
     """A SetupIntent for the user's customer; returns its client secret for Stripe.js.
 
     Each one lets a browser check a card at Stripe, so they are limited per person and per
-    client address (card testing).
+    client address (card testing). `reuse` is the client secret of an unconfirmed SetupIntent
+    this person's tab already holds for the same login (the plan page prepared it ahead): it
+    is handed back without asking Stripe and is not counted again, since it lets the browser
+    check no more cards than before (refused cards are counted by `record_card_failure`), but
+    it is refused like a new one to a person with no card attempts left.
     """
+    if reuse:
+        # Still no card form for a person with no card attempts left.
+        _limit(ratelimit.check_card_attempts_left, user, client_address)
+        return reuse
     _limit(ratelimit.before_setup_intent, user, client_address)
     customer_id = ensure_customer(session=session, user=user)
     try:

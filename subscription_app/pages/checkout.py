@@ -1,23 +1,36 @@
 """`/checkout`: the plan, the card field (Stripe Elements) and the Subscribe button."""
 
 import reflex as rx
+from reflex.experimental.client_state import ClientStateVar
 
 from subscription_app import routes
 from subscription_app.components.layout import error_callout, page_frame, subscribed_notice
 from subscription_app.pages.plan import plan_card
 from subscription_app.state.auth import require_login
-from subscription_app.state.billing import CheckoutState
+from subscription_app.state.billing import CheckoutState, js_call_in_page
+
+# In the browser only: the attempt (`CheckoutState.attempt`) whose Subscribe was pressed. The
+# button is busy from the press itself until the server's answer moves the attempt on.
+PRESSED_ATTEMPT = ClientStateVar.create("checkout_pressed_attempt", -1)
+BUSY = CheckoutState.processing | (PRESSED_ATTEMPT.value == CheckoutState.attempt)
 
 
 def _card_field() -> rx.Component:
-    # Stripe.js mounts the card Element into #card-element. It stays in the DOM for the life
-    # of the page (hidden, not removed) so React never throws Stripe's inputs away.
+    # Stripe.js mounts the card Element into #card-element as soon as the page shows it (no
+    # server round trip first). It stays in the DOM for the life of the page (hidden, not
+    # removed) so React never throws Stripe's inputs away.
     return rx.vstack(
         rx.el.label("Card details", id="card-label", html_for="card-element", font_weight="500"),
         rx.el.div(
             id="card-element",
             role="group",
             aria_labelledby="card-label",
+            on_mount=rx.call_script(
+                js_call_in_page(
+                    "mount", CheckoutState.publishable_key, CheckoutState.stripe_js_url
+                ),
+                callback=CheckoutState.card_mounted,
+            ),
             style={
                 "padding": "0.75rem",
                 "border": "1px solid var(--gray-a7)",
@@ -28,7 +41,7 @@ def _card_field() -> rx.Component:
             },
         ),
         rx.cond(
-            CheckoutState.card_ready,
+            CheckoutState.card_loaded,
             rx.fragment(),
             rx.cond(
                 CheckoutState.error == "",
@@ -43,12 +56,22 @@ def _card_field() -> rx.Component:
 
 
 def _subscribe_button() -> rx.Component:
+    # The press goes straight to Stripe.js (checkout.js confirms the SetupIntent); the
+    # server hears from the browser once, with the payment method id.
     return rx.button(
-        rx.cond(CheckoutState.processing, "Processing…", "Subscribe"),
-        on_click=CheckoutState.subscribe,
-        loading=CheckoutState.processing,
-        disabled=CheckoutState.processing | ~CheckoutState.card_ready,
-        aria_busy=CheckoutState.processing,
+        rx.cond(BUSY, "Processing…", "Subscribe"),
+        on_click=[
+            PRESSED_ATTEMPT.set_value(CheckoutState.attempt),
+            rx.call_script(
+                js_call_in_page(
+                    "confirmSetup", CheckoutState.setup_client_secret, CheckoutState.attempt
+                ),
+                callback=CheckoutState.card_confirmed,
+            ),
+        ],
+        loading=BUSY,
+        disabled=BUSY | ~CheckoutState.card_ready,
+        aria_busy=BUSY,
         size="3",
         width="100%",
         display=rx.cond(

@@ -1,6 +1,7 @@
 """`/dashboard`: the logged-in user's subscription, live; cancel and undo."""
 
 import reflex as rx
+from reflex.experimental.client_state import ClientStateVar
 
 from subscription_app import routes
 from subscription_app.billing.handlers import PAYMENT_FAILED_TEXT
@@ -9,6 +10,18 @@ from subscription_app.state.auth import AuthState, require_login
 from subscription_app.state.billing import CANCEL_AT_PERIOD_END, CANCEL_NOW, DashboardState
 
 SUBSCRIPTION = DashboardState.subscription
+
+# In the browser only, as `DashboardState.action_seq` stood when the dialog was opened and
+# when Confirm or Undo was pressed: the dialog opens at once, and the pressed button is busy
+# from the press itself, until the server's answer moves `action_seq` on.
+DIALOG_OPENED_AT = ClientStateVar.create("cancel_dialog_opened_at", -1)
+PRESSED_AT = ClientStateVar.create("billing_action_pressed_at", -1)
+BUSY = PRESSED_AT.value == DashboardState.action_seq
+
+
+def _press(event) -> list:
+    """Mark the button busy in the page, and send the event."""
+    return [PRESSED_AT.set_value(DashboardState.action_seq), event]
 
 
 def _fact(label, value) -> rx.Component:
@@ -65,9 +78,13 @@ def _cancel_dialog() -> rx.Component:
                 rx.button(
                     "Confirm cancellation",
                     color_scheme="red",
-                    on_click=DashboardState.confirm_cancel,
-                    loading=DashboardState.working,
-                    disabled=DashboardState.working,
+                    # With the choice the dialog shows. (mypy cannot follow the typing of an
+                    # event called with an argument: TypeVarTuple.)
+                    on_click=_press(
+                        DashboardState.confirm_cancel(DashboardState.cancel_when)  # type: ignore[misc]
+                    ),
+                    loading=BUSY,
+                    disabled=BUSY,
                 ),
                 spacing="3",
                 justify="end",
@@ -75,7 +92,9 @@ def _cancel_dialog() -> rx.Component:
                 margin_top="1rem",
             ),
         ),
-        open=DashboardState.cancel_dialog_open,
+        open=DIALOG_OPENED_AT.value == DashboardState.action_seq,
+        # "Keep subscription" or Escape.
+        on_open_change=DIALOG_OPENED_AT.set_value(-1),
     )
 
 
@@ -97,12 +116,17 @@ def _cancel_section() -> rx.Component:
             "Cancel subscription",
             color_scheme="red",
             variant="soft",
-            on_click=DashboardState.open_cancel_dialog,
+            on_click=[
+                DIALOG_OPENED_AT.set_value(DashboardState.action_seq),
+                DashboardState.open_cancel_dialog,
+            ],
         ),
         _cancel_dialog(),
         spacing="3",
         align="start",
         width="100%",
+        # A dialog left open on another visit of the page does not come back by itself.
+        on_mount=DIALOG_OPENED_AT.set_value(-1),
     )
 
 
@@ -111,9 +135,9 @@ def _ending_section() -> rx.Component:
         rx.text("Your subscription ends on ", rx.text.strong(SUBSCRIPTION.renews_on), "."),
         rx.button(
             "Undo cancellation",
-            on_click=DashboardState.undo_cancel,
-            loading=DashboardState.working,
-            disabled=DashboardState.working,
+            on_click=_press(DashboardState.undo_cancel),
+            loading=BUSY,
+            disabled=BUSY,
         ),
         spacing="2",
         align="start",

@@ -2,10 +2,20 @@
 
 import reflex as rx
 
+from subscription_app import routes
 from subscription_app.billing.plans import DEFAULT_PLAN
 from subscription_app.components.layout import error_callout, page_frame
 from subscription_app.state.auth import AuthState
-from subscription_app.state.billing import PlanState
+from subscription_app.state.billing import CheckoutState, PlanState, js_call_in_page
+
+
+class PrefetchPage(rx.Component):
+    """React Router's `<PrefetchPageLinks>`: another page's code, loaded ahead of a visit."""
+
+    library = "react-router"
+    tag = "PrefetchPageLinks"
+
+    page: rx.Var[str]
 
 
 def plan_card() -> rx.Component:
@@ -38,7 +48,16 @@ def plan() -> rx.Component:
         plan_card(),
         rx.button(
             "Subscribe",
-            on_click=AuthState.subscribe_clicked,
+            # Straight to checkout (through the login page if needed), in the browser.
+            on_click=rx.redirect(
+                rx.cond(
+                    AuthState.logged_in,
+                    routes.CHECKOUT,
+                    f"{routes.LOGIN}?next={routes.CHECKOUT}",
+                )
+            ),
+            # Stripe.js is loaded while the plan is read, not when the card form needs it.
+            on_mount=rx.call_script(js_call_in_page("preload", CheckoutState.stripe_js_url)),
             size="3",
             width="100%",
             max_width="480px",
@@ -53,6 +72,8 @@ def plan() -> rx.Component:
             width="100%",
             max_width="480px",
         ),
+        # The checkout page's code is in the browser before Subscribe is pressed.
+        PrefetchPage.create(page=routes.CHECKOUT),
         rx.text(
             "Subscribe pays with the card form on our checkout page; Stripe Checkout takes you "
             "to Stripe's own payment page and back.",

@@ -216,13 +216,6 @@ class AuthState(rx.State):
         """After the cookie is gone: back to the landing page."""
         return rx.redirect(routes.LANDING)
 
-    @rx.event
-    def subscribe_clicked(self):
-        """The plan page's Subscribe button: checkout, through the login page if needed."""
-        if self.logged_in:
-            return rx.redirect(routes.CHECKOUT)
-        return rx.redirect(f"{routes.LOGIN}?next={routes.CHECKOUT}")
-
 
 def require_login(page):
     """Decorator for page functions: show the page only to a logged-in user.

@@ -10,8 +10,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import reflex as rx
 from sqlmodel import Session
@@ -29,149 +29,288 @@ from subscription_app.models import User
 from subscription_app.state.auth import AuthState, SessionEnded, call_as_user
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+_LOAD_CHECKOUT_JS = (
+    "(window.saCheckoutLoaded = window.saCheckoutLoaded || new Promise((ok, fail) => {"
+    f" const s = document.createElement('script'); s.src = {json.dumps(routes.CHECKOUT_SCRIPT)};"
+    " s.onload = ok; s.onerror = fail; document.head.appendChild(s); }))"
+)
 
 
 def _js_call(function: str, *args: Any) -> str:
     """JavaScript that loads our checkout helper once, then calls one of its functions."""
     arguments = ", ".join(json.dumps(a) for a in args)
-    script = json.dumps(routes.CHECKOUT_SCRIPT)
-    return (
-        "(window.saCheckoutLoaded = window.saCheckoutLoaded || new Promise((ok, fail) => {"
-        f" const s = document.createElement('script'); s.src = {script};"
-        " s.onload = ok; s.onerror = fail; document.head.appendChild(s); }))"
-        f".then(() => window.saCheckout.{function}({arguments}))"
+    return f"{_LOAD_CHECKOUT_JS}.then(() => window.saCheckout.{function}({arguments}))"
+
+
+def js_call_in_page(function: str, *args: Any) -> rx.Var:
+    """Like `_js_call`, for state vars read in the browser when the script runs (a click).
+
+    For event triggers of the page itself: nothing goes to the server before the call.
+    """
+    code = rx.Var.create(f"{_LOAD_CHECKOUT_JS}.then(() => window.saCheckout.{function}(").to(str)
+    for index, arg in enumerate(args):
+        if index:
+            code = code + ", "
+        code = code + rx.Var.create(arg).to_string()
+    return code + "))"
+
+
+def _checkout_setup(
+    session: Session, user: User, client_address: str | None, reusable: str
+) -> str | None:
+    """A SetupIntent secret for the card form, or None when a subscription is already live.
+
+    `reusable` is an unconfirmed SetupIntent this tab holds for the same login: handed out
+    again (and counted again) instead of asking Stripe for a new one.
+    """
+    current = service.get_subscription(session=session, user=user)
+    if current is not None and current.is_live:
+        return None
+    return service.create_setup_intent(
+        session=session, user=user, client_address=client_address, reuse=reusable or None
     )
 
 
 class CheckoutState(AuthState):
-    """The checkout page: card Element, subscribe, 3-D Secure, result."""
+    """The checkout page: card Element, subscribe, 3-D Secure, result.
+
+    Nothing here waits on Stripe while holding the tab's state lock: the events that call
+    Stripe are background events, which take the lock (`async with self`) only to read what
+    they need and to write their answer. The card Element is mounted by the page itself, and
+    the Subscribe button calls Stripe.js directly (`checkout.js`); the server hears from
+    the browser once, with the payment method id, and answers once.
+    """
 
     setup_client_secret: str = ""  # for Stripe.js only; not a secret key
-    card_ready: bool = False
-    processing: bool = False
+    card_loaded: bool = False  # the card Element is in the page (the browser said so)
+    # Which press of Subscribe the form is ready for. The page marks the attempt it pressed
+    # (busy until this number moves on), and checkout.js confirms each attempt once; every
+    # answer other than success moves it on, which frees the button.
+    attempt: int = 0
+    processing: bool = False  # the bank's 3-D Secure check is open in the page
     error: str = ""
     succeeded: bool = False
     pending: bool = False
     already_subscribed: bool = False
+    # What the page needs to load Stripe.js and mount the card Element (public values).
+    publishable_key: str = service.publishable_config()["publishable_key"]
+    stripe_js_url: str = service.publishable_config()["js_url"]
+    # Backend-only: the login session `setup_client_secret` was made for (a secret is
+    # reused, unconfirmed, only for that login), and whether a card answer is being handled.
+    _setup_owner: str = ""
+    _submitting: bool = False
+
+    @rx.var
+    def card_ready(self) -> bool:
+        """The card form may be submitted: a SetupIntent is behind it.
+
+        Not waiting for the browser's word that the Element is mounted (a round trip that
+        can queue behind the page's other events): it mounts by itself as the page shows,
+        and a press before that gets checkout.js's "not ready yet".
+        """
+        return self.setup_client_secret != ""
 
     def _reset(self) -> None:
-        self.setup_client_secret, self.error = "", ""
-        self.card_ready = self.processing = self.succeeded = self.pending = False
-        self.already_subscribed = False
+        self.error = ""
+        self.processing = self.succeeded = self.pending = self.already_subscribed = False
+        self.attempt += 1  # a press on the page as it was does not count any more
 
     def _client_address(self) -> str | None:
         return self.router.session.client_ip or None
 
-    async def _new_setup_intent(self):
-        address = self._client_address()
-        self.setup_client_secret = await self._run_as_user(
-            lambda s, u: service.create_setup_intent(session=s, user=u, client_address=address)
-        )
+    async def _who(self) -> tuple[str, str | None]:
+        """This tab's login session and client address (call inside `async with self`)."""
+        auth = await self.get_state(AuthState)
+        return auth._session_ref(), self._client_address()
 
-    @rx.event
-    async def prepare(self):
-        """On load: refuse a second subscription, else create a SetupIntent and mount the card."""
-        self._reset()
+    def _reusable_secret(self, ref: str) -> str:
+        """The unconfirmed SetupIntent made for this very login, if any."""
+        return self.setup_client_secret if ref and self._setup_owner == ref else ""
+
+    async def _as_user(self, ref: str, fn: Callable[[Session, User], T]) -> T:
+        """Run a blocking service call for the user, holding no state lock meanwhile.
+
+        The session is re-checked in the database first (`call_as_user`).
+
+        Raises:
+            SessionEnded: logged out or expired; this tab then forgets the login.
+        """
         try:
-            current = await self._run_as_user(
-                lambda s, u: service.get_subscription(session=s, user=u)
+            return await asyncio.to_thread(call_as_user, ref, fn)
+        except SessionEnded:
+            async with self:
+                (await self.get_state(AuthState))._forget()
+            raise
+
+    @rx.event(background=True)
+    async def prefetch(self):
+        """Have a SetupIntent ready before the checkout page asks (from the plan page).
+
+        Quiet: a refusal (card-testing limit, Stripe down, logged out) is for the checkout
+        page to say. Nothing is made for a person who already has a live subscription, nor
+        when this tab already holds an unused one.
+        """
+        async with self:
+            ref, address = await self._who()
+            if not ref or self._reusable_secret(ref):
+                return
+        try:
+            secret = await asyncio.to_thread(
+                call_as_user, ref, lambda s, u: _checkout_setup(s, u, address, "")
             )
-            if current is not None and current.is_live:
-                self.already_subscribed = True
-                return None
-            await self._new_setup_intent()
-        except SessionEnded:
-            return self._to_login()
-        except AppError as exc:
-            self.error = exc.message
-            return None
-        config = service.publishable_config()
-        return rx.call_script(
-            _js_call("mount", config["publishable_key"], config["js_url"]),
-            callback=CheckoutState.card_mounted,
-        )
+        except (SessionEnded, AppError):
+            return
+        async with self:
+            if secret and not self._reusable_secret(ref) and not self._submitting:
+                self.setup_client_secret, self._setup_owner = secret, ref
 
-    @rx.event
-    def card_mounted(self, result: Any):
-        """Stripe.js answered the mount call."""
-        if result == "ok":
-            self.card_ready = True
-        else:
-            self.error = str(result or "The card form could not be loaded.")
+    @rx.event(background=True)
+    async def prepare(self):
+        """On load: refuse a second subscription, else have a SetupIntent behind the card.
 
-    @rx.event
-    def subscribe(self):
-        """The Subscribe button: tokenize the card at Stripe (never on our servers)."""
-        if self.processing or self.succeeded or not self.card_ready:
-            return None
-        self.processing, self.error = True, ""
-        return rx.call_script(
-            _js_call("confirmSetup", self.setup_client_secret),
-            callback=CheckoutState.card_confirmed,
-        )
-
-    async def _fail(self, message: str):
-        self.error = message
+        An unconfirmed SetupIntent this tab already holds for the same login (made by
+        `prefetch` or an earlier visit) is used again instead of a new one.
+        """
+        async with self:
+            self._reset()
+            ref, address = await self._who()
+            reusable = self._reusable_secret(ref)
+            if not reusable:
+                self.setup_client_secret = ""
+            target = self._to_login()
         try:
-            await self._new_setup_intent()  # the old one is used up after a confirm
+            secret = await self._as_user(ref, lambda s, u: _checkout_setup(s, u, address, reusable))
         except SessionEnded:
-            return self._to_login()
+            return target
         except AppError as exc:
-            self.error = exc.message
-            if exc.kind == "limited":
-                self.card_ready = False  # no card form without a SetupIntent behind it
+            async with self:
+                self.error, self.setup_client_secret = exc.message, ""
+            return None
+        async with self:
+            if secret is None:
+                self.already_subscribed = True
+            else:
+                self.setup_client_secret, self._setup_owner = secret, ref
         return None
 
     @rx.event
+    def card_mounted(self, result: Any):
+        """Stripe.js answered the page's mount call."""
+        if result == "ok":
+            self.card_loaded = True
+        else:
+            self.error = str(result or "The card form could not be loaded.")
+
+    @rx.event(background=True)
     async def card_confirmed(self, result: Any):
-        """Stripe.js returned a payment method id (or an error): start the subscription."""
-        waiting_for_bank = False
+        """Stripe.js confirmed the card (pressed Subscribe): start the subscription.
+
+        `result` is checkout.js's answer: {payment_method_id}, {error, card_refused, renew}
+        or {ignored} (a second press of the same attempt, which changes nothing). The answer
+        reaches the page in one update.
+        """
+        result = result if isinstance(result, dict) else {}
+        if result.get("ignored"):
+            return None
+        async with self:
+            if self._submitting or self.succeeded or self.already_subscribed:
+                return None  # one answer per attempt; the first is being handled
+            self._submitting = True
+            if result.get("payment_method_id"):
+                self._setup_owner = ""  # confirmed now: this SetupIntent cannot check another
+            ref, address = await self._who()
+            target = self._to_login()
+        answer: Callable[[], Any] | None = None
         try:
-            result = result if isinstance(result, dict) else {}
-            if result.get("error") or not result.get("payment_method_id"):
-                self.error = str(result.get("error") or "Your card could not be used.")
-                if result.get("card_refused") is True:
-                    # A card Stripe refused counts as a card attempt; an incomplete form or a
-                    # network error does not.
-                    return await self._count_refused_card()
-                return None
-            payment_method_id = str(result["payment_method_id"])
-            address = self._client_address()
-            outcome = await self._run_as_user(
+            answer = await self._answer_card(ref, address, result)
+        except SessionEnded:
+            return target
+        finally:
+            # Whatever happened (an unexpected error included), the button works again,
+            # unless the bank's 3-D Secure check is now open in the page.
+            async with self:
+                bank_check = answer() if answer is not None else None
+                self._submitting = False
+                self._end_press(bank_check is not None)
+        return bank_check
+
+    def _end_press(self, bank_check: bool) -> None:
+        """The press is answered: free the button, unless the bank's check is now open."""
+        if self.processing != bank_check:
+            self.processing = bank_check
+        if not bank_check and not self.succeeded:
+            self.attempt += 1
+
+    async def _answer_card(self, ref: str, address: str | None, result: dict) -> Callable[[], Any]:
+        """The work of `card_confirmed`, holding no lock.
+
+        Returns what to write into the state (under the lock): a function that returns the
+        3-D Secure script when the bank asks for it.
+        """
+        if result.get("error") or not result.get("payment_method_id"):
+            message = str(result.get("error") or "Your card could not be used.")
+            secret: str | None = None  # None: keep the SetupIntent the form has
+            if result.get("card_refused") is True:
+                # A card Stripe refused counts as a card attempt; an incomplete form or a
+                # network error does not.
+                try:
+                    await self._as_user(
+                        ref,
+                        lambda s, u: service.record_card_failure(user=u, client_address=address),
+                    )
+                except AppError as exc:
+                    # Over the card-testing limit: say so, and take the card form away.
+                    message, secret = exc.message, ""
+            if secret is None and result.get("renew") is True:
+                # Stripe will not take this SetupIntent any more: the form gets a new one.
+                message, secret = await self._new_setup_intent(ref, address, message)
+            return lambda: self._show_error(message, secret, ref)
+        payment_method_id = str(result["payment_method_id"])
+        try:
+            outcome = await self._as_user(
+                ref,
                 lambda s, u: service.start_subscription(
                     session=s, user=u, payment_method_id=payment_method_id, client_address=address
                 ),
             )
-            script = self._settle(outcome)
-            waiting_for_bank = script is not None
-            return script
-        except SessionEnded:
-            return self._to_login()
         except service.AlreadySubscribed as exc:
-            self.error, self.already_subscribed = exc.message, True
-            return None
+            refusal = exc.message  # `exc` is gone once this block ends
+            return lambda: self._show_already_subscribed(refusal)
         except AppError as exc:
-            if exc.kind == "limited":
-                self.error, self.card_ready = exc.message, False
-                return None
-            return await self._fail(exc.message)
-        finally:
-            # Whatever happened (an unexpected error included), the button works again,
-            # unless the bank's 3-D Secure check is now open in the page.
-            self.processing = waiting_for_bank
+            message, secret = await self._after_failure(ref, address, exc)
+            return lambda: self._show_error(message, secret, ref)
+        return lambda: self._settle(outcome)
 
-    async def _count_refused_card(self):
-        address = self._client_address()
+    def _show_error(self, message: str, secret: str | None, ref: str) -> None:
+        self.error = message
+        if secret is not None:
+            self.setup_client_secret, self._setup_owner = secret, ref if secret else ""
+
+    def _show_already_subscribed(self, message: str) -> None:
+        self.error, self.already_subscribed = message, True
+
+    async def _after_failure(self, ref: str, address: str | None, exc: AppError) -> tuple[str, str]:
+        """The message for a failed attempt, and the SetupIntent for the next ("": none)."""
+        if exc.kind == "limited":
+            return exc.message, ""  # no card form without attempts left to use it
+        # The old SetupIntent is used up after a confirm.
+        return await self._new_setup_intent(ref, address, exc.message)
+
+    async def _new_setup_intent(
+        self, ref: str, address: str | None, message: str
+    ) -> tuple[str, str]:
+        """A new SetupIntent for the form: (message to show, its secret or "" if refused)."""
         try:
-            await self._run_as_user(
-                lambda s, u: service.record_card_failure(user=u, client_address=address)
+            secret = await self._as_user(
+                ref,
+                lambda s, u: service.create_setup_intent(session=s, user=u, client_address=address),
             )
-        except SessionEnded:
-            return self._to_login()
         except AppError as exc:
-            # Over the card-testing limit: say so, and take the card form away.
-            self.error, self.card_ready = exc.message, False
-        return None
+            return exc.message, ""
+        return message, secret
 
     def _settle(self, outcome: service.SubscribeResult):
         """Show the outcome; a script to run when the bank asks for 3-D Secure, else None."""
@@ -184,21 +323,31 @@ class CheckoutState(AuthState):
         self.pending = outcome.status == "processing"
         return None
 
-    @rx.event
+    @rx.event(background=True)
     async def payment_confirmed(self, result: Any):
         """3-D Secure finished in the browser (either way): ask Stripe what happened."""
+        async with self:
+            ref, address = await self._who()
+            target = self._to_login()
+        answer: Callable[[], Any] | None = None
         try:
-            outcome = await self._run_as_user(
-                lambda s, u: service.confirm_subscription(session=s, user=u),
-            )
-            self._settle(outcome)
-            return None
+            try:
+                outcome = await self._as_user(
+                    ref, lambda s, u: service.confirm_subscription(session=s, user=u)
+                )
+            except AppError as exc:
+                message, secret = await self._after_failure(ref, address, exc)
+                answer = lambda: self._show_error(message, secret, ref)  # noqa: E731
+            else:
+                answer = lambda: self._settle(outcome)  # noqa: E731
         except SessionEnded:
-            return self._to_login()
-        except AppError as exc:
-            return await self._fail(exc.message)
+            return target
         finally:
-            self.processing = False
+            async with self:
+                if answer is not None:
+                    answer()
+                self._end_press(False)
+        return None
 
 
 CHECKOUT_CANCELLED = "Checkout was cancelled. You have not been charged."
@@ -213,11 +362,16 @@ class PlanState(AuthState):
 
     @rx.event
     async def load(self):
-        """On load: say so when the person came back from Checkout's page with "Back"."""
+        """On load: say so when the person came back from Checkout's page with "Back".
+
+        For a logged-in person, the card form's SetupIntent is prepared meanwhile
+        (`CheckoutState.prefetch`), so the checkout page has it when it opens.
+        """
         await self._refresh_user()
         self.redirecting, self.checkout_error = False, ""
         cancelled = self.router.url.query_parameters.get("checkout") == "cancelled"
         self.notice = CHECKOUT_CANCELLED if cancelled else ""
+        return CheckoutState.prefetch if self.logged_in else None
 
     @rx.event
     async def start_checkout(self):
@@ -291,7 +445,10 @@ class DashboardState(AuthState):
     messages: list[str] = []
     cancel_when: str = CANCEL_AT_PERIOD_END
     cancel_dialog_open: bool = False
-    working: bool = False
+    # Counts finished cancel/undo actions. The page marks the number it pressed at (the
+    # button shows busy, the dialog stays open) until this moves on: no update is sent before
+    # the answer.
+    action_seq: int = 0
     result_message: str = ""
     action_error: str = ""
     invoices: list[InvoiceView] = []
@@ -302,6 +459,7 @@ class DashboardState(AuthState):
     _watching: bool = False
     _watch_requested: bool = False
     _seen_version: str = ""
+    _working: bool = False  # a cancel or undo of this tab is running
 
     def _apply(self, data: DashboardView) -> None:
         self.has_subscription = data.subscription is not None
@@ -325,21 +483,36 @@ class DashboardState(AuthState):
         self._watch_requested = True
         return [DashboardState.watch, DashboardState.load_invoices]
 
-    @rx.event
+    @rx.event(background=True)
     async def load_invoices(self):
-        """The invoice history, read from Stripe (after the page has shown the rest)."""
+        """The invoice history, read from Stripe (after the page has shown the rest).
+
+        A background event: the tab's other events (cancel, undo) never wait on Stripe here.
+        """
+        async with self:
+            ref = (await self.get_state(AuthState))._session_ref()
+            target = self._to_login()
+        invoices: list[InvoiceView] | None = None
+        error = ""
+        ended = False
         try:
-            self.invoices = await self._run_as_user(
-                lambda s, u: service.list_invoices(session=s, user=u)
+            invoices = await asyncio.to_thread(
+                call_as_user, ref, lambda s, u: service.list_invoices(session=s, user=u)
             )
-            self.invoices_error = ""
         except SessionEnded:
-            return self._to_login()
+            ended = True
         except AppError as exc:
-            self.invoices_error = exc.message
+            error = exc.message
         finally:
-            self.invoices_loaded = True
-        return None
+            async with self:
+                if invoices is not None:
+                    self.invoices = invoices
+                if not ended:
+                    self.invoices_error = error
+                else:
+                    (await self.get_state(AuthState))._forget()
+                self.invoices_loaded = True
+        return target if ended else None
 
     @rx.event
     async def open_portal(self):
@@ -439,7 +612,7 @@ class DashboardState(AuthState):
 
     @rx.event
     def open_cancel_dialog(self):
-        """Ask for confirmation before cancelling."""
+        """Asking for confirmation before cancelling (the page opens the dialog itself)."""
         self.action_error = ""
         self.cancel_dialog_open = True
 
@@ -448,38 +621,76 @@ class DashboardState(AuthState):
         """Keep the subscription."""
         self.cancel_dialog_open = False
 
-    async def _act(self, fn: Callable[[Session, User], service.CancelResult]):
-        """Run a cancel or undo for the user and show its result (a generator of updates)."""
-        if self.working:
-            return
-        self.working, self.action_error, self.result_message = True, "", ""
-        yield
-        try:
+    async def _act(
+        self, choose: Callable[[], Callable[[Session, User], service.CancelResult]]
+    ) -> AsyncIterator[Any]:
+        """Run a cancel or undo for the user and show its result and the page as it is now.
+
+        `choose` (called under the lock) gives the service call. A background event's work:
+        the state lock is held only to read and to write the answer, never while Stripe is
+        asked. Nothing is sent to the page before the answer (the page shows the pressed
+        button busy by itself, until `action_seq` moves on). One action at a time per tab.
+        """
+        async with self:
+            if self._working:
+                return
+            self._working = True
+            fn = choose()
+            ref = (await self.get_state(AuthState))._session_ref()
+            target = self._to_login()
+
+        def act_and_read(session: Session, user: User) -> tuple[str, str, DashboardView]:
             try:
-                self.result_message = (await self._run_as_user(fn)).message
+                message, error = fn(session, user).message, ""
             except AppError as exc:
-                self.action_error = exc.message
+                session.rollback()  # as the refused call's own transaction would have been
+                message, error = "", exc.message
             # Show what is true now, also after a refusal (another tab may have acted).
-            self._apply(await self._run_as_user(_dashboard))
+            return message, error, _dashboard(session, user)
+
+        answer: tuple[str, str, DashboardView] | None = None
+        failure: AppError | None = None
+        ended = False
+        try:
+            answer = await asyncio.to_thread(call_as_user, ref, act_and_read)
         except SessionEnded:
-            yield self._to_login()
+            ended = True
         except AppError as exc:
-            self.load_error = exc.message
+            failure = exc
         finally:
             # An unexpected error too must leave the buttons usable and the dialog closed.
-            self.working, self.cancel_dialog_open = False, False
+            async with self:
+                self._working = False
+                self.cancel_dialog_open = False
+                self.action_seq += 1
+                if answer is not None:
+                    self.result_message, self.action_error, data = answer
+                    self._apply(data)
+                elif failure is not None:
+                    self.result_message, self.load_error = "", failure.message
+                elif ended:
+                    (await self.get_state(AuthState))._forget()
+        if ended:
+            yield target
 
-    @rx.event
-    async def confirm_cancel(self):
-        """Cancel as chosen, and show the result at once."""
-        at_period_end = self.cancel_when != CANCEL_NOW
-        async for update in self._act(
-            lambda s, u: service.cancel_subscription(session=s, user=u, at_period_end=at_period_end)
-        ):
+    @rx.event(background=True)
+    async def confirm_cancel(self, when: str):
+        """Cancel as chosen (`when`: what the dialog showed), and show the result at once."""
+
+        def choose() -> Callable[[Session, User], service.CancelResult]:
+            choice = when if when in (CANCEL_AT_PERIOD_END, CANCEL_NOW) else self.cancel_when
+            at_period_end = choice != CANCEL_NOW
+            return lambda s, u: service.cancel_subscription(
+                session=s, user=u, at_period_end=at_period_end
+            )
+
+        async for update in self._act(choose):
             yield update
 
-    @rx.event
+    @rx.event(background=True)
     async def undo_cancel(self):
         """Keep the subscription after all (before the period ends)."""
-        async for update in self._act(lambda s, u: service.resume_subscription(session=s, user=u)):
+        async for update in self._act(
+            lambda: lambda s, u: service.resume_subscription(session=s, user=u)
+        ):
             yield update

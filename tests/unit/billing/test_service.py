@@ -318,3 +318,26 @@ def test_the_setup_intent_limit_per_address_covers_every_account_there(
     assert refused.value.kind == "limited"
     assert refused.value.retry_after > 0
     assert fake.setup_intents_made == 1
+
+
+def test_a_held_setup_intent_is_handed_back_uncounted_unless_card_attempts_are_spent(
+    session, make_user, settings_env, monkeypatch
+):
+    settings_env(RATE_LIMIT_SETUP_INTENTS_PER_ACCOUNT="1", RATE_LIMIT_CARD_ATTEMPTS_PER_ACCOUNT="1")
+    user = make_user()
+    fake = _FakeStripe()
+    monkeypatch.setattr(service, "get_client", lambda: fake)
+    held = service.create_setup_intent(session=session, user=user)
+
+    # The plan page prepared it; the checkout page gets it back, again and again, without
+    # Stripe and without spending the (spent) SetupIntent allowance.
+    monkeypatch.setattr(service, "get_client", _refuse_stripe)
+    for _ in range(3):
+        assert service.create_setup_intent(session=session, user=user, reuse=held) == held
+    assert fake.setup_intents_made == 1
+
+    # No card attempts left: no card form, not even with the one held.
+    service.record_card_failure(user=user, client_address=None)
+    with pytest.raises(BillingError) as refused:
+        service.create_setup_intent(session=session, user=user, reuse=held)
+    assert refused.value.kind == "limited"

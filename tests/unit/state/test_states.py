@@ -10,13 +10,19 @@ from __future__ import annotations
 import pytest
 from reflex.state import State
 
-from subscription_app import accounts
+from subscription_app import accounts, ratelimit
 from subscription_app.billing import service
 from subscription_app.billing.errors import BillingError
-from subscription_app.billing.views import DashboardView, SubscriptionView
+from subscription_app.billing.views import DashboardView, InvoiceView, SubscriptionView
 from subscription_app.models import utcnow
 from subscription_app.state.auth import AuthState
-from subscription_app.state.billing import CheckoutState, DashboardState
+from subscription_app.state.billing import (
+    CANCEL_AT_PERIOD_END,
+    CANCEL_NOW,
+    CheckoutState,
+    DashboardState,
+    PlanState,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -91,9 +97,12 @@ async def test_an_unexpected_error_never_leaves_the_buttons_busy(signed_in, monk
     monkeypatch.setattr(service, "resume_subscription", broken)
     dash = _substate(signed_in, DashboardState)
     dash.cancel_dialog_open = True
+    args = (CANCEL_AT_PERIOD_END,) if event == "confirm_cancel" else ()
     with pytest.raises(RuntimeError):
-        await _run(getattr(DashboardState, event), dash)
-    assert dash.working is False and dash.cancel_dialog_open is False
+        await _run(getattr(DashboardState, event), dash, *args)
+    # The page's busy button and open dialog follow `action_seq`: it moved on.
+    assert dash._working is False and dash.action_seq == 1
+    assert dash.cancel_dialog_open is False
 
 
 async def test_a_refused_cancel_is_shown_and_the_page_refreshed(signed_in, monkeypatch):
@@ -103,10 +112,10 @@ async def test_a_refused_cancel_is_shown_and_the_page_refreshed(signed_in, monke
     monkeypatch.setattr(service, "cancel_subscription", refuse)
     dash = _substate(signed_in, DashboardState)
     dash.has_subscription = True  # stale: another tab cancelled meanwhile
-    updates = await _run(DashboardState.confirm_cancel, dash)
+    await _run(DashboardState.confirm_cancel, dash, CANCEL_AT_PERIOD_END)
     assert dash.action_error == "You have no active subscription to cancel."
     assert dash.has_subscription is False  # re-read after the refusal
-    assert dash.working is False and updates  # a first update showed the busy button
+    assert dash._working is False and dash.action_seq == 1
 
 
 async def test_cancel_and_undo_share_one_path(signed_in, monkeypatch):
@@ -122,11 +131,12 @@ async def test_cancel_and_undo_share_one_path(signed_in, monkeypatch):
     monkeypatch.setattr(service, "cancel_subscription", record("cancel"))
     monkeypatch.setattr(service, "resume_subscription", record("resume"))
     dash = _substate(signed_in, DashboardState)
-    await _run(DashboardState.confirm_cancel, dash)
+    await _run(DashboardState.confirm_cancel, dash, CANCEL_AT_PERIOD_END)
     assert dash.result_message == "cancel"
     await _run(DashboardState.undo_cancel, dash)
     assert dash.result_message == "resume"
     assert calls == [("cancel", True), ("resume", None)]
+    assert dash.action_seq == 2
 
 
 async def test_a_logged_out_tab_is_sent_to_login_and_runs_nothing(signed_in, session, monkeypatch):
@@ -136,8 +146,8 @@ async def test_a_logged_out_tab_is_sent_to_login_and_runs_nothing(signed_in, ses
     assert accounts.revoke_session(session=session, session_id=auth._auth_session_id)
     session.commit()
     dash = _substate(signed_in, DashboardState)
-    updates = await _run(DashboardState.confirm_cancel, dash)
-    assert ran == [] and auth.user_email == "" and dash.working is False
+    updates = await _run(DashboardState.confirm_cancel, dash, CANCEL_AT_PERIOD_END)
+    assert ran == [] and auth.user_email == "" and dash._working is False
     assert any("/login" in str(update) for update in updates)
 
 
@@ -147,10 +157,12 @@ async def test_checkout_unexpected_error_leaves_subscribe_usable(signed_in, monk
 
     monkeypatch.setattr(service, "start_subscription", broken)
     checkout = _substate(signed_in, CheckoutState)
-    checkout.card_ready, checkout.processing = True, True
+    checkout.card_loaded, checkout.setup_client_secret = True, "seti_1_secret_x"
     with pytest.raises(RuntimeError):
         await _run(CheckoutState.card_confirmed, checkout, {"payment_method_id": "pm_123"})
-    assert checkout.processing is False
+    # The pressed attempt is over: the page's busy button is free again.
+    assert checkout.processing is False and checkout.attempt == 1
+    assert checkout._submitting is False and checkout.card_ready is True
 
 
 async def test_checkout_keeps_busy_only_while_the_bank_checks(signed_in, monkeypatch):
@@ -160,9 +172,10 @@ async def test_checkout_keeps_busy_only_while_the_bank_checks(signed_in, monkeyp
         lambda **_: service.SubscribeResult("requires_action", None, "pi_secret_123"),
     )
     checkout = _substate(signed_in, CheckoutState)
-    checkout.processing = True
-    await _run(CheckoutState.card_confirmed, checkout, {"payment_method_id": "pm_123"})
+    updates = await _run(CheckoutState.card_confirmed, checkout, {"payment_method_id": "pm_123"})
     assert checkout.processing is True  # 3-D Secure is open in the page
+    assert checkout.attempt == 0  # the press is not over
+    assert "confirmPayment" in str(updates)
     monkeypatch.setattr(
         service,
         "confirm_subscription",
@@ -174,9 +187,9 @@ async def test_checkout_keeps_busy_only_while_the_bank_checks(signed_in, monkeyp
 
 async def test_a_refused_card_shows_stripes_words_and_frees_the_button(signed_in):
     checkout = _substate(signed_in, CheckoutState)
-    checkout.processing = True
     await _run(CheckoutState.card_confirmed, checkout, {"error": "Your card number is incomplete."})
     assert checkout.error == "Your card number is incomplete." and checkout.processing is False
+    assert checkout.attempt == 1  # the page's busy button is free again
 
 
 async def test_login_errors_are_shown_and_the_form_is_usable_again(db_engine, session):
@@ -200,3 +213,192 @@ async def test_register_logs_the_new_account_in(db_engine):
     assert auth.user_email == "new@example.com" and auth.submitting is False
     await _run(AuthState.register, auth, {**form, "confirm_password": "s3cret-pass"})
     assert "already exists" in auth.form_error
+
+
+# Subscribe and cancel without waiting (issue 12) -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("state", "event"),
+    [
+        (CheckoutState, "prefetch"),
+        (CheckoutState, "prepare"),
+        (CheckoutState, "card_confirmed"),
+        (CheckoutState, "payment_confirmed"),
+        (DashboardState, "confirm_cancel"),
+        (DashboardState, "undo_cancel"),
+        (DashboardState, "load_invoices"),
+    ],
+)
+async def test_events_that_wait_on_stripe_hold_no_state_lock(state, event):
+    # Background events: the tab's lock is taken only inside `async with self`, to read and
+    # to write, so other events of the tab (and the dashboard's watcher) never wait on Stripe.
+    assert state.event_handlers[event].is_background
+
+
+async def test_a_cancel_sends_nothing_before_its_answer(signed_in, monkeypatch):
+    monkeypatch.setattr(
+        service,
+        "cancel_subscription",
+        lambda **_: service.CancelResult(_view(cancel_at_period_end=True), "Cancelled."),
+    )
+    dash = _substate(signed_in, DashboardState)
+    updates = await _run(DashboardState.confirm_cancel, dash, CANCEL_AT_PERIOD_END)
+    assert updates == []  # no intermediate update: the page shows its busy button itself
+    assert dash.result_message == "Cancelled." and dash.action_seq == 1
+
+
+async def test_cancel_does_what_the_dialog_showed(signed_in, monkeypatch):
+    asked = []
+
+    def cancel(*, session, user, at_period_end):
+        asked.append(at_period_end)
+        return service.CancelResult(None, "Cancelled.")
+
+    monkeypatch.setattr(service, "cancel_subscription", cancel)
+    dash = _substate(signed_in, DashboardState)
+    dash.cancel_when = CANCEL_AT_PERIOD_END  # what the server last heard from the radio group
+    await _run(DashboardState.confirm_cancel, dash, CANCEL_NOW)
+    await _run(DashboardState.confirm_cancel, dash, "something else")  # the server's choice
+    assert asked == [False, True]
+
+
+class _SetupIntents:
+    """Stands in for `service.create_setup_intent`: records `reuse`, makes numbered secrets."""
+
+    def __init__(self) -> None:
+        self.asked: list[str | None] = []
+
+    def __call__(self, *, session, user, client_address=None, reuse=None) -> str:
+        self.asked.append(reuse)
+        return reuse or f"seti_{len(self.asked)}_secret_x"
+
+
+async def test_the_plan_page_prepares_the_setup_intent_the_checkout_page_uses(
+    signed_in, monkeypatch
+):
+    made = _SetupIntents()
+    monkeypatch.setattr(service, "create_setup_intent", made)
+    plan = _substate(signed_in, PlanState)
+    assert await _run(PlanState.load, plan) == [CheckoutState.prefetch]
+    checkout = _substate(signed_in, CheckoutState)
+    await _run(CheckoutState.prefetch, checkout)
+    assert checkout.setup_client_secret == "seti_1_secret_x"
+    await _run(CheckoutState.prefetch, checkout)  # another plan visit: nothing new
+    await _run(CheckoutState.prepare, checkout)  # then the checkout page opens
+    assert checkout.setup_client_secret == "seti_1_secret_x" and checkout.error == ""
+    # Handed back (not counted again), not made anew at Stripe.
+    assert made.asked == [None, "seti_1_secret_x"]
+
+
+async def test_nothing_is_prepared_for_a_live_subscription(signed_in, monkeypatch):
+    made = _SetupIntents()
+    monkeypatch.setattr(service, "create_setup_intent", made)
+    monkeypatch.setattr(service, "get_subscription", lambda **_: _view())
+    checkout = _substate(signed_in, CheckoutState)
+    await _run(CheckoutState.prefetch, checkout)
+    assert made.asked == [] and checkout.setup_client_secret == ""
+    await _run(CheckoutState.prepare, checkout)
+    assert made.asked == [] and checkout.already_subscribed is True
+
+
+async def test_a_setup_intent_is_used_again_only_for_the_login_it_was_made_for(
+    signed_in, monkeypatch
+):
+    made = _SetupIntents()
+    monkeypatch.setattr(service, "create_setup_intent", made)
+    checkout = _substate(signed_in, CheckoutState)
+    checkout.setup_client_secret, checkout._setup_owner = "seti_old_secret_x", "another-login"
+    await _run(CheckoutState.prepare, checkout)
+    assert checkout.setup_client_secret == "seti_1_secret_x" and made.asked == [None]
+
+
+async def test_a_held_setup_intent_still_meets_the_card_testing_limit(
+    signed_in, session, monkeypatch
+):
+    monkeypatch.setattr(service, "get_client", lambda: pytest.fail("Stripe was asked"))
+    auth = _substate(signed_in, AuthState)
+    checkout = _substate(signed_in, CheckoutState)
+    checkout.card_loaded = True
+    checkout.setup_client_secret, checkout._setup_owner = "seti_held_secret_x", auth._session_ref()
+    await _run(CheckoutState.prepare, checkout)
+    assert checkout.setup_client_secret == "seti_held_secret_x" and checkout.card_ready
+    user = accounts.user_for_session(session=session, session_id=auth._auth_session_id)
+    assert user is not None
+    for _ in range(5):  # the shipped limit: 5 card attempts per person per hour
+        ratelimit.before_card_attempt(account=f"user:{user.id}", client_address=None)
+    await _run(CheckoutState.prepare, checkout)
+    assert "Too many card attempts" in checkout.error and checkout.card_ready is False
+
+
+async def test_a_second_press_of_one_attempt_starts_nothing(signed_in, monkeypatch):
+    started = []
+
+    def start(**kwargs):
+        started.append(kwargs["payment_method_id"])
+        return service.SubscribeResult("active", _view())
+
+    monkeypatch.setattr(service, "start_subscription", start)
+    checkout = _substate(signed_in, CheckoutState)
+    # checkout.js answers a second press of the same attempt (a double click) so:
+    await _run(CheckoutState.card_confirmed, checkout, {"ignored": True})
+    assert checkout.error == "" and checkout.attempt == 0
+    checkout._submitting = True  # another answer of this tab is being handled
+    await _run(CheckoutState.card_confirmed, checkout, {"payment_method_id": "pm_123"})
+    assert started == []
+    checkout._submitting = False
+    await _run(CheckoutState.card_confirmed, checkout, {"payment_method_id": "pm_123"})
+    assert started == ["pm_123"] and checkout.succeeded and checkout._submitting is False
+
+
+async def test_a_failed_first_payment_frees_the_form_with_a_new_setup_intent(
+    signed_in, monkeypatch
+):
+    def declined(**_):
+        raise BillingError("Your card was declined. Try another card.", kind="card")
+
+    made = _SetupIntents()
+    monkeypatch.setattr(service, "start_subscription", declined)
+    monkeypatch.setattr(service, "create_setup_intent", made)
+    checkout = _substate(signed_in, CheckoutState)
+    checkout.card_loaded, checkout.setup_client_secret = True, "seti_used_secret_x"
+    await _run(CheckoutState.card_confirmed, checkout, {"payment_method_id": "pm_123"})
+    assert checkout.error == "Your card was declined. Try another card."
+    assert checkout.setup_client_secret == "seti_1_secret_x" and checkout.card_ready
+    assert checkout.attempt == 1 and checkout.processing is False
+
+
+async def test_a_setup_intent_stripe_no_longer_takes_is_replaced(signed_in, monkeypatch):
+    made = _SetupIntents()
+    monkeypatch.setattr(service, "create_setup_intent", made)
+    checkout = _substate(signed_in, CheckoutState)
+    checkout.card_loaded, checkout.setup_client_secret = True, "seti_used_secret_x"
+    # checkout.js: Stripe said the SetupIntent was in an unexpected state (confirmed already,
+    # say in a tab whose answer never reached us).
+    error = {"error": "Check the details.", "card_refused": False, "renew": True}
+    await _run(CheckoutState.card_confirmed, checkout, error)
+    assert checkout.error == "Check the details." and made.asked == [None]
+    assert checkout.setup_client_secret == "seti_1_secret_x" and checkout.attempt == 1
+
+
+async def test_the_invoice_list_keeps_what_it_had_when_stripe_fails(signed_in, monkeypatch):
+    shown = InvoiceView(
+        number="INV-1",
+        created=None,
+        amount_paid=1200,
+        currency="usd",
+        status="paid",
+        hosted_invoice_url="https://invoice.example/1",
+        invoice_pdf="https://invoice.example/1.pdf",
+    )
+    monkeypatch.setattr(service, "list_invoices", lambda **_: [shown])
+    dash = _substate(signed_in, DashboardState)
+    await _run(DashboardState.load_invoices, dash)
+    assert dash.invoices == [shown] and dash.invoices_loaded and dash.invoices_error == ""
+
+    def unavailable(**_):
+        raise BillingError(service.UNAVAILABLE, kind="unavailable")
+
+    monkeypatch.setattr(service, "list_invoices", unavailable)
+    await _run(DashboardState.load_invoices, dash)
+    assert dash.invoices == [shown] and dash.invoices_error == service.UNAVAILABLE
