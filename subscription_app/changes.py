@@ -1,9 +1,9 @@
 """Change feed: tells open pages that a user's billing rows or login changed.
 
 Writers `mark` the user on their database session; once that transaction commits (never
-before, never after a rollback) the user is published. Open dashboards wait here
-(`wait_for_change`) instead of re-reading the database on a timer, so an idle page costs no
-query at all.
+before, never after a rollback) the user is published. Open dashboards listen here
+(`listen`) instead of re-reading the database on a timer, so an idle page costs no query at
+all.
 
 Publishing spans processes. With REDIS_URL set (production: several backend workers share
 state through Redis) a change goes out on a Redis pub/sub channel, and each worker's
@@ -18,7 +18,7 @@ import contextlib
 import hashlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 
 import redis
@@ -122,21 +122,59 @@ def _wake(ids: Iterable[int] | None) -> None:
             waiter.set()
 
 
-async def wait_for_change(user_id: int, timeout: float) -> bool:
-    """Wait until a change of `user_id` is published, or the timeout; True if woken."""
+def wake_here(user_ids: Iterable[int]) -> None:
+    """Wake this process's listeners of `user_ids` now, without publishing anything.
+
+    For a page that held back a wake-up while it acted itself (its own answer was on the
+    way) and must have its listener look again afterwards.
+    """
+    _wake_soon(list(user_ids))
+
+
+class Listener:
+    """One page's subscription to a user's changes (see `listen`).
+
+    It stays registered between waits: a change published while the page is busy reading
+    the last one is kept, and the next `wait` returns at once.
+    """
+
+    def __init__(self, user_id: int) -> None:
+        self.user_id = user_id
+        self._changed = asyncio.Event()
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait until a change is published (or was, since the last wait); False on timeout."""
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            return False
+        self._changed.clear()
+        return True
+
+
+@contextlib.contextmanager
+def listen(user_id: int) -> Iterator[Listener]:
+    """Listen for changes of `user_id` in this process for the duration of the block."""
     global _loop
     _loop = asyncio.get_running_loop()
-    waiter = asyncio.Event()
-    _waiters[user_id].add(waiter)
+    listener = Listener(user_id)
+    _waiters[user_id].add(listener._changed)
     try:
-        await asyncio.wait_for(waiter.wait(), timeout)
-        return True
-    except TimeoutError:
-        return False
+        yield listener
     finally:
-        _waiters[user_id].discard(waiter)
+        _waiters[user_id].discard(listener._changed)
         if not _waiters[user_id]:
             _waiters.pop(user_id, None)
+
+
+async def wait_for_change(user_id: int, timeout: float) -> bool:
+    """Wait until a change of `user_id` is published, or the timeout; True if woken.
+
+    A single wait: changes published before it starts are not seen (use `listen` to follow
+    a user across several waits).
+    """
+    with listen(user_id) as listener:
+        return await listener.wait(timeout)
 
 
 def _parse(data: bytes | str) -> list[int]:

@@ -460,6 +460,9 @@ class DashboardState(AuthState):
     _watch_requested: bool = False
     _seen_version: str = ""
     _working: bool = False  # a cancel or undo of this tab is running
+    # The watcher held back a wake-up while `_working` (for the user `_watched_user`).
+    _held_back: bool = False
+    _watched_user: int = 0
 
     def _apply(self, data: DashboardView) -> None:
         self.has_subscription = data.subscription is not None
@@ -560,35 +563,53 @@ class DashboardState(AuthState):
             ref = (await self.get_state(AuthState))._session_ref()
         try:
             user_id = await asyncio.to_thread(call_as_user, ref, lambda s, u: u.id)
+            async with self:
+                self._watched_user = user_id
             deadline = time.monotonic() + WATCH_SECONDS
-            while True:
-                async with self:
-                    if self._watch_requested:  # the page was loaded again: keep going
-                        self._watch_requested = False
-                        deadline = time.monotonic() + WATCH_SECONDS
-                    here = self.router.url.path.startswith(routes.DASHBOARD)
-                    if not here or time.monotonic() >= deadline:
-                        self._watching = False
-                        return
-                    seen = self._seen_version
-                # Pushed, not polled: an idle page reads nothing until a change of this
-                # user is published (by any worker); the timeout only re-checks the deadline
-                # and whether the tab is still on the dashboard.
-                if not await changes.wait_for_change(user_id, timeout=IDLE_RECHECK_SECONDS):
-                    continue
-                try:
-                    data = await asyncio.to_thread(call_as_user, ref, _dashboard)
-                except SessionEnded:
-                    raise
-                except Exception:  # database hiccup: try again next round
-                    logger.warning("dashboard watcher could not read the database", exc_info=True)
-                    continue
-                if data.version != seen:
+            # A change of this tab's own cancel or undo, held back (see below): the invoices
+            # are re-read once the action has answered.
+            held_back = False
+            with changes.listen(user_id) as listener:
+                while True:
                     async with self:
-                        self._apply(data)
-                        # Something changed (a payment, say): the invoices may have too.
-                        refresh_invoices = self.invoices_loaded
-                    if refresh_invoices:
+                        if self._watch_requested:  # the page was loaded again: keep going
+                            self._watch_requested = False
+                            deadline = time.monotonic() + WATCH_SECONDS
+                        here = self.router.url.path.startswith(routes.DASHBOARD)
+                        if not here or time.monotonic() >= deadline:
+                            self._watching = False
+                            return
+                    # Pushed, not polled: an idle page reads nothing until a change of this
+                    # user is published (by any worker); the timeout only re-checks the
+                    # deadline and whether the tab is still on the dashboard.
+                    if not await listener.wait(IDLE_RECHECK_SECONDS):
+                        continue
+                    async with self:
+                        if self._working:
+                            # This tab's own cancel or undo is answering with the page as it
+                            # is after its change; reading it here too would only delay that
+                            # answer. It wakes us again when it is done (`_act`).
+                            self._held_back, held_back = True, True
+                            continue
+                        invoices_shown = self.invoices_loaded
+                    try:
+                        data = await asyncio.to_thread(call_as_user, ref, _dashboard)
+                    except SessionEnded:
+                        raise
+                    except Exception:  # database hiccup: try again next round
+                        logger.warning(
+                            "dashboard watcher could not read the database", exc_info=True
+                        )
+                        continue
+                    refresh_invoices, held_back = held_back, False
+                    async with self:
+                        # Compared with what the page shows now (an action of the tab may
+                        # have shown this very version meanwhile).
+                        if data.version != self._seen_version:
+                            self._apply(data)
+                            # Something changed (a payment, say): the invoices may have too.
+                            refresh_invoices = True
+                    if refresh_invoices and invoices_shown:
                         await self._refresh_invoices(ref)
         except SessionEnded:
             async with self:
@@ -661,6 +682,9 @@ class DashboardState(AuthState):
             # An unexpected error too must leave the buttons usable and the dialog closed.
             async with self:
                 self._working = False
+                if self._held_back:  # the watcher skipped this change: it may look now
+                    self._held_back = False
+                    changes.wake_here([self._watched_user])
                 self.cancel_dialog_open = False
                 self.action_seq += 1
                 if answer is not None:

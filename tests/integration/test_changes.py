@@ -82,6 +82,27 @@ async def _commit_in_thread(db_engine) -> None:
     assert await waiting is True
 
 
+def test_a_listener_keeps_a_change_made_while_it_was_busy(no_redis, db_engine):
+    asyncio.run(_busy_listener(db_engine))
+
+
+async def _busy_listener(db_engine) -> None:
+    with Session(db_engine) as session:
+        user_id = _user(session, "busy@example.com")
+
+        with changes.listen(user_id) as listener:
+            notifications.tell(session, user_id=user_id, kind="info", text="first")
+            session.commit()
+            assert await listener.wait(WOKEN_WITHIN_SECONDS) is True
+            # The page is reading what the first change did when a second one commits: the
+            # next wait returns at once, instead of sleeping through it.
+            notifications.tell(session, user_id=user_id, kind="info", text="second")
+            session.commit()
+            await asyncio.sleep(0)  # the wake-up runs on the loop
+            assert await listener.wait(NOT_WOKEN_SECONDS) is True
+            assert await listener.wait(NOT_WOKEN_SECONDS) is False  # each change once
+
+
 def test_subscription_writes_and_logouts_mark_the_user(no_redis, session):
     user_id = _user(session, "marks@example.com")
     snapshot = SubscriptionSnapshot(

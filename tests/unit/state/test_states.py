@@ -7,10 +7,14 @@ seam where a test needs a particular answer or failure.
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
+from reflex.istate.data import RouterData
 from reflex.state import State
 
-from subscription_app import accounts, ratelimit
+from subscription_app import accounts, changes, ratelimit, routes
 from subscription_app.billing import service
 from subscription_app.billing.errors import BillingError
 from subscription_app.billing.views import DashboardView, InvoiceView, SubscriptionView
@@ -402,3 +406,61 @@ async def test_the_invoice_list_keeps_what_it_had_when_stripe_fails(signed_in, m
     monkeypatch.setattr(service, "list_invoices", unavailable)
     await _run(DashboardState.load_invoices, dash)
     assert dash.invoices == [shown] and dash.invoices_error == service.UNAVAILABLE
+
+
+async def _until(condition, what: str, timeout: float = 5.0) -> None:
+    """Let the event loop run until `condition()` holds (a bound, not a pause)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"still waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+async def test_the_watcher_leaves_the_tabs_own_cancel_to_answer_then_looks_again(
+    signed_in, session, monkeypatch
+):
+    """A change committed by this tab's own cancel wakes its watcher mid-action.
+
+    The watcher reads nothing while the action runs (the action answers with the page as it
+    is after the change, and a second read would only delay that answer); once the action
+    has answered, the watcher is woken again and refreshes the invoices.
+    """
+    auth = _substate(signed_in, AuthState)
+    user = accounts.user_for_session(session=session, session_id=auth._auth_session_id)
+    assert user is not None and user.id is not None
+    dash = _substate(signed_in, DashboardState)
+    signed_in.router = RouterData.from_router_data(
+        {"pathname": routes.DASHBOARD, "asPath": routes.DASHBOARD, "query": {}}
+    )
+    dash._watch_requested, dash.invoices_loaded = True, True
+
+    reads_while_acting: list[bool] = []
+
+    def dashboard(*, session, user):
+        reads_while_acting.append(dash._working)
+        return DashboardView(None, [], f"version {len(reads_while_acting)}")
+
+    invoice_reads: list[int] = []
+
+    def cancel(*, session, user, at_period_end):
+        changes.wake_here([user.id])  # as the commit of the change itself does
+        deadline = time.monotonic() + 5
+        while not dash._held_back:  # the watcher saw the wake-up, mid-action
+            assert time.monotonic() < deadline, "the watcher never woke"
+            time.sleep(0.005)
+        return service.CancelResult(None, "Cancelled.")
+
+    monkeypatch.setattr(service, "dashboard", dashboard)
+    monkeypatch.setattr(service, "list_invoices", lambda **_: invoice_reads.append(1) or [])
+    monkeypatch.setattr(service, "cancel_subscription", cancel)
+
+    watcher = asyncio.create_task(_run(DashboardState.watch, dash))
+    try:
+        await _until(lambda: user.id in changes._waiters, "the watcher to listen")
+        await _run(DashboardState.confirm_cancel, dash, CANCEL_AT_PERIOD_END)
+        assert reads_while_acting == [True]  # the action's own read only
+        assert dash.result_message == "Cancelled." and dash._held_back is False
+        await _until(lambda: invoice_reads == [1], "the watcher to look again")
+        assert reads_while_acting == [True, False]
+    finally:
+        watcher.cancel()
