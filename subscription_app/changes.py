@@ -8,15 +8,21 @@ all.
 Publishing spans processes. With REDIS_URL set (production: several backend workers share
 state through Redis) a change goes out on a Redis pub/sub channel, and each worker's
 `run_listener` lifespan task relays it to that worker's waiting pages. Without Redis there is
-one backend worker, and the change stays in the process.
+one backend worker, and the change stays in the process. Publishing to Redis happens on a
+thread of its own: a commit never waits on Redis (nor on its timeout when Redis is down).
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import hashlib
 import logging
+import os
+import queue
+import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
@@ -84,20 +90,68 @@ def _client(url: str) -> redis.Redis:
 def publish(user_ids: Iterable[int]) -> None:
     """Tell every page of these users, in every worker, that something changed.
 
-    Safe from any thread. A change that cannot be sent through Redis still reaches this
+    Safe from any thread, and returns at once: with Redis the ids are handed to this
+    process's publisher thread. A change that cannot be sent through Redis still reaches this
     worker's pages; the others see it at their next change or reload (it is logged).
     """
     ids = sorted(set(user_ids))
     if not ids:
         return
-    client = _redis()
-    if client is not None:
+    url = get_settings().redis_url
+    if not url:
+        _wake_soon(ids)
+        return
+    _publisher().put((url, channel(), ids))
+
+
+_queue: queue.Queue[tuple[str, str, list[int]]] | None = None
+_queue_pid = 0
+_queue_lock = threading.Lock()
+
+
+def _publisher() -> queue.Queue[tuple[str, str, list[int]]]:
+    """This process's publish queue, with its thread (started again in a forked worker)."""
+    global _queue, _queue_pid
+    with _queue_lock:
+        if _queue is None or _queue_pid != os.getpid():
+            _queue, _queue_pid = queue.Queue(), os.getpid()
+            threading.Thread(
+                target=_send_forever, args=(_queue,), name="changes-publisher", daemon=True
+            ).start()
+        return _queue
+
+
+def _send_forever(pending: queue.Queue[tuple[str, str, list[int]]]) -> None:
+    while True:
+        url, name, ids = pending.get()
         try:
-            client.publish(channel(), ",".join(map(str, ids)))
-            return
-        except redis.RedisError:
+            _client(url).publish(name, ",".join(map(str, ids)))
+        except Exception:
             logger.warning("could not publish a change through Redis", exc_info=True)
-    _wake_soon(ids)
+            _wake_soon(ids)
+        finally:
+            pending.task_done()
+
+
+def flush(timeout: float = 2.0) -> bool:
+    """Wait until what this process published so far has gone to Redis; False on timeout.
+
+    Run at exit, so a short-lived process (a command) does not take its changes with it.
+    """
+    pending = _queue
+    if pending is None or _queue_pid != os.getpid():
+        return True
+    deadline = time.monotonic() + timeout
+    with pending.all_tasks_done:
+        while pending.unfinished_tasks:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            pending.all_tasks_done.wait(remaining)
+    return True
+
+
+atexit.register(flush)
 
 
 def _wake_soon(ids: Iterable[int]) -> None:

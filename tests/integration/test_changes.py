@@ -11,8 +11,10 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
+import redis
 from sqlmodel import Session
 
 from subscription_app import accounts, changes, notifications
@@ -184,3 +186,40 @@ def test_each_database_has_its_own_channel_whatever_its_password(settings_env):
     settings_env(DATABASE_URL="postgresql://app:one@db.example/staging")
     assert changes.channel() != production
     assert "one" not in production and "billing" not in production
+
+
+class _StuckRedis:
+    """A Redis client whose publish hangs until released, then fails (Redis unreachable)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.asked: list[str] = []
+
+    def publish(self, channel: str, message: str) -> int:
+        self.asked.append(message)
+        assert self.release.wait(WOKEN_WITHIN_SECONDS), "never released"
+        raise redis.ConnectionError("Redis is unreachable")
+
+
+def test_a_commit_never_waits_on_redis_and_a_lost_publish_still_wakes_this_worker(
+    settings_env, db_engine, monkeypatch
+):
+    settings_env(REDIS_URL="redis://127.0.0.1:1/0")
+    stuck = _StuckRedis()
+    monkeypatch.setattr(changes, "_client", lambda url: stuck)
+    asyncio.run(_stuck_redis(db_engine, stuck))
+
+
+async def _stuck_redis(db_engine, stuck: _StuckRedis) -> None:
+    with Session(db_engine) as session:
+        user_id = _user(session, "stuck@example.com")
+        waiting = await _waiting(user_id, WOKEN_WITHIN_SECONDS)
+        notifications.tell(session, user_id=user_id, kind="info", text="while Redis hangs")
+        # Returns while the publish is still hanging: the commit does not wait on Redis.
+        await asyncio.to_thread(session.commit)
+        assert not stuck.release.is_set()
+        stuck.release.set()
+        # Redis refused it: this worker's pages are woken all the same.
+        assert await waiting is True
+        assert await asyncio.to_thread(changes.flush) is True
+        assert stuck.asked == [str(user_id)]
