@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import lru_cache
 from urllib.parse import urlsplit
 
@@ -21,6 +22,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from subscription_app.settings import Settings, get_settings
 
 HSTS = "max-age=63072000; includeSubDomains"
+# The frontend's build names each file after its content ("root-ClBo06lq.js"), so a file
+# never changes under its name: browsers may keep it instead of asking again (a conditional
+# request per file) on every page load. Pages themselves and our own assets are not matched.
+HASHED_BUILD_FILE = re.compile(r"/assets/[^/]+-[A-Za-z0-9_-]{8}\.(?:js|css|woff2?)")
+IMMUTABLE = "public, max-age=31536000, immutable"
 
 
 def _origin(url: str | None) -> str | None:
@@ -169,6 +175,7 @@ class SecurityMiddleware:
         ]
         if settings.is_production and secure:
             extra.append(("strict-transport-security", HSTS))
+        immutable = HASHED_BUILD_FILE.fullmatch(scope.get("path", "")) is not None
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -176,6 +183,8 @@ class SecurityMiddleware:
                 for name, value in extra:
                     if name not in headers:
                         headers.append(name, value)
+                if immutable and message["status"] == 200:
+                    headers["cache-control"] = IMMUTABLE
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -217,19 +217,24 @@ class AuthState(rx.State):
         return rx.redirect(routes.LANDING)
 
 
-def require_login(page):
+def require_login(page=None, *, ahead: Callable[[], rx.Component] | None = None):
     """Decorator for page functions: show the page only to a logged-in user.
 
     Add `AuthState.require_login` to the page's `on_load` as well (the registry in
-    `subscription_app.py` does that for pages carrying `_requires_login`).
+    `subscription_app.py` does that for pages carrying `_requires_login`). `ahead`, used as
+    `@require_login(ahead=...)`, is rendered at once, while the login is being checked:
+    things the page fetches ahead (it must show nothing of the page itself).
     """
+    if page is None:
+        return lambda page: require_login(page, ahead=ahead)
 
     def _guarded():
-        return rx.cond(
+        guarded = rx.cond(
             AuthState.logged_in,
             page(),
             rx.center(rx.spinner(size="3"), aria_label="Loading", padding="3rem 0"),
         )
+        return rx.fragment(ahead(), guarded) if ahead is not None else guarded
 
     _guarded.__name__ = page.__name__
     _guarded.__doc__ = page.__doc__

@@ -143,3 +143,23 @@ def test_the_app_refuses_to_start_where_it_would_fail_open(env, message):
     assert refused.returncode != 0
     assert message in refused.stderr
     assert _start_config().returncode == 0  # the same process starts with the defaults
+
+
+def test_only_content_named_build_files_are_cached_for_good(tmp_path, db_engine):
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+    from starlette.staticfiles import StaticFiles
+
+    (tmp_path / "assets").mkdir()
+    for name in ("assets/root-ClBo06lq.js", "assets/styles.css", "checkout.js", "index.html"):
+        (tmp_path / name).write_text("x")
+    files = Starlette(routes=[Mount("/", StaticFiles(directory=tmp_path, html=True))])
+    client = TestClient(SecurityMiddleware(files))
+
+    built = client.get("/assets/root-ClBo06lq.js")
+    assert built.status_code == 200
+    assert built.headers["cache-control"] == "public, max-age=31536000, immutable"
+    # Anything that may change under its name is asked for again as before: a build file
+    # without a content hash, our own assets, pages, and what is not there.
+    for path in ("/assets/styles.css", "/checkout.js", "/", "/assets/gone-ClBo06lq.js"):
+        assert "cache-control" not in client.get(path).headers, path
