@@ -78,9 +78,9 @@ def _cancel_dialog() -> rx.Component:
                 rx.button(
                     "Confirm cancellation",
                     color_scheme="red",
-                    # With the choice the dialog shows. (mypy cannot follow the typing of an
-                    # event called with an argument: TypeVarTuple.)
+                    # With the choice the dialog shows.
                     on_click=_press(
+                        # mypy cannot follow an event called with an argument (TypeVarTuple).
                         DashboardState.confirm_cancel(DashboardState.cancel_when)  # type: ignore[misc]
                     ),
                     loading=BUSY,
