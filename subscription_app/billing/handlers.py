@@ -1,10 +1,11 @@
 """Webhook event handlers, one per event type, registered with `@handles(...)`.
 
 Stripe is the source of truth: every subscription and invoice event re-reads the
-subscription from Stripe and applies it through `sync.sync_subscription` (which commits under
-the subscription's lock), so events that arrive late, twice or out of order cannot roll a
-row back. Notifications (and queued email) are written in the transaction that marks the
-event done, so each is written once.
+subscription from Stripe and applies it through `sync.sync_subscription` (under the
+subscription's lock, committed before the lock is released), so events that arrive late,
+twice or out of order cannot roll a row back. The processor runs each handler in
+`sync.one_transaction`: the handler's writes (the subscription's row, notifications and
+queued email) commit together with the event's finish, so each is written once.
 """
 
 from __future__ import annotations

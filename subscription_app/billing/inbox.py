@@ -13,11 +13,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import ColumnElement, and_, or_, text, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, or_, text, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.dml import Insert, Update
 from sqlmodel import Session, col, select
 
 from subscription_app import crypto
@@ -95,6 +96,12 @@ class ClaimedEvent:
     attempts: int
     lease_token: str
     payload: dict
+    locked_until: datetime | None = None  # when the lease runs out (unless renewed)
+
+
+def _events_table() -> Table:
+    """The stripe_event table, for Core statements (no ORM work per statement)."""
+    return cast(Table, sa_inspect(StripeEvent).local_table)
 
 
 def _due(now: datetime) -> ColumnElement[bool]:
@@ -125,15 +132,21 @@ def claim(session: Session, *, limit: int = 20) -> list[ClaimedEvent]:
             )
     else:
         ids = []
-        for candidate in session.exec(query).all():
-            # Compare-and-set: only one worker's update matches a still-due row.
-            result = session.exec(
-                update(StripeEvent)
-                .where(col(StripeEvent.id) == candidate, _due(now))
-                .values(locked_by=token, locked_until=now + LEASE)
+        candidates = list(session.exec(query).all())
+        if candidates:
+            # Compare-and-set, one statement for the batch: only one worker's update matches a
+            # still-due row, and RETURNING names the rows that were ours to take.
+            table = _events_table()
+            ids = list(
+                session.connection()
+                .execute(
+                    update(table)
+                    .where(table.c.id.in_(candidates), _due(now))
+                    .values(locked_by=token, locked_until=now + LEASE)
+                    .returning(table.c.id)
+                )
+                .scalars()
             )
-            if result.rowcount == 1:
-                ids.append(candidate)
     session.commit()
     if not ids:
         return []
@@ -152,7 +165,26 @@ def _claimed(row: StripeEvent, token: str) -> ClaimedEvent:
         attempts=row.attempts,
         lease_token=token,
         payload=json.loads(crypto.decrypt(row.payload_enc, purpose=crypto.Purpose.EVENT_PAYLOAD)),
+        locked_until=row.locked_until,
     )
+
+
+def renew(session: Session, lease_token: str) -> datetime:
+    """Extend the lease of every event of one claim not finished yet; returns its new end.
+
+    A batch takes as long as its Stripe calls: its worker renews the lease while working
+    through it, so no other worker takes the rest over meanwhile. An event another worker
+    took over already is not ours to renew (its `locked_by` is theirs). Commits.
+    """
+    until = utcnow() + LEASE
+    table = _events_table()
+    session.connection().execute(
+        update(table)
+        .where(text(PENDING_EVENT), table.c.locked_by == lease_token)
+        .values(locked_until=until)
+    )
+    session.commit()
+    return until
 
 
 def _mine(event: ClaimedEvent) -> ColumnElement[bool]:
@@ -163,19 +195,43 @@ def _mine(event: ClaimedEvent) -> ColumnElement[bool]:
     )
 
 
-def finish(session: Session, event: ClaimedEvent, status: EventStatus, note: str | None) -> bool:
-    """Mark the event done or skipped, in the caller's transaction. False if the lease was lost."""
-    result = session.exec(
-        update(StripeEvent)
-        .where(_mine(event))
+def _finish_statement() -> Update:
+    table = _events_table()
+    return (
+        update(table)
+        .where(
+            table.c.id == bindparam("row_id"),
+            table.c.locked_by == bindparam("lease_token"),
+            table.c.status == EventStatus.PENDING.value,
+        )
         .values(
-            status=status.value,
-            processed_at=utcnow(),
+            status=bindparam("new_status"),
+            processed_at=bindparam("processed_at"),
             locked_by=None,
             locked_until=None,
-            attempts=event.attempts + 1,
-            last_error=note[:ERROR_MAX_CHARS] if note else None,
+            attempts=bindparam("new_attempts"),
+            last_error=bindparam("note"),
         )
+    )
+
+
+# Built once: the finish runs for every event, and building the statement cost more than
+# running it.
+_FINISH = _finish_statement()
+
+
+def finish(session: Session, event: ClaimedEvent, status: EventStatus, note: str | None) -> bool:
+    """Mark the event done or skipped, in the caller's transaction. False if the lease was lost."""
+    result = session.connection().execute(
+        _FINISH,
+        {
+            "row_id": event.row_id,
+            "lease_token": event.lease_token,
+            "new_status": status.value,
+            "processed_at": utcnow(),
+            "new_attempts": event.attempts + 1,
+            "note": note[:ERROR_MAX_CHARS] if note else None,
+        },
     )
     return result.rowcount == 1
 

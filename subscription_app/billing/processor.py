@@ -7,7 +7,8 @@ its error and the processor moves on.
 Taking events in comes first: before each event the processor lets this worker's intake
 finish what it is storing (for a moment at most), so a burst of deliveries is acknowledged at
 full speed and applied right after. Within one claimed batch each subscription is re-read
-from Stripe once (`sync.reads_shared_from_now`).
+from Stripe once (`sync.reads_shared_from_now`), and the lease of a batch is renewed while
+the batch is worked through.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ from subscription_app.billing import handlers, inbox, intake, sync
 
 logger = logging.getLogger(__name__)
 IDLE_POLL_SECONDS = 1.0
-BATCH_SIZE = 50
+# Large, so that a burst shares its Stripe reads: a batch re-reads each subscription once,
+# however many of its events name it (`sync.reads_shared_from_now`). A batch this size can
+# take longer than the lease: the lease is renewed while it is worked through.
+BATCH_SIZE = 500
+RENEW_WHEN_LEFT = inbox.LEASE / 2
 # The longest the processor waits, per event, for this worker's intake to go quiet.
 YIELD_TO_INTAKE_SECONDS = 0.05
 _STRIPE_ID = re.compile(r"\b(cus|sub|pm|pi|seti|in|price|prod|evt|ch|card|src)_[A-Za-z0-9]+")
@@ -59,13 +64,17 @@ def process_one(event: inbox.ClaimedEvent, result: BatchResult) -> None:
     engine = db.get_engine()
     with Session(engine, expire_on_commit=False) as session:
         try:
-            outcome = handlers.dispatch(session, event)
-            if not inbox.finish(session, event, outcome.status, outcome.note):
-                session.rollback()  # our lease ran out and another worker took over
-                return
-            for user_id in outcome.changed_users:
-                changes.mark(session, user_id)  # their open pages re-read after commit
-            session.commit()
+            # The handler's writes (the subscription's row, under its lock) and the finish
+            # commit together, once.
+            with sync.one_transaction(session) as transaction:
+                outcome = handlers.dispatch(session, event)
+                if not inbox.finish(session, event, outcome.status, outcome.note):
+                    # Our lease ran out and another worker took over: it applies the event.
+                    session.rollback()
+                    return
+                for user_id in outcome.changed_users:
+                    changes.mark(session, user_id)  # their open pages re-read after commit
+                transaction.commit()
         except Exception as exc:
             session.rollback()
             error = scrub(f"{type(exc).__name__}: {exc}")
@@ -84,12 +93,34 @@ def process_one(event: inbox.ClaimedEvent, result: BatchResult) -> None:
     result.changed_users |= outcome.changed_users
 
 
+class _Lease:
+    """The lease of one claimed batch, renewed while the batch is worked through."""
+
+    def __init__(self, claimed: list[inbox.ClaimedEvent]) -> None:
+        self.token = claimed[0].lease_token if claimed else None
+        self.until = claimed[0].locked_until if claimed else None
+
+    def due(self) -> bool:
+        """Whether less than `RENEW_WHEN_LEFT` of the lease is left."""
+        return self.until is not None and inbox.utcnow() >= self.until - RENEW_WHEN_LEFT
+
+    def renew(self) -> None:
+        """Extend the lease of the batch's unfinished events. Blocking."""
+        if self.token is None:
+            return
+        with Session(db.get_engine()) as session:
+            self.until = inbox.renew(session, self.token)
+
+
 def process_batch(*, limit: int = BATCH_SIZE) -> BatchResult:
     """Claim due events and apply each in its own transaction. Blocking; run in a thread."""
     claimed = claim_batch(limit=limit)
     result = BatchResult(claimed=len(claimed))
+    lease = _Lease(claimed)
     with sync.reads_shared_from_now():
         for event in claimed:
+            if lease.due():
+                lease.renew()
             process_one(event, result)
     return result
 
@@ -97,10 +128,13 @@ def process_batch(*, limit: int = BATCH_SIZE) -> BatchResult:
 async def _process_pass() -> BatchResult:
     claimed = await asyncio.to_thread(claim_batch)
     result = BatchResult(claimed=len(claimed))
+    lease = _Lease(claimed)
     # Entered here, after the claim; each thread below runs in a copy of this context.
     with sync.reads_shared_from_now():
         for event in claimed:
             await intake.quiet(YIELD_TO_INTAKE_SECONDS)
+            if lease.due():
+                await asyncio.to_thread(lease.renew)
             await asyncio.to_thread(process_one, event, result)
     return result
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import bindparam
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
@@ -68,12 +70,33 @@ def save_customer(session: Session, user_id: int, customer_id: str) -> str:
 # Subscriptions -----------------------------------------------------------------
 
 
+# Built once (it runs for every webhook applied): our row by its blind indexes.
+_BY_STRIPE_ID = select(Subscription).where(
+    col(Subscription.stripe_subscription_id_hash).in_(bindparam("hashes", expanding=True))
+)
+
+
 def _row_by_stripe_id(session: Session, subscription_id: str) -> Subscription | None:
     return session.exec(
-        select(Subscription).where(
-            col(Subscription.stripe_subscription_id_hash).in_(crypto.blind_indexes(subscription_id))
-        )
+        _BY_STRIPE_ID, params={"hashes": crypto.blind_indexes(subscription_id)}
     ).first()
+
+
+def subscription_row(session: Session, subscription_id: str) -> Subscription | None:
+    """Our row for a Stripe subscription id, or None.
+
+    For a caller that needs several facts of the row and then writes it: pass it on to
+    `apply_snapshot(row=...)`, so the row is read once. The row is read in the caller's
+    transaction, so pass it on only within that transaction.
+    """
+    return _row_by_stripe_id(session, subscription_id)
+
+
+class _Unread(enum.Enum):
+    UNREAD = enum.auto()
+
+
+UNREAD = _Unread.UNREAD
 
 
 def _shown_rows(session: Session, user_id: int) -> list[Subscription]:
@@ -168,6 +191,7 @@ def apply_snapshot(
     snapshot: SubscriptionSnapshot,
     our_plan: bool,
     only_if_new: bool = False,
+    row: Subscription | _Unread | None = UNREAD,
 ) -> bool:
     """Make our row for `snapshot.id` say what the snapshot says; True if anything changed.
 
@@ -175,7 +199,8 @@ def apply_snapshot(
     pass what Stripe said while they held it, so the last writer has the newest state.
     `only_if_new` records a row only if there is none yet (a create call's answer must not
     overwrite what a webhook already read fresher). `our_plan` is False for a subscription to
-    another price: stored, but not shown or counted as our plan.
+    another price: stored, but not shown or counted as our plan. `row`: what
+    `subscription_row` returned for `snapshot.id` in this transaction (read here if not given).
 
     Raises:
         SecondOpenSubscription: the user already has another live or in-progress row.
@@ -185,7 +210,8 @@ def apply_snapshot(
     # index outside it and break the caller's transaction), and on SQLite a read inside the
     # savepoint would pin a snapshot that a concurrent commit makes unwritable ("database is
     # locked", which no busy timeout retries).
-    row = _row_by_stripe_id(session, snapshot.id)
+    if row is UNREAD:
+        row = _row_by_stripe_id(session, snapshot.id)
     if row is not None and only_if_new:
         return False
     status = SubscriptionStatus(snapshot.status)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -85,7 +85,11 @@ def _is_our_plan(session: Session, snapshot: SubscriptionSnapshot) -> bool:
     the merchant later changes STRIPE_PRICE_ID, existing subscribers must not vanish from their
     dashboards, and no price lookup is needed for them.
     """
-    if repository.is_our_plan(session, snapshot.id):
+    return _our_plan_by_row(repository.is_our_plan(session, snapshot.id), snapshot)
+
+
+def _our_plan_by_row(row_is_ours: bool, snapshot: SubscriptionSnapshot) -> bool:
+    if row_is_ours:
         return True
     return snapshot.price_id is not None and snapshot.price_id == catalog.default_price_id()
 
@@ -96,24 +100,46 @@ def owner_of(session: Session, subscription_id: str, customer_id: str | None) ->
     A subscription we never recorded (made in the portal, in the Stripe dashboard, or still
     on its way back from our own create call) is still ours when its customer is.
     """
-    user_id = repository.user_id_for_subscription(session, subscription_id)
-    if user_id is None and customer_id:
-        user_id = repository.user_id_for_customer(session, customer_id)
-    return user_id
+    return _owner_by_row(
+        session, repository.user_id_for_subscription(session, subscription_id), customer_id
+    )
+
+
+def _owner_by_row(session: Session, row_user_id: int | None, customer_id: str | None) -> int | None:
+    if row_user_id is None and customer_id:
+        return repository.user_id_for_customer(session, customer_id)
+    return row_user_id
 
 
 def _apply(
-    session: Session, snapshot: SubscriptionSnapshot, user_id: int | None, only_if_new: bool
+    session: Session,
+    snapshot: SubscriptionSnapshot,
+    user_id: int | None,
+    only_if_new: bool,
+    *,
+    commit: bool = True,
 ) -> Synced:
-    owner = user_id if user_id is not None else owner_of(session, snapshot.id, snapshot.customer_id)
+    # One read of our row gives its owner, whether it is ours, and what the write compares
+    # against (`owner_of`, `_is_our_plan` and `apply_snapshot` would each read it again).
+    row = repository.subscription_row(session, snapshot.id)
+    owner = (
+        user_id
+        if user_id is not None
+        else _owner_by_row(session, row.user_id if row else None, snapshot.customer_id)
+    )
     if owner is None:
         return Synced(snapshot, None, False)
     # A subscription to another price of the same Stripe account is recorded as such: it is
     # neither shown as our plan nor counted against the one-open-subscription rule.
-    our_plan = _is_our_plan(session, snapshot)
+    our_plan = _our_plan_by_row(bool(row and row.our_plan), snapshot)
     try:
         changed = repository.apply_snapshot(
-            session, user_id=owner, snapshot=snapshot, only_if_new=only_if_new, our_plan=our_plan
+            session,
+            user_id=owner,
+            snapshot=snapshot,
+            only_if_new=only_if_new,
+            our_plan=our_plan,
+            row=row,
         )
     except repository.SecondOpenSubscription:
         # Our other open row may be stale (its own events still on the way): ask Stripe about
@@ -126,7 +152,9 @@ def _apply(
             session, user_id=owner, snapshot=snapshot, only_if_new=only_if_new, our_plan=our_plan
         )
     # Committed before the caller releases the lock: the next holder must see this write.
-    session.commit()
+    # (`commit=False`: the caller commits it before releasing the lock; see `one_transaction`.)
+    if commit:
+        session.commit()
     return Synced(snapshot, owner, changed, our_plan)
 
 
@@ -166,6 +194,54 @@ def reads_shared_from_now() -> Iterator[None]:
         _shared_reads.reset(token)
 
 
+class Transaction:
+    """The caller's transaction in `one_transaction`: commit it with `commit()`."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.locks = ExitStack()  # subscription locks held until the caller commits
+        self.reads: dict[str, Synced] = {}  # shared with the batch once committed
+
+    def commit(self) -> None:
+        """Commit the session, then release the locks its writes were made under."""
+        self.session.commit()
+        shared = _shared_reads.get()
+        if shared is not None:
+            shared.update(self.reads)
+        self.reads.clear()
+        self.locks.close()
+
+
+_transaction: ContextVar[Transaction | None] = ContextVar("transaction", default=None)
+
+
+@contextmanager
+def one_transaction(session: Session) -> Iterator[Transaction]:
+    """Within this block, `sync_subscription` on `session` leaves its write to the caller.
+
+    For the webhook processor: the subscription's write, what the handler adds to it and the
+    event's own finish commit together (`Transaction.commit`), which saves a commit per event
+    and never leaves a write without its finish. The subscription's lock stays held until
+    that commit, so the rule that a write commits before its lock is released still holds. A
+    second sync in the block (another subscription) first commits the transaction so far and
+    releases the lock it was made under, as `sync_subscription` always does: no lock is
+    taken while another is held. Leaving the block without committing rolls everything back
+    (the lease was lost, or the handler failed) before the locks are released.
+    """
+    transaction = Transaction(session)
+    token = _transaction.set(transaction)
+    try:
+        yield transaction
+    finally:
+        _transaction.reset(token)
+        try:
+            if session.in_transaction():
+                session.rollback()  # not committed: the next holder must not find it
+        finally:
+            transaction.reads.clear()
+            transaction.locks.close()
+
+
 def sync_subscription(
     *,
     session: Session,
@@ -175,23 +251,43 @@ def sync_subscription(
 ) -> Synced:
     """Re-read a subscription from Stripe and apply it to our row (creating it if needed).
 
-    Idempotent; safe to call from any worker at any time. Commits.
+    Idempotent; safe to call from any worker at any time. Commits (within `one_transaction`,
+    the caller commits, with the lock still held).
 
     Raises:
         stripe.StripeError: Stripe could not be asked; nothing was applied (retry later).
         locks.LockTimeout: another worker held the subscription for too long.
     """
     shared = _shared_reads.get()
-    if shared is not None and subscription_id in shared and not expand and user_id is None:
+    shareable = shared is not None and not expand and user_id is None
+    if shared is not None and shareable and subscription_id in shared:
         return dataclasses.replace(shared[subscription_id], changed=False)
+    transaction = _transaction.get()
+    if transaction is not None and transaction.session is not session:
+        transaction = None
+    if transaction is not None:
+        transaction.commit()  # an earlier write of this transaction, and its lock
     session.commit()  # read below only after the lock is held
-    with subscription_lock(subscription_id, session):
+    with ExitStack() as held:
+        held.enter_context(subscription_lock(subscription_id, session))
         # The SDK's TypedDict: mypy checks every key against Stripe's API.
         params: stripe.params.SubscriptionRetrieveParams = {"expand": expand} if expand else {}
         current = get_client().v1.subscriptions.retrieve(subscription_id, params=params)
-        synced = _apply(session, read_subscription(current), user_id, only_if_new=False)
-    if shared is not None and not expand and user_id is None:
-        shared[subscription_id] = synced
+        synced = _apply(
+            session,
+            read_subscription(current),
+            user_id,
+            only_if_new=False,
+            commit=transaction is None,
+        )
+        if transaction is not None:
+            # Written, not committed: the caller commits, then the lock is released.
+            transaction.locks.enter_context(held.pop_all())
+    if shareable and shared is not None:
+        if transaction is not None:
+            transaction.reads[subscription_id] = synced
+        else:
+            shared[subscription_id] = synced
     return synced
 
 
