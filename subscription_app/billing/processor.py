@@ -143,6 +143,10 @@ async def run_processor(stop: asyncio.Event | None = None) -> None:
     """Process events until cancelled (or `stop` is set). Registered as a lifespan task."""
     wakeup = changes.processor_wakeup()
     while stop is None or not stop.is_set():
+        # Cleared before the pass, not after: an event stored while the pass runs (after its
+        # claim looked) sets it again, and the wait below returns at once instead of
+        # sleeping through it.
+        wakeup.clear()
         try:
             result = await _process_pass()
         except asyncio.CancelledError:
@@ -152,6 +156,5 @@ async def run_processor(stop: asyncio.Event | None = None) -> None:
             result = BatchResult()
         if result.claimed:
             continue  # there may be more waiting
-        wakeup.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wakeup.wait(), IDLE_POLL_SECONDS)

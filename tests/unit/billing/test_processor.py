@@ -331,3 +331,37 @@ def test_a_claim_takes_its_batch_with_one_update(session, sql_log, clock, monkey
 
     assert len(processor.claim_batch()) == 5
     assert len([s for s in sql_log if s.startswith("update stripe_event ")]) == 1
+
+
+def test_an_event_stored_while_a_pass_runs_is_not_slept_through(monkeypatch):
+    # The pass's claim found nothing, but an event was stored (and the processor woken)
+    # right after it looked: the next pass starts at once, not after the idle poll.
+    monkeypatch.setattr(processor, "IDLE_POLL_SECONDS", 60.0)
+    asyncio.run(_woken_during_a_pass(monkeypatch))
+
+
+async def _woken_during_a_pass(monkeypatch) -> None:
+    wakeup = asyncio.Event()
+    monkeypatch.setattr(processor.changes, "processor_wakeup", lambda: wakeup)
+    passes: list[int] = []
+    second_pass = asyncio.Event()
+    stop = asyncio.Event()
+
+    async def one_pass() -> processor.BatchResult:
+        passes.append(len(passes))
+        if len(passes) == 1:
+            wakeup.set()  # the intake stored an event after this pass's claim looked
+        else:
+            stop.set()
+            second_pass.set()
+        return processor.BatchResult()
+
+    monkeypatch.setattr(processor, "_process_pass", one_pass)
+    running = asyncio.create_task(processor.run_processor(stop))
+    try:
+        await asyncio.wait_for(second_pass.wait(), 5)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    assert passes == [0, 1]
