@@ -91,7 +91,6 @@ import contextlib
 import itertools
 import json
 import os
-import platform
 import re
 import signal
 import subprocess
@@ -105,6 +104,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from benchmarks.machine import describe, run_text
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "live.json"
@@ -127,15 +128,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # ------------------------------------------------------------------------------------------
 # Small helpers
-
-
-def _run(command: list[str], cwd: Path) -> str:
-    try:
-        return subprocess.run(
-            command, cwd=cwd, capture_output=True, text=True, timeout=30, check=False
-        ).stdout.rstrip()
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -1206,40 +1198,20 @@ def comparison(runs: dict[str, dict[str, Any]]) -> str:
 
 def machine_info(args: argparse.Namespace) -> dict[str, Any]:
     """Where and on what the figures were taken."""
-    import importlib.metadata
-
     import sqlalchemy as sa
 
     from subscription_app.settings import Settings
 
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    versions = {}
-    for package in ("reflex", "granian", "python-socketio", "sqlalchemy", "psycopg", "redis"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[package] = importlib.metadata.version(package)
+    info = describe(("reflex", "granian", "python-socketio", "sqlalchemy", "psycopg", "redis"))
+    versions = info["versions"]
     engine = sa.create_engine(Settings(database_url=args.postgres).sqlalchemy_url)
     try:
         with engine.connect() as conn:
             versions["postgresql"] = conn.execute(sa.text("SHOW server_version")).scalar()
     finally:
         engine.dispose()
-    versions["redis-server"] = _run(["redis-server", "--version"], ROOT)
-    return {
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "load_average_at_start": os.getloadavg(),
-        "versions": versions,
-    }
+    versions["redis-server"] = run_text(["redis-server", "--version"])
+    return info
 
 
 def _columns(rows: Any) -> Any:
@@ -1319,10 +1291,10 @@ def main() -> None:
 
     machine = machine_info(args)
     run = bench_run(args, log)
-    dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"], args.app_root)
+    dirty = run_text(["git", "status", "--porcelain", "--untracked-files=no"], args.app_root)
     run.update(
         measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        git_commit=_run(["git", "rev-parse", "HEAD"], args.app_root),
+        git_commit=run_text(["git", "rev-parse", "HEAD"], args.app_root),
         git_uncommitted_changes=[line[3:] for line in dirty.splitlines()],
         machine={**machine, "load_average_at_end": os.getloadavg()},
         settings={

@@ -77,7 +77,6 @@ import itertools
 import json
 import multiprocessing
 import os
-import platform
 import secrets
 import shutil
 import signal
@@ -93,6 +92,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from benchmarks.machine import describe, run_text
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results" / "webhooks.json"
@@ -1456,34 +1457,14 @@ def summary(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _run(command: list[str]) -> str:
-    try:
-        return subprocess.run(
-            command, cwd=ROOT, capture_output=True, text=True, timeout=30, check=False
-        ).stdout.rstrip()
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-
-
 def machine_info(args: argparse.Namespace) -> dict[str, Any]:
     """Where and on what the figures were taken."""
-    import importlib.metadata
     import sqlite3
 
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    versions = {}
-    for package in ("reflex", "granian", "stripe", "sqlalchemy", "psycopg", "psycopg2-binary"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[package] = importlib.metadata.version(package)
+    info = describe(("reflex", "granian", "stripe", "sqlalchemy", "psycopg", "psycopg2-binary"))
+    versions = info["versions"]
     versions["sqlite"] = sqlite3.sqlite_version
-    versions["wrk"] = next(iter(_run(["wrk", "-v"]).splitlines()), "")
+    versions["wrk"] = next(iter(run_text(["wrk", "-v"]).splitlines()), "")
     if args.postgres and "postgresql" in args.databases:
         import sqlalchemy as sa
 
@@ -1492,16 +1473,10 @@ def machine_info(args: argparse.Namespace) -> dict[str, Any]:
         url = Settings(database_url=args.postgres).sqlalchemy_url
         with _engine(url) as engine, engine.connect() as conn:
             versions["postgresql"] = conn.execute(sa.text("SHOW server_version")).scalar()
-    dirty = _run(["git", "status", "--porcelain"]).splitlines()
+    dirty = run_text(["git", "status", "--porcelain"]).splitlines()
     return {
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "load_average_at_start": os.getloadavg(),
-        "versions": versions,
-        "git_commit": _run(["git", "rev-parse", "HEAD"]),
+        **info,
+        "git_commit": run_text(["git", "rev-parse", "HEAD"]),
         "git_uncommitted_changes": [line[3:] for line in dirty],
     }
 

@@ -76,12 +76,6 @@ _BY_STRIPE_ID = select(Subscription).where(
 )
 
 
-def _row_by_stripe_id(session: Session, subscription_id: str) -> Subscription | None:
-    return session.exec(
-        _BY_STRIPE_ID, params={"hashes": crypto.blind_indexes(subscription_id)}
-    ).first()
-
-
 def subscription_row(session: Session, subscription_id: str) -> Subscription | None:
     """Our row for a Stripe subscription id, or None.
 
@@ -89,7 +83,9 @@ def subscription_row(session: Session, subscription_id: str) -> Subscription | N
     `apply_snapshot(row=...)`, so the row is read once. The row is read in the caller's
     transaction, so pass it on only within that transaction.
     """
-    return _row_by_stripe_id(session, subscription_id)
+    return session.exec(
+        _BY_STRIPE_ID, params={"hashes": crypto.blind_indexes(subscription_id)}
+    ).first()
 
 
 class _Unread(enum.Enum):
@@ -211,7 +207,7 @@ def apply_snapshot(
     # savepoint would pin a snapshot that a concurrent commit makes unwritable ("database is
     # locked", which no busy timeout retries).
     if row is UNREAD:
-        row = _row_by_stripe_id(session, snapshot.id)
+        row = subscription_row(session, snapshot.id)
     if row is not None and only_if_new:
         return False
     status = SubscriptionStatus(snapshot.status)
@@ -252,7 +248,7 @@ def apply_snapshot(
     except IntegrityError as exc:
         # The savepoint is rolled back: a new row is gone from the session, an existing
         # row's changes are undone.
-        if created and _row_by_stripe_id(session, snapshot.id) is not None:
+        if created and subscription_row(session, snapshot.id) is not None:
             # A concurrent writer inserted this subscription: update theirs instead.
             return apply_snapshot(
                 session,
@@ -270,13 +266,13 @@ def apply_snapshot(
 
 def is_our_plan(session: Session, subscription_id: str) -> bool:
     """True when we hold a row for this subscription and it is to our plan."""
-    row = _row_by_stripe_id(session, subscription_id)
+    row = subscription_row(session, subscription_id)
     return bool(row and row.our_plan)
 
 
 def user_id_for_subscription(session: Session, subscription_id: str) -> int | None:
     """The user a Stripe subscription id belongs to, by our row or through its customer."""
-    row = _row_by_stripe_id(session, subscription_id)
+    row = subscription_row(session, subscription_id)
     return row.user_id if row else None
 
 

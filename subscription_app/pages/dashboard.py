@@ -72,7 +72,6 @@ def _cancel_dialog() -> rx.Component:
                         "Keep subscription",
                         variant="soft",
                         color_scheme="gray",
-                        on_click=DashboardState.close_cancel_dialog,
                     )
                 ),
                 rx.button(

@@ -64,7 +64,7 @@ def _checkout_setup(
     """A SetupIntent secret for the card form, or None when a subscription is already live.
 
     `reusable` is an unconfirmed SetupIntent this tab holds for the same login: handed out
-    again (and counted again) instead of asking Stripe for a new one.
+    again (not counted again) instead of asking Stripe for a new one.
     """
     current = service.get_subscription(session=session, user=user)
     if current is not None and current.is_live:
@@ -444,7 +444,6 @@ class DashboardState(AuthState):
     load_error: str = ""
     messages: list[str] = []
     cancel_when: str = CANCEL_AT_PERIOD_END
-    cancel_dialog_open: bool = False
     # Counts finished cancel/undo actions. The page marks the number it pressed at (the
     # button shows busy, the dialog stays open) until this moves on: no update is sent before
     # the answer.
@@ -473,7 +472,6 @@ class DashboardState(AuthState):
     async def load(self):
         """On load: read the subscription, then keep the page up to date."""
         self.result_message = self.action_error = ""
-        self.cancel_dialog_open = False
         self.cancel_when = CANCEL_AT_PERIOD_END  # matches the radio group's default
         try:
             self._apply(await self._run_as_user(_dashboard))
@@ -633,14 +631,8 @@ class DashboardState(AuthState):
 
     @rx.event
     def open_cancel_dialog(self):
-        """Asking for confirmation before cancelling (the page opens the dialog itself)."""
+        """The cancel dialog opens (the page opens it itself): clear an earlier error."""
         self.action_error = ""
-        self.cancel_dialog_open = True
-
-    @rx.event
-    def close_cancel_dialog(self):
-        """Keep the subscription."""
-        self.cancel_dialog_open = False
 
     async def _act(
         self, choose: Callable[[], Callable[[Session, User], service.CancelResult]]
@@ -685,7 +677,6 @@ class DashboardState(AuthState):
                 if self._held_back:  # the watcher skipped this change: it may look now
                     self._held_back = False
                     changes.wake_here([self._watched_user])
-                self.cancel_dialog_open = False
                 self.action_seq += 1
                 if answer is not None:
                     self.result_message, self.action_error, data = answer
