@@ -24,7 +24,7 @@ import queue
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
 
 import redis
@@ -46,6 +46,9 @@ RECONNECT_SECONDS = 1.0
 _waiters: dict[int, set[asyncio.Event]] = defaultdict(set)
 _loop: asyncio.AbstractEventLoop | None = None
 _wakeup: asyncio.Event | None = None
+# Without Redis, where a process with no pages of its own sends its changes (the webhook
+# processor's process hands them to the backend worker that started it).
+_relay: Callable[[list[int]], None] | None = None
 
 
 def mark(session: Session, user_id: int) -> None:
@@ -99,7 +102,10 @@ def publish(user_ids: Iterable[int]) -> None:
         return
     url = get_settings().redis_url
     if not url:
-        _wake_soon(ids)
+        if _relay is not None:
+            _relay(ids)
+        else:
+            _wake_soon(ids)
         return
     _publisher().put((url, channel(), ids))
 
@@ -174,6 +180,16 @@ def _wake(ids: Iterable[int] | None) -> None:
     for user_id in users:
         for waiter in list(_waiters.get(user_id, ())):
             waiter.set()
+
+
+def relay_to(send: Callable[[list[int]], None] | None) -> None:
+    """Without Redis, hand this process's changes to `send` instead of waking pages here.
+
+    For a process that serves no pages (the webhook processor's): its parent worker wakes
+    them. `send` is called from whichever thread committed; None restores the default.
+    """
+    global _relay
+    _relay = send
 
 
 def wake_here(user_ids: Iterable[int]) -> None:

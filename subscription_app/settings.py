@@ -116,6 +116,10 @@ class Settings(BaseSettings):
     granian_workers: int | None = Field(default=None, ge=1)
     web_concurrency: int | None = Field(default=None, ge=1)
     smtp_from: str = "Subscription App <billing@localhost>"
+    # Where each backend worker applies webhook events: in a child process of its own
+    # (default; it does not share the worker's interpreter lock with the web requests, and
+    # runs at a lower CPU priority than they do) or on a thread of the worker itself.
+    webhook_processor: Literal["process", "inline"] = "process"
 
     @field_validator(
         "redis_url",

@@ -7,7 +7,7 @@ import reflex as rx
 from subscription_app import changes, notifications, routes
 from subscription_app.api import create_api
 from subscription_app.api.webhooks import dispatch_webhooks_first
-from subscription_app.billing.processor import run_processor
+from subscription_app.billing import processor_process
 from subscription_app.pages import auth, checkout, checkout_complete, dashboard, landing, plan
 from subscription_app.security import SecurityMiddleware
 from subscription_app.state.auth import AuthState
@@ -63,8 +63,9 @@ def build_app() -> rx.App:
     # The FastAPI app is mounted first; the security middleware then wraps everything
     # (pages served by the backend, API, websocket).
     application = _App(api_transformer=[create_api(), SecurityMiddleware])
-    # Each backend worker runs a webhook processor; the inbox leases events so they share.
-    application.register_lifespan_task(run_processor)
+    # Each backend worker runs a webhook processor (in a process of its own unless
+    # WEBHOOK_PROCESSOR=inline); the inbox leases events so they share.
+    application.register_lifespan_task(processor_process.run)
     # And delivers queued email (claimed row by row, so workers share the outbox too).
     application.register_lifespan_task(notifications.run_outbox)
     # And relays changes published by any worker to the live pages it serves.

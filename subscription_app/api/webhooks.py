@@ -17,8 +17,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from subscription_app import changes, routes
-from subscription_app.billing import intake
+from subscription_app import routes
+from subscription_app.billing import intake, processor_process
 from subscription_app.billing.webhooks import InvalidWebhook, verify
 from subscription_app.security import SecurityMiddleware
 
@@ -49,7 +49,7 @@ async def receive_event(body: bytes | None, signature: str | None) -> tuple[int,
         # Stripe retries on any non-2xx: nothing is lost while the database is down.
         return 503, {"detail": "Temporarily unable to store the event."}
     if stored:
-        changes.processor_wakeup().set()
+        processor_process.wake()
     return 200, {"received": True, "duplicate": not stored}
 
 

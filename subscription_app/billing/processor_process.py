@@ -1,0 +1,220 @@
+"""The webhook processor in a process of its own, started and watched by each backend worker.
+
+Applying an event is mostly Python work: reading it, re-reading the subscription from
+Stripe, writing rows. On a thread of the backend worker it shares that worker's interpreter
+lock with the web requests, so during a burst acknowledging deliveries (which Stripe times)
+and applying them can only take turns. In a child process it runs beside the worker, at a
+lower CPU priority (`NICE`): when the CPU is short, deliveries are acknowledged first and
+applied right after. With `WEBHOOK_PROCESSOR=inline` the worker applies events on its own
+threads instead (`processor.run_processor`).
+
+The worker and its processor talk over the child's standard streams, so nothing needs a
+port, a file or Redis:
+- the child's stdin: one byte per wake-up (something new was stored: look now). End of file
+  means the worker is gone: the processor finishes its pass and exits.
+- a copy of the child's stdout: without Redis, one line of comma-separated user ids per
+  committed change, whose open pages the worker wakes. With Redis the processor publishes
+  them itself, like any worker. The child's own stdout goes to its stderr, so a stray print
+  cannot garble the ids.
+
+The child ignores SIGINT (Ctrl-C reaches the whole process group): its worker decides when it
+stops, by closing the stream. SIGTERM stops it the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+from subscription_app import changes
+from subscription_app.billing import processor
+from subscription_app.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+# Added to the child's niceness: under CPU contention the web requests of its worker (nice 0)
+# get about nine tenths of a core to its one tenth; on an idle machine it runs at full speed.
+NICE = 10
+# How often the worker checks that its processor still runs, and how soon it starts another.
+CHECK_SECONDS = 1.0
+RESTART_SECONDS = 1.0
+# How long the worker waits for its processor to finish the pass at hand when stopping.
+STOP_TIMEOUT_SECONDS = 15.0
+
+
+class ProcessorProcess:
+    """The parent's handle on one processor process."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+        assert process.stdin is not None and process.stdout is not None  # both are pipes
+        self._wake_fd = process.stdin.fileno()
+        # A wake-up must never block the event loop: when the pipe is full the processor has
+        # wake-ups enough waiting.
+        os.set_blocking(self._wake_fd, False)
+        self._relay = threading.Thread(
+            target=_relay_changes, args=(process.stdout,), name="processor-changes", daemon=True
+        )
+        self._relay.start()
+
+    @classmethod
+    def start(cls) -> ProcessorProcess:
+        """Start `python -m subscription_app.billing.processor_process` with our settings."""
+        # Our own interpreter and module, no shell, no outside input.
+        process = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", __name__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=os.environ.copy(),
+        )
+        # Set here rather than by the child itself, so it holds from the child's first step.
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        with contextlib.suppress(OSError):  # the child died at once: the watcher sees it
+            os.setpriority(os.PRIO_PROCESS, process.pid, min(mine + NICE, 19))
+        return cls(process)
+
+    def wake(self) -> None:
+        """Tell the processor that events were stored."""
+        with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError):
+            os.write(self._wake_fd, b"w")
+
+    def running(self) -> bool:
+        """Whether the process is still alive."""
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> int | None:
+        """Close its stream (it finishes its pass and exits); terminate it if it lingers."""
+        assert self.process.stdin is not None
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            logger.warning("webhook processor did not stop in %.0f s; terminating it", timeout)
+            self.process.terminate()
+            try:
+                return self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                return self.process.wait()
+
+
+def _relay_changes(stream) -> None:
+    """Wake this worker's pages of the users the processor's lines name (a thread)."""
+    for line in stream:
+        ids = [int(part) for part in line.split(b",") if part.strip().isdigit()]
+        if ids:
+            changes.wake_here(ids)
+
+
+_current: ProcessorProcess | None = None
+
+
+def wake() -> None:
+    """Tell this worker's processor, wherever it runs, that new events were stored."""
+    changes.processor_wakeup().set()  # the in-process processor (WEBHOOK_PROCESSOR=inline)
+    child = _current
+    if child is not None:
+        child.wake()
+
+
+async def run(stop: asyncio.Event | None = None) -> None:
+    """Apply webhook events for the life of this worker (its lifespan task).
+
+    Starts the processor process and starts it again if it dies; with
+    `WEBHOOK_PROCESSOR=inline` runs `processor.run_processor` here instead.
+    """
+    global _current
+    if get_settings().webhook_processor == "inline":
+        await processor.run_processor(stop)
+        return
+    while stop is None or not stop.is_set():
+        child = await asyncio.to_thread(ProcessorProcess.start)
+        _current = child
+        try:
+            while child.running() and (stop is None or not stop.is_set()):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(_wait(stop), CHECK_SECONDS)
+        finally:
+            _current = None
+            if child.running():
+                # Shielded: a cancelled lifespan still lets the processor finish its pass.
+                await asyncio.shield(asyncio.to_thread(child.stop))
+        if stop is None or not stop.is_set():
+            logger.warning(
+                "webhook processor exited with %s; starting another", child.process.returncode
+            )
+            await asyncio.sleep(RESTART_SECONDS)
+
+
+async def _wait(stop: asyncio.Event | None) -> None:
+    if stop is None:
+        await asyncio.Event().wait()
+    else:
+        await stop.wait()
+
+
+# --------------------------------------------------------------------------
+# The child
+# --------------------------------------------------------------------------
+
+
+def read_wakeups(
+    loop: asyncio.AbstractEventLoop, wakeup: asyncio.Event, stop: asyncio.Event, fd: int = 0
+) -> None:
+    """Set `wakeup` for each read from `fd` (stdin); at its end set `stop`. Runs on a thread."""
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            loop.call_soon_threadsafe(stop.set)
+            loop.call_soon_threadsafe(wakeup.set)  # end the idle wait at once
+            return
+        loop.call_soon_threadsafe(wakeup.set)
+
+
+def _id_writer(fd: int):
+    lock = threading.Lock()
+
+    def send(ids: list[int]) -> None:
+        line = ",".join(map(str, ids)).encode() + b"\n"
+        with lock, contextlib.suppress(OSError):  # the worker is gone: nothing to wake
+            os.write(fd, line)
+
+    return send
+
+
+async def _serve(ids_fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    wakeup = changes.processor_wakeup()
+    if not get_settings().redis_url:
+        changes.relay_to(_id_writer(ids_fd))
+    threading.Thread(
+        target=read_wakeups, args=(loop, wakeup, stop), name="wakeups", daemon=True
+    ).start()
+    await processor.run_processor(stop)
+
+
+def main() -> None:
+    """The processor process: apply webhook events until the parent closes our stdin."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker stops us, not Ctrl-C
+    ids_fd = os.dup(1)
+    os.dup2(2, 1)  # anything printed goes to stderr, never into the ids
+    logging.basicConfig(
+        level=logging.INFO, format="webhook processor %(process)d: %(levelname)s %(message)s"
+    )
+    asyncio.run(_serve(ids_fd))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""`billing/processor_process.py`: webhook events applied by a process of the worker's own.
+
+The processor process is real (`python -m subscription_app.billing.processor_process`), and
+so are the database (SQLite and PostgreSQL) and the Stripe emulator it re-reads from. This
+test process plays the backend worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from subscription_app import changes
+from subscription_app.billing import inbox, processor, processor_process
+from subscription_app.billing.webhooks import verify
+from subscription_app.db import session_scope
+from tests.integration.test_webhooks import stripe_event_body, subscribe_for_real, view_of
+
+SECRET = "whsec_processor_process"
+TIMEOUT = 30.0  # generous: the child imports the app before its first pass
+
+
+@pytest.fixture
+def worker_env(stripe_env, db_engine, empty_database_url, settings_env, monkeypatch):
+    """Settings the processor process inherits: this test's database and emulator."""
+    settings_env(DATABASE_URL=empty_database_url, STRIPE_WEBHOOK_SECRET=SECRET)
+    # Not applied here: only the child may apply events.
+    monkeypatch.setattr(processor, "run_processor", _not_in_this_process)
+    monkeypatch.setattr(processor_process, "CHECK_SECONDS", 0.05)
+    monkeypatch.setattr(processor_process, "RESTART_SECONDS", 0.0)
+
+
+async def _not_in_this_process(stop=None) -> None:
+    raise AssertionError("events were applied in the worker's own process")
+
+
+def store(sub_id: str, stripe_client) -> None:
+    """Deliver a `customer.subscription.updated` for `sub_id` as the webhook route stores it."""
+    current = stripe_client.v1.subscriptions.retrieve(sub_id).to_dict()
+    body = stripe_event_body("customer.subscription.updated", current)
+    from subscription_app.billing.webhooks import sign
+
+    with session_scope() as session:
+        assert inbox.store_many(session, [verify(body.encode(), sign(body, SECRET))])
+    processor_process.wake()
+
+
+async def until(condition, what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def test_events_are_applied_by_a_lower_priority_process_that_wakes_this_workers_pages(
+    worker_env, session, stripe_client
+):
+    user_id, sub_id = subscribe_for_real(session, stripe_client)
+    asyncio.run(_applied_elsewhere(user_id, sub_id, stripe_client, session))
+
+
+async def _applied_elsewhere(user_id: int, sub_id: str, stripe_client, session) -> None:
+    stop = asyncio.Event()
+    running = asyncio.create_task(processor_process.run(stop))
+    try:
+        await until(lambda: processor_process._current is not None, "the processor")
+        child = processor_process._current
+        assert child is not None
+        # Lower priority than this worker: under contention web requests go first.
+        expected = min(os.getpriority(os.PRIO_PROCESS, 0) + processor_process.NICE, 19)
+        assert os.getpriority(os.PRIO_PROCESS, child.process.pid) == expected
+
+        with changes.listen(user_id) as page:
+            stripe_client.v1.subscriptions.update(sub_id, params={"cancel_at_period_end": True})
+            await asyncio.to_thread(store, sub_id, stripe_client)
+            # The child has no pages and no Redis here: it hands the change to us.
+            assert await page.wait(TIMEOUT), "this worker's page was not woken"
+            assert view_of(session, user_id).cancel_at_period_end is True
+
+            # Ctrl-C reaches the whole process group: the processor keeps going regardless.
+            os.kill(child.process.pid, signal.SIGINT)
+            stripe_client.v1.subscriptions.update(sub_id, params={"cancel_at_period_end": False})
+            await asyncio.to_thread(store, sub_id, stripe_client)
+            assert await page.wait(TIMEOUT)
+            assert view_of(session, user_id).cancel_at_period_end is False
+        assert child.running()
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, TIMEOUT)
+    # Stopping closes its stream: it finishes and exits cleanly.
+    assert child.process.returncode == 0
+    assert processor_process._current is None
+
+
+def test_a_processor_that_dies_is_started_again(worker_env):
+    asyncio.run(_restarted())
+
+
+async def _restarted() -> None:
+    stop = asyncio.Event()
+    running = asyncio.create_task(processor_process.run(stop))
+    try:
+        await until(lambda: processor_process._current is not None, "the processor")
+        first = processor_process._current
+        assert first is not None
+        first.process.kill()
+        await until(lambda: processor_process._current not in (None, first), "a second processor")
+        second = processor_process._current
+        assert second is not None and second.running()
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, TIMEOUT)
+    assert first.process.returncode == -signal.SIGKILL
+    assert second.process.returncode == 0
+
+
+def test_inline_applies_events_in_the_worker_itself(settings_env, monkeypatch):
+    settings_env(WEBHOOK_PROCESSOR="inline")
+    ran: list[asyncio.Event | None] = []
+
+    async def in_process(stop=None) -> None:
+        ran.append(stop)
+
+    monkeypatch.setattr(processor, "run_processor", in_process)
+    monkeypatch.setattr(processor_process.ProcessorProcess, "start", _no_child)
+    stop = asyncio.Event()
+    asyncio.run(processor_process.run(stop))
+    assert ran == [stop]
+
+
+def _no_child():
+    raise AssertionError("a processor process was started with WEBHOOK_PROCESSOR=inline")
+
+
+def test_the_child_wakes_on_each_byte_and_stops_at_the_end_of_its_stream():
+    asyncio.run(_wakeups())
+
+
+async def _wakeups() -> None:
+    loop = asyncio.get_running_loop()
+    wakeup, stop = asyncio.Event(), asyncio.Event()
+    read_end, write_end = os.pipe()
+    reader = threading.Thread(
+        target=processor_process.read_wakeups, args=(loop, wakeup, stop, read_end)
+    )
+    reader.start()
+    try:
+        os.write(write_end, b"w")
+        await asyncio.wait_for(wakeup.wait(), TIMEOUT)
+        assert not stop.is_set()
+        wakeup.clear()
+        os.close(write_end)  # the worker is gone
+        await asyncio.wait_for(stop.wait(), TIMEOUT)
+        assert wakeup.is_set()  # and the idle wait ends at once
+    finally:
+        await asyncio.to_thread(reader.join, TIMEOUT)
+        os.close(read_end)
+
+
+def test_a_wake_up_reaches_the_process_and_its_lines_wake_this_workers_pages():
+    asyncio.run(_round_trip())
+
+
+async def _round_trip() -> None:
+    # A stand-in child at the same seam: it answers the first wake-up byte with a line
+    # naming user 7, as the processor does for a change it committed.
+    echo = "import os, sys; os.read(0, 1); sys.stdout.write('7\\n'); sys.stdout.flush()"
+    process = subprocess.Popen(
+        [sys.executable, "-c", echo], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    child = processor_process.ProcessorProcess(process)
+    try:
+        with changes.listen(7) as page:
+            child.wake()
+            assert await page.wait(TIMEOUT)
+    finally:
+        assert child.stop(TIMEOUT) == 0
