@@ -365,3 +365,43 @@ async def _woken_during_a_pass(monkeypatch) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await running
     assert passes == [0, 1]
+
+
+def test_after_a_partial_batch_the_processor_waits_to_be_woken_and_a_full_one_goes_on(
+    monkeypatch,
+):
+    # A claim that took fewer events than a batch took all that were due: claiming again at
+    # once would only find nothing (at a steady trickle, one empty claim per event).
+    monkeypatch.setattr(processor, "IDLE_POLL_SECONDS", 60.0)
+    asyncio.run(_partial_then_full(monkeypatch))
+
+
+async def _partial_then_full(monkeypatch) -> None:
+    wakeup = asyncio.Event()
+    monkeypatch.setattr(processor.changes, "processor_wakeup", lambda: wakeup)
+    claims = [1, processor.BATCH_SIZE, 0]
+    passes: list[int] = []
+    stop = asyncio.Event()
+
+    async def one_pass() -> processor.BatchResult:
+        await asyncio.sleep(0)
+        passes.append(claims[len(passes)] if len(passes) < len(claims) else 0)
+        if len(passes) == len(claims):
+            stop.set()
+            wakeup.set()  # as a stopping processor process does: end the idle wait
+        return processor.BatchResult(claimed=passes[-1])
+
+    monkeypatch.setattr(processor, "_process_pass", one_pass)
+    running = asyncio.create_task(processor.run_processor(stop))
+    try:
+        for _ in range(50):  # let the loop run: it must stay in its wait
+            await asyncio.sleep(0)
+        assert passes == [1]
+        wakeup.set()  # an event was stored
+        await asyncio.wait_for(running, 5)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    # Woken, it claimed a full batch, and went straight on to the next claim.
+    assert passes == [1, processor.BATCH_SIZE, 0]
