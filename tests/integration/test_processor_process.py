@@ -8,18 +8,20 @@ test process plays the backend worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
 from subscription_app import changes
 from subscription_app.billing import inbox, processor, processor_process
-from subscription_app.billing.webhooks import verify
+from subscription_app.billing.webhooks import sign, verify
 from subscription_app.db import session_scope
 from tests.integration.test_webhooks import stripe_event_body, subscribe_for_real, view_of
 
@@ -45,11 +47,24 @@ def store(sub_id: str, stripe_client) -> None:
     """Deliver a `customer.subscription.updated` for `sub_id` as the webhook route stores it."""
     current = stripe_client.v1.subscriptions.retrieve(sub_id).to_dict()
     body = stripe_event_body("customer.subscription.updated", current)
-    from subscription_app.billing.webhooks import sign
-
     with session_scope() as session:
         assert inbox.store_many(session, [verify(body.encode(), sign(body, SECRET))])
     processor_process.wake()
+
+
+@contextlib.asynccontextmanager
+async def worker_running() -> AsyncIterator[processor_process.ProcessorProcess]:
+    """This process acting as a backend worker (`processor_process.run`); yields its child."""
+    stop = asyncio.Event()
+    running = asyncio.create_task(processor_process.run(stop))
+    try:
+        await until(lambda: processor_process._current is not None, "the processor")
+        child = processor_process._current
+        assert child is not None
+        yield child
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, TIMEOUT)
 
 
 async def until(condition, what: str) -> None:
@@ -67,12 +82,7 @@ def test_events_are_applied_by_a_lower_priority_process_that_wakes_this_workers_
 
 
 async def _applied_elsewhere(user_id: int, sub_id: str, stripe_client, session) -> None:
-    stop = asyncio.Event()
-    running = asyncio.create_task(processor_process.run(stop))
-    try:
-        await until(lambda: processor_process._current is not None, "the processor")
-        child = processor_process._current
-        assert child is not None
+    async with worker_running() as child:
         # Lower priority than this worker: under contention web requests go first.
         expected = min(os.getpriority(os.PRIO_PROCESS, 0) + processor_process.NICE, 19)
         assert os.getpriority(os.PRIO_PROCESS, child.process.pid) == expected
@@ -91,9 +101,6 @@ async def _applied_elsewhere(user_id: int, sub_id: str, stripe_client, session) 
             assert await page.wait(TIMEOUT)
             assert view_of(session, user_id).cancel_at_period_end is False
         assert child.running()
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, TIMEOUT)
     # Stopping closes its stream: it finishes and exits cleanly.
     assert child.process.returncode == 0
     assert processor_process._current is None
@@ -104,19 +111,11 @@ def test_a_processor_that_dies_is_started_again(worker_env):
 
 
 async def _restarted() -> None:
-    stop = asyncio.Event()
-    running = asyncio.create_task(processor_process.run(stop))
-    try:
-        await until(lambda: processor_process._current is not None, "the processor")
-        first = processor_process._current
-        assert first is not None
+    async with worker_running() as first:
         first.process.kill()
         await until(lambda: processor_process._current not in (None, first), "a second processor")
         second = processor_process._current
         assert second is not None and second.running()
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, TIMEOUT)
     assert first.process.returncode == -signal.SIGKILL
     assert second.process.returncode == 0
 
