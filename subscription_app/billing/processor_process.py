@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 from subscription_app import changes
 from subscription_app.billing import processor
@@ -41,9 +42,14 @@ logger = logging.getLogger(__name__)
 # Added to the child's niceness: under CPU contention the web requests of its worker (nice 0)
 # get about nine tenths of a core to its one tenth; on an idle machine it runs at full speed.
 NICE = 10
-# How often the worker checks that its processor still runs, and how soon it starts another.
+# How often the worker checks that its processor still runs, and how soon it starts another:
+# after a second the first time, then twice as long after each quick death (a processor that
+# cannot start, say with the database down, is not restarted in a tight loop), up to a limit.
 CHECK_SECONDS = 1.0
 RESTART_SECONDS = 1.0
+MAX_RESTART_SECONDS = 30.0
+# A processor that ran this long before it died was healthy: the next wait starts over.
+HEALTHY_SECONDS = 60.0
 # How long the worker waits for its processor to finish the pass at hand when stopping.
 STOP_TIMEOUT_SECONDS = 15.0
 
@@ -134,7 +140,9 @@ async def run(stop: asyncio.Event | None = None) -> None:
     if get_settings().webhook_processor == "inline":
         await processor.run_processor(stop)
         return
+    quick_deaths = 0
     while stop is None or not stop.is_set():
+        started = time.monotonic()
         child = await asyncio.to_thread(ProcessorProcess.start)
         _current = child
         try:
@@ -147,10 +155,21 @@ async def run(stop: asyncio.Event | None = None) -> None:
                 # Shielded: a cancelled lifespan still lets the processor finish its pass.
                 await asyncio.shield(asyncio.to_thread(child.stop))
         if stop is None or not stop.is_set():
+            healthy = time.monotonic() - started >= HEALTHY_SECONDS
+            quick_deaths = 0 if healthy else quick_deaths + 1
+            delay = min(RESTART_SECONDS * 2 ** max(quick_deaths - 1, 0), MAX_RESTART_SECONDS)
             logger.warning(
-                "webhook processor exited with %s; starting another", child.process.returncode
+                "webhook processor exited with %s; starting another in %.0f s",
+                child.process.returncode,
+                delay,
             )
-            await asyncio.sleep(RESTART_SECONDS)
+            await pause(delay, stop)
+
+
+async def pause(seconds: float, stop: asyncio.Event | None) -> None:
+    """Wait `seconds`, or less if `stop` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(_wait(stop), seconds)
 
 
 async def _wait(stop: asyncio.Event | None) -> None:

@@ -120,6 +120,31 @@ async def _restarted() -> None:
     assert second.process.returncode == 0
 
 
+class _DeadOnArrival:
+    """A processor process that has already exited (it could not start)."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.CompletedProcess(args=[], returncode=1)
+
+    def running(self) -> bool:
+        return False
+
+
+def test_a_processor_that_keeps_dying_is_restarted_less_and_less_often(monkeypatch):
+    waits: list[float] = []
+    stop = asyncio.Event()
+
+    async def pause(seconds: float, _stop) -> None:
+        waits.append(seconds)
+        if len(waits) == 8:
+            stop.set()
+
+    monkeypatch.setattr(processor_process.ProcessorProcess, "start", _DeadOnArrival)
+    monkeypatch.setattr(processor_process, "pause", pause)
+    asyncio.run(processor_process.run(stop))
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+
+
 def test_inline_applies_events_in_the_worker_itself(settings_env, monkeypatch):
     settings_env(WEBHOOK_PROCESSOR="inline")
     ran: list[asyncio.Event | None] = []
