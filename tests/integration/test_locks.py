@@ -1,7 +1,9 @@
-"""Named locks across connections (PostgreSQL advisory locks, SQLite leases)."""
+"""Named locks across connections and processes (PostgreSQL advisory locks, SQLite file locks)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from datetime import timedelta
 
@@ -81,7 +83,35 @@ def sqlite_engine(tmp_path, monkeypatch):
     engine.dispose()
 
 
-def test_a_sqlite_lease_left_by_a_crashed_process_lapses(sqlite_engine):
+def test_a_sqlite_lock_held_by_another_process_keeps_it_out_and_dies_with_it(sqlite_engine):
+    # The processor process and the web worker share SQLite: the lock spans processes, and a
+    # process that dies (killed mid-hold) leaves nothing locked behind it.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_IN_ANOTHER_PROCESS, str(locks.lock_directory(sqlite_engine))],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        assert isinstance(try_in_other_thread("subscriber:9", timeout=0.3), locks.LockTimeout)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert try_in_other_thread("subscriber:9", timeout=5) is None
+
+
+# Takes "subscriber:9" as `locks.hold` does on SQLite, says so, and waits to be killed.
+HOLD_IN_ANOTHER_PROCESS = """
+import sys, time
+from pathlib import Path
+from subscription_app import locks
+with locks._hold_file(Path(sys.argv[1]), "subscriber:9", timeout=5):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_the_windows_fallback_lease_left_by_a_crashed_process_lapses(sqlite_engine, monkeypatch):
+    monkeypatch.setattr(locks, "fcntl", None)
     with sqlite_engine.begin() as conn:
         conn.execute(
             sa.insert(AppLock.__table__).values(
