@@ -79,11 +79,6 @@ def channel() -> str:
     return CHANNEL_PREFIX + hashlib.sha256(name).hexdigest()[:16]
 
 
-def _redis() -> redis.Redis | None:
-    url = get_settings().redis_url
-    return _client(url) if url else None
-
-
 @lru_cache(maxsize=4)
 def _client(url: str) -> redis.Redis:
     # One connection pool per process; a publish is one short round trip.
@@ -131,7 +126,7 @@ def _send_forever(pending: queue.Queue[tuple[str, str, list[int]]]) -> None:
     while True:
         url, name, ids = pending.get()
         try:
-            _client(url).publish(name, ",".join(map(str, ids)))
+            _client(url).publish(name, format_ids(ids))
         except Exception:
             logger.warning("could not publish a change through Redis", exc_info=True)
             _wake_soon(ids)
@@ -247,7 +242,13 @@ async def wait_for_change(user_id: int, timeout: float) -> bool:
         return await listener.wait(timeout)
 
 
-def _parse(data: bytes | str) -> list[int]:
+def format_ids(user_ids: Iterable[int]) -> str:
+    """User ids as they travel between processes (Redis, the processor's pipe): "3,17"."""
+    return ",".join(map(str, user_ids))
+
+
+def parse_ids(data: bytes | str) -> list[int]:
+    """The user ids of `format_ids`' text; anything else in it is ignored."""
     text = data.decode() if isinstance(data, bytes) else data
     return [int(part) for part in text.split(",") if part.strip().isdigit()]
 
@@ -269,7 +270,7 @@ async def run_listener(stop: asyncio.Event | None = None) -> None:
                 while stop is None or not stop.is_set():
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
                     if message is not None and message.get("type") == "message":
-                        _wake(_parse(message["data"]))
+                        _wake(parse_ids(message["data"]))
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from functools import lru_cache
 from pathlib import Path
 
 try:
@@ -107,11 +108,17 @@ def _hold_lease(engine: Engine, name: str, timeout: float) -> Iterator[None]:
 
 def lock_directory(engine: Engine) -> Path:
     """Where the lock files of a SQLite database live (created on first use)."""
-    database = engine.url.database
+    return _lock_directory(engine.url.database, os.getpid())
+
+
+@lru_cache(maxsize=8)
+def _lock_directory(database: str | None, pid: int) -> Path:
+    # Cached: every hold asks, and resolving the path and creating the directory would
+    # cost as much as the lock itself. Keyed by process: an in-memory database's is its own.
     if database and database != ":memory:" and not database.startswith("file:"):
         directory = Path(f"{Path(database).resolve()}-locks")
     else:  # an in-memory database lives in one process: a directory of that process's own
-        directory = Path(tempfile.gettempdir()) / f"subscription_app-locks-{os.getpid()}"
+        directory = Path(tempfile.gettempdir()) / f"subscription_app-locks-{pid}"
     directory.mkdir(mode=0o700, exist_ok=True)
     return directory
 
@@ -124,7 +131,11 @@ def _hold_file(directory: Path, name: str, timeout: float) -> Iterator[None]:
     path = directory / hashlib.sha256(name.encode()).hexdigest()[:32]
     # Opened per hold: a flock belongs to its open file, so two threads of one process
     # exclude each other too.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except FileNotFoundError:  # the (cached) directory was removed while we ran
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         deadline = time.monotonic() + timeout
         pause = _POLL_FIRST

@@ -114,7 +114,7 @@ class ProcessorProcess:
 def _relay_changes(stream) -> None:
     """Wake this worker's pages of the users the processor's lines name (a thread)."""
     for line in stream:
-        ids = [int(part) for part in line.split(b",") if part.strip().isdigit()]
+        ids = changes.parse_ids(line)
         if ids:
             changes.wake_here(ids)
 
@@ -204,7 +204,7 @@ def _id_writer(fd: int):
     lock = threading.Lock()
 
     def send(ids: list[int]) -> None:
-        line = ",".join(map(str, ids)).encode() + b"\n"
+        line = changes.format_ids(ids).encode() + b"\n"
         with lock, contextlib.suppress(OSError):  # the worker is gone: nothing to wake
             os.write(fd, line)
 

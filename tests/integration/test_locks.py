@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import threading
@@ -124,3 +125,12 @@ def test_the_windows_fallback_lease_left_by_a_crashed_process_lapses(sqlite_engi
             sa.update(AppLock.__table__).values(expires_at=utcnow() - timedelta(seconds=1))
         )
     assert try_in_other_thread("subscriber:9", timeout=0.3) is None
+
+
+def test_a_sqlite_lock_directory_removed_while_running_is_made_again(sqlite_engine):
+    with locks.hold("subscriber:9", timeout=1):
+        pass
+    shutil.rmtree(locks.lock_directory(sqlite_engine))  # someone tidied up the directory
+    with locks.hold("subscriber:9", timeout=1):
+        pass
+    assert try_in_other_thread("subscriber:9", timeout=1) is None
