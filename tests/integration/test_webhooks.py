@@ -319,31 +319,27 @@ def test_two_processors_racing_on_one_subscription_end_with_stripes_latest(
     post(stripe_hook, stripe_event_body("customer.subscription.updated", ending.to_dict()))
 
     real_client = sync.get_client()
+    real_fetch = sync.fetch_subscription
     worker_b: list[threading.Thread] = []
 
-    class SlowFirstRead:
-        def __init__(self):
-            self.v1 = self
-            self.subscriptions = self
+    def slow_first_read(subscription_id, **kwargs):
+        answer = real_fetch(subscription_id, **kwargs)
+        if not worker_b:
+            undone = real_client.v1.subscriptions.update(
+                sub_id, params={"cancel_at_period_end": False}
+            )
+            post(
+                stripe_hook,
+                stripe_event_body("customer.subscription.updated", undone.to_dict()),
+            )
+            thread = threading.Thread(target=processor.process_batch, kwargs={"limit": 1})
+            worker_b.append(thread)
+            thread.start()
+            # Give B the chance to overtake; with the lock it waits for A instead.
+            thread.join(timeout=1.5)
+        return answer
 
-        def retrieve(self, *args, **kwargs):
-            answer = real_client.v1.subscriptions.retrieve(*args, **kwargs)
-            if not worker_b:
-                undone = real_client.v1.subscriptions.update(
-                    sub_id, params={"cancel_at_period_end": False}
-                )
-                post(
-                    stripe_hook,
-                    stripe_event_body("customer.subscription.updated", undone.to_dict()),
-                )
-                thread = threading.Thread(target=processor.process_batch, kwargs={"limit": 1})
-                worker_b.append(thread)
-                thread.start()
-                # Give B the chance to overtake; with the lock it waits for A instead.
-                thread.join(timeout=1.5)
-            return answer
-
-    monkeypatch.setattr(sync, "get_client", SlowFirstRead)
+    monkeypatch.setattr(sync, "fetch_subscription", slow_first_read)
     processor.process_batch(limit=1)
     worker_b[0].join(timeout=60)
     assert not worker_b[0].is_alive()
@@ -560,31 +556,13 @@ def test_a_subscriber_stays_ours_when_the_merchant_changes_the_price(
 def stripe_reads(monkeypatch) -> list[str]:
     """The subscription ids the processor re-reads from Stripe, in order."""
     reads: list[str] = []
-    real = sync.get_client
+    real_fetch = sync.fetch_subscription
 
-    class Counting:
-        def __init__(self, client):
-            self._client = client
-            self.v1 = self
+    def counting(subscription_id, **kwargs):
+        reads.append(subscription_id)
+        return real_fetch(subscription_id, **kwargs)
 
-        def __getattr__(self, name):
-            return getattr(self._client.v1, name)
-
-        @property
-        def subscriptions(self):
-            service = self._client.v1.subscriptions
-
-            class Reads:
-                def __getattr__(self, name):
-                    return getattr(service, name)
-
-                def retrieve(self, subscription_id, *args, **kwargs):
-                    reads.append(subscription_id)
-                    return service.retrieve(subscription_id, *args, **kwargs)
-
-            return Reads()
-
-    monkeypatch.setattr(sync, "get_client", lambda: Counting(real()))
+    monkeypatch.setattr(sync, "fetch_subscription", counting)
     return reads
 
 

@@ -40,23 +40,22 @@ def _subscription(sub_id: str, cus_id: str, **fields) -> dict:
 
 
 class FakeStripe:
-    """Answers `v1.subscriptions.retrieve` from `state`; records each read."""
+    """Answers `sync.fetch_subscription` (the processor's Stripe read) from `state`; records
+    each read."""
 
     def __init__(self) -> None:
         self.state: dict[str, dict] = {}
         self.reads: list[str] = []
-        self.v1 = self
-        self.subscriptions = self
 
-    def retrieve(self, subscription_id: str, params=None) -> dict:
+    def fetch(self, subscription_id: str, expand=None) -> sync.SubscriptionSnapshot:
         self.reads.append(subscription_id)
-        return dict(self.state[subscription_id])
+        return sync.read_subscription(dict(self.state[subscription_id]))
 
 
 @pytest.fixture
 def stripe_state(monkeypatch) -> FakeStripe:
     fake = FakeStripe()
-    monkeypatch.setattr(sync, "get_client", lambda: fake)
+    monkeypatch.setattr(sync, "fetch_subscription", fake.fetch)
     monkeypatch.setattr(catalog, "default_price_id", lambda: PRICE)
     return fake
 
