@@ -221,7 +221,7 @@ async def _serve(ids_fd: int) -> None:
     threading.Thread(
         target=read_wakeups, args=(loop, wakeup, stop), name="wakeups", daemon=True
     ).start()
-    await processor.run_processor(stop)
+    await processor.run_processor(stop, yield_to_intake=False)  # no intake in this process
 
 
 def main() -> None:

@@ -346,7 +346,7 @@ async def _woken_during_a_pass(monkeypatch) -> None:
     second_pass = asyncio.Event()
     stop = asyncio.Event()
 
-    async def one_pass() -> processor.BatchResult:
+    async def one_pass(**_) -> processor.BatchResult:
         passes.append(len(passes))
         if len(passes) == 1:
             wakeup.set()  # the intake stored an event after this pass's claim looked
@@ -382,7 +382,7 @@ async def _partial_then_full(monkeypatch) -> None:
     passes: list[int] = []
     stop = asyncio.Event()
 
-    async def one_pass() -> processor.BatchResult:
+    async def one_pass(**_) -> processor.BatchResult:
         await asyncio.sleep(0)
         passes.append(claims[len(passes)] if len(passes) < len(claims) else 0)
         if len(passes) == len(claims):
