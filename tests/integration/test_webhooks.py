@@ -549,6 +549,28 @@ def test_a_subscriber_stays_ours_when_the_merchant_changes_the_price(
     assert getattr(repository.live_subscription(session, user_id), "id", None) == ours
 
 
+# The processor's Stripe read (`sync.fetch_subscription`: raw JSON, no StripeObjects) -------
+
+
+def test_the_raw_read_is_what_the_sdk_reads_and_names_one_subscription(session, stripe_client):
+    _, sub_id = subscribe_for_real(session, stripe_client)
+    sdk = sync.read_subscription(stripe_client.v1.subscriptions.retrieve(sub_id))
+    assert sync.fetch_subscription(sub_id) == sdk
+    # `expand` reaches Stripe: the first invoice's payment comes back with it.
+    expand = service.SUBSCRIPTION_EXPAND
+    expanded = sync.fetch_subscription(sub_id, expand=expand)
+    assert expanded.payment is not None and expanded.payment.payment_intent_id
+    assert expanded == sync.read_subscription(
+        stripe_client.v1.subscriptions.retrieve(sub_id, params={"expand": expand})
+    )
+    # An id is one path segment: it cannot walk to another resource.
+    with pytest.raises(stripe.InvalidRequestError):
+        sync.fetch_subscription(f"../customers/{sdk.customer_id}")
+    with pytest.raises(stripe.InvalidRequestError) as missing:
+        sync.fetch_subscription("sub_does_not_exist")
+    assert missing.value.code == "resource_missing"
+
+
 # One re-read per subscription per batch ------------------------------------------------
 
 
