@@ -4,9 +4,12 @@ Several processors (one per backend worker) can run at once: the inbox leases ea
 one of them. A failing handler is retried with backoff, then the event is marked failed with
 its error and the processor moves on.
 
-Taking events in comes first: before each event the processor lets this worker's intake
-finish what it is storing (for a moment at most), so a burst of deliveries is acknowledged at
-full speed and applied right after. Within one claimed batch each subscription is re-read
+Each backend worker runs its processor in a process of its own (`processor_process`), which
+works through a claimed batch on one thread. With WEBHOOK_PROCESSOR=inline it runs on the
+worker's own event loop instead, and taking events in comes first: before each event the
+processor lets this worker's intake finish what it is storing (for a moment at most), so a
+burst of deliveries is acknowledged at full speed and applied right after. Within one claimed
+batch each subscription is re-read
 from Stripe once (`sync.reads_shared_from_now`), and the lease of a batch is renewed while
 the batch is worked through.
 """
