@@ -1484,9 +1484,12 @@ def machine_info(args: argparse.Namespace) -> dict[str, Any]:
 def write_results(path: Path, machine: dict[str, Any], results: list[dict[str, Any]]) -> None:
     """Merge this invocation's runs into the results file (same database and inbox: replaced)."""
     runs: list[dict[str, Any]] = []
+    earlier: Any = None  # runs of earlier code, kept by hand for comparison
     if path.exists():
         with contextlib.suppress(ValueError, KeyError, TypeError):
-            runs = list(json.loads(path.read_text())["runs"])
+            previous = json.loads(path.read_text())
+            earlier = previous.get("earlier_runs")
+            runs = list(previous["runs"])
     fresh = {(r["database"], r["inbox_rows"]) for r in results}
     runs = [r for r in runs if (r.get("database"), r.get("inbox_rows")) not in fresh]
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
@@ -1503,6 +1506,7 @@ def write_results(path: Path, machine: dict[str, Any], results: list[dict[str, A
             "burst_drain_s_max": GOAL_DRAIN_SECONDS,
         },
         "runs": runs,
+        **({"earlier_runs": earlier} if earlier else {}),
     }
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
 
