@@ -11,7 +11,8 @@ threads instead (`processor.run_processor`).
 The worker and its processor talk over the child's standard streams, so nothing needs a
 port, a file or Redis:
 - the child's stdin: one byte per wake-up (something new was stored: look now). End of file
-  means the worker is gone: the processor finishes its pass and exits.
+  means the worker is gone: the processor finishes the event under way, hands the rest of
+  its batch back to the inbox (due at once, for any worker) and exits.
 - a copy of the child's stdout: without Redis, one line of comma-separated user ids per
   committed change, whose open pages the worker wakes. With Redis the processor publishes
   them itself, like any worker. The child's own stdout goes to its stderr, so a stray print
@@ -95,7 +96,8 @@ class ProcessorProcess:
         return self.process.poll() is None
 
     def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> int | None:
-        """Close its stream (it finishes its pass and exits); terminate it if it lingers."""
+        """Close its stream (it finishes its event, hands its batch back, exits); terminate it
+        if it lingers."""
         assert self.process.stdin is not None
         with contextlib.suppress(OSError):
             self.process.stdin.close()
@@ -152,7 +154,7 @@ async def run(stop: asyncio.Event | None = None) -> None:
         finally:
             _current = None
             if child.running():
-                # Shielded: a cancelled lifespan still lets the processor finish its pass.
+                # Shielded: a cancelled lifespan still lets the processor finish its event.
                 await asyncio.shield(asyncio.to_thread(child.stop))
         if stop is None or not stop.is_set():
             healthy = time.monotonic() - started >= HEALTHY_SECONDS

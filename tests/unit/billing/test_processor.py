@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -404,3 +405,58 @@ async def _partial_then_full(monkeypatch) -> None:
             await running
     # Woken, it claimed a full batch, and went straight on to the next claim.
     assert passes == [1, processor.BATCH_SIZE, 0]
+
+
+def test_a_processor_told_to_stop_hands_back_the_events_it_has_not_started(
+    session, subscriber, stripe_state, monkeypatch
+):
+    # A stopping worker waits 15 s for its processor; a batch with real Stripe can take
+    # minutes. What the processor has not started must not wait out its lease (60 s).
+    _, sub_id = subscriber
+    for _ in range(3):
+        store_event(session, "customer.subscription.updated", stripe_state.state[sub_id])
+    stop = threading.Event()
+    real = processor.process_one
+
+    def one_then_stop(event, result):
+        real(event, result)
+        stop.set()
+
+    monkeypatch.setattr(processor, "process_one", one_then_stop)
+    result = processor.process_batch(stop=stop)
+    assert (result.claimed, result.done) == (3, 1)
+    assert len(processor.claim_batch()) == 2  # due again at once, for any worker
+
+
+def test_the_processor_process_passes_its_stop_to_the_batch(
+    session, subscriber, stripe_state, monkeypatch
+):
+    # `run_processor` with a stop (the processor's own process): setting it in the middle of
+    # a batch ends the batch after the event under way, and the rest is handed back.
+    _, sub_id = subscriber
+    for _ in range(3):
+        store_event(session, "customer.subscription.updated", stripe_state.state[sub_id])
+
+    async def main() -> None:
+        monkeypatch.setattr(processor.changes, "processor_wakeup", asyncio.Event)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        real = processor.process_one
+
+        async def stop_now() -> None:
+            stop.set()
+            # The loop runs the tasks `stop` woke (the one telling the batch's thread)
+            # before it comes back here.
+            await asyncio.sleep(0)
+
+        def one_then_stop(event, result):
+            real(event, result)
+            asyncio.run_coroutine_threadsafe(stop_now(), loop).result(timeout=5)
+
+        monkeypatch.setattr(processor, "process_one", one_then_stop)
+        await asyncio.wait_for(processor.run_processor(stop, yield_to_intake=False), 10)
+
+    asyncio.run(main())
+    session.rollback()
+    pending = session.exec(select(StripeEvent).where(StripeEvent.status == "pending")).all()
+    assert len(pending) == 2 and all(row.locked_by is None for row in pending)
