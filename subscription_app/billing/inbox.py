@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Table, and_, bindparam, or_, text, update
 from sqlalchemy import inspect as sa_inspect
@@ -177,13 +177,7 @@ def renew(session: Session, lease_token: str) -> datetime:
     took over already is not ours to renew (its `locked_by` is theirs). Commits.
     """
     until = utcnow() + LEASE
-    table = _events_table()
-    session.connection().execute(
-        update(table)
-        .where(text(PENDING_EVENT), table.c.locked_by == lease_token)
-        .values(locked_until=until)
-    )
-    session.commit()
+    _update_lease(session, lease_token, locked_until=until)
     return until
 
 
@@ -193,18 +187,23 @@ def release(session: Session, lease_token: str) -> int:
     For a processor that stops in the middle of a batch: the rest is due again at once for
     any worker, instead of when the lease would have run out. Commits.
     """
+    return _update_lease(session, lease_token, locked_by=None, locked_until=None)
+
+
+def _update_lease(session: Session, lease_token: str, **values: Any) -> int:
+    """Set `values` on the unfinished events of one claim (not those taken over); commits."""
     table = _events_table()
-    released = (
+    rows = (
         session.connection()
         .execute(
             update(table)
             .where(text(PENDING_EVENT), table.c.locked_by == lease_token)
-            .values(locked_by=None, locked_until=None)
+            .values(**values)
         )
         .rowcount
     )
     session.commit()
-    return released
+    return rows
 
 
 def _mine(event: ClaimedEvent) -> ColumnElement[bool]:

@@ -9,9 +9,8 @@ works through a claimed batch on one thread. With WEBHOOK_PROCESSOR=inline it ru
 worker's own event loop instead, and taking events in comes first: before each event the
 processor lets this worker's intake finish what it is storing (for a moment at most), so a
 burst of deliveries is acknowledged at full speed and applied right after. Within one claimed
-batch each subscription is re-read
-from Stripe once (`sync.reads_shared_from_now`), and the lease of a batch is renewed while
-the batch is worked through.
+batch each subscription is re-read from Stripe once (`sync.reads_shared_from_now`), and the
+lease of a batch is renewed while the batch is worked through.
 """
 
 from __future__ import annotations
@@ -172,11 +171,30 @@ async def run_processor(stop: asyncio.Event | None = None, *, yield_to_intake: b
     The processor's own process passes False.
     """
     wakeup = changes.processor_wakeup()
-    # `stop` as the thread a batch runs on can see it.
+    # `stop`, as the thread a batch runs on can see it.
     halt = threading.Event()
     mirror = asyncio.create_task(_set_when(stop, halt)) if stop is not None else None
     try:
-        await _run(stop, wakeup, halt, yield_to_intake)
+        while stop is None or not stop.is_set():
+            # Cleared before the pass, not after: an event stored while the pass runs (after
+            # its claim looked) sets it again, and the wait below returns at once instead of
+            # sleeping through it.
+            wakeup.clear()
+            try:
+                result = await _process_pass(yield_to_intake=yield_to_intake, stop=halt)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database may be down: keep going, try again shortly
+                logger.exception("webhook processor pass failed")
+                result = BatchResult()
+            if result.claimed >= BATCH_SIZE:
+                continue  # there may be more waiting
+            # Otherwise the claim took everything that was due. An event stored since then
+            # has set the wake-up (cleared before the pass), so the wait returns at once; what
+            # falls due by time (a retry, an abandoned lease) is found by the idle poll. No
+            # empty claim after every event at a steady trickle.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wakeup.wait(), IDLE_POLL_SECONDS)
     finally:
         if mirror is not None:
             mirror.cancel()
@@ -185,31 +203,3 @@ async def run_processor(stop: asyncio.Event | None = None, *, yield_to_intake: b
 async def _set_when(stop: asyncio.Event, halt: threading.Event) -> None:
     await stop.wait()
     halt.set()
-
-
-async def _run(
-    stop: asyncio.Event | None,
-    wakeup: asyncio.Event,
-    halt: threading.Event,
-    yield_to_intake: bool,
-) -> None:
-    while stop is None or not stop.is_set():
-        # Cleared before the pass, not after: an event stored while the pass runs (after its
-        # claim looked) sets it again, and the wait below returns at once instead of
-        # sleeping through it.
-        wakeup.clear()
-        try:
-            result = await _process_pass(yield_to_intake=yield_to_intake, stop=halt)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # the database may be down: keep going, try again shortly
-            logger.exception("webhook processor pass failed")
-            result = BatchResult()
-        if result.claimed >= BATCH_SIZE:
-            continue  # there may be more waiting
-        # Otherwise the claim took everything that was due. An event stored since then has
-        # set the wake-up (cleared before the pass), so the wait returns at once; what falls
-        # due by time (a retry, an abandoned lease) is found by the idle poll. No empty claim
-        # after every event at a steady trickle.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wakeup.wait(), IDLE_POLL_SECONDS)
