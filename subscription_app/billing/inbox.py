@@ -113,50 +113,56 @@ def _due(now: datetime) -> ColumnElement[bool]:
 
 
 def claim(session: Session, *, limit: int = 20) -> list[ClaimedEvent]:
-    """Lease up to `limit` due events to this caller (oldest Stripe events first)."""
+    """Lease up to `limit` due events to this caller (oldest Stripe events first). Commits.
+
+    One statement takes the lease and returns the events (`UPDATE ... RETURNING`): on
+    PostgreSQL the due rows are picked inside it (`FOR UPDATE SKIP LOCKED`, so two workers
+    never wait on or take the same row); on SQLite, which has no row locks, they are picked
+    first and the update is a compare-and-set that only matches rows still due, so of two
+    workers only one takes each row.
+    """
     now = utcnow()
     token = uuid.uuid4().hex
-    query = (
-        select(StripeEvent.id)
+    table = _events_table()
+    due = (
+        select(table.c.id)
         .where(_due(now))
-        .order_by(col(StripeEvent.stripe_created_at), col(StripeEvent.id))
+        .order_by(table.c.stripe_created_at, table.c.id)
         .limit(limit)
     )
     if session.get_bind().dialect.name == "postgresql":
-        ids = list(session.exec(query.with_for_update(skip_locked=True)).all())
-        if ids:
-            session.exec(
-                update(StripeEvent)
-                .where(col(StripeEvent.id).in_(ids))
-                .values(locked_by=token, locked_until=now + LEASE)
-            )
+        picked: Any = due.with_for_update(skip_locked=True).scalar_subquery()
+        where: list[ColumnElement[bool]] = [table.c.id.in_(picked)]
     else:
-        ids = []
-        candidates = list(session.exec(query).all())
-        if candidates:
-            # Compare-and-set, one statement for the batch: only one worker's update matches a
-            # still-due row, and RETURNING names the rows that were ours to take.
-            table = _events_table()
-            ids = list(
-                session.connection()
-                .execute(
-                    update(table)
-                    .where(table.c.id.in_(candidates), _due(now))
-                    .values(locked_by=token, locked_until=now + LEASE)
-                    .returning(table.c.id)
-                )
-                .scalars()
+        candidates = list(session.exec(due).all())
+        if not candidates:
+            session.commit()
+            return []
+        where = [table.c.id.in_(candidates), _due(now)]
+    rows = (
+        session.connection()
+        .execute(
+            update(table)
+            .where(*where)
+            .values(locked_by=token, locked_until=now + LEASE)
+            .returning(
+                table.c.id,
+                table.c.event_id,
+                table.c.type,
+                table.c.stripe_created_at,
+                table.c.attempts,
+                table.c.payload_enc,
+                table.c.locked_until,
             )
+        )
+        .all()
+    )
     session.commit()
-    if not ids:
-        return []
-    rows = session.exec(select(StripeEvent).where(col(StripeEvent.id).in_(ids))).all()
+    # RETURNING keeps no order: the oldest Stripe events first, as picked.
     return [_claimed(row, token) for row in sorted(rows, key=lambda r: (r.stripe_created_at, r.id))]
 
 
-def _claimed(row: StripeEvent, token: str) -> ClaimedEvent:
-    if row.id is None:  # a row read from the table always has its primary key
-        raise ValueError("stripe_event row without an id")
+def _claimed(row: Any, token: str) -> ClaimedEvent:
     return ClaimedEvent(
         row_id=row.id,
         event_id=row.event_id,

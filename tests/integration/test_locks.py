@@ -46,9 +46,35 @@ def test_the_holder_can_commit_inside_without_releasing(db_engine, session):
         assert isinstance(try_in_other_thread("subscription:x", timeout=0.3), locks.LockTimeout)
 
 
-def test_a_waiter_gets_the_lock_when_the_holder_lets_go(db_engine):
-    held, release = threading.Event(), threading.Event()
+def _wait_until_blocked(engine, waiting: threading.Event) -> None:
+    """Return once another thread is waiting for a lock (not merely about to ask for one)."""
+    if engine.dialect.name != "postgresql":  # SQLite: the flock loop has paused to retry
+        assert waiting.wait(timeout=30)
+        return
+    query = sa.text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'"
+        " AND datname = current_database()"
+    )
+    with engine.connect() as conn:
+        for _ in range(3000):  # bounded: 30 s of 10 ms polls
+            if conn.execute(query).scalar_one():
+                return
+            waiting.wait(timeout=0.01)
+    raise AssertionError("the waiter never waited for the lock")
+
+
+def test_a_waiter_gets_the_lock_when_the_holder_lets_go(db_engine, monkeypatch):
+    """A held lock is waited for (not refused at once) and taken when its holder lets go."""
+    held, release, waiting = threading.Event(), threading.Event(), threading.Event()
     order: list[str] = []
+    pause = locks.time.sleep
+
+    def noting_sleep(seconds: float) -> None:  # SQLite's wait: a poll loop
+        waiting.set()
+        pause(seconds)
+
+    monkeypatch.setattr(locks.time, "sleep", noting_sleep)
 
     def holder() -> None:
         with locks.hold("subscriber:7"):
@@ -65,6 +91,7 @@ def test_a_waiter_gets_the_lock_when_the_holder_lets_go(db_engine):
     held.wait(timeout=30)
     second = threading.Thread(target=waiter)
     second.start()
+    _wait_until_blocked(db_engine, waiting)
     release.set()
     first.join(timeout=30)
     second.join(timeout=30)
