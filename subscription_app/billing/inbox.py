@@ -131,8 +131,7 @@ def claim(session: Session, *, limit: int = 20) -> list[ClaimedEvent]:
         .limit(limit)
     )
     if session.get_bind().dialect.name == "postgresql":
-        picked: Any = due.with_for_update(skip_locked=True).scalar_subquery()
-        where: list[ColumnElement[bool]] = [table.c.id.in_(picked)]
+        where: list[ColumnElement[bool]] = [table.c.id.in_(due.with_for_update(skip_locked=True))]
     else:
         candidates = list(session.exec(due).all())
         if not candidates:
