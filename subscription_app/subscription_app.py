@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import reflex as rx
 
-from subscription_app import changes, notifications, routes
+from subscription_app import changes, notifications, reflex_fixes, routes
 from subscription_app.api import create_api
 from subscription_app.api.webhooks import dispatch_webhooks_first
 from subscription_app.billing import processor_process
@@ -60,6 +60,7 @@ class _App(rx.App):
 
 def build_app() -> rx.App:
     """Create the Reflex app with the API mounted and all pages registered."""
+    reflex_fixes.install()  # before any event is handled
     # The FastAPI app is mounted first; the security middleware then wraps everything
     # (pages served by the backend, API, websocket).
     application = _App(api_transformer=[create_api(), SecurityMiddleware])
