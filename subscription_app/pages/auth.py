@@ -18,7 +18,9 @@ def _form(*fields: rx.Component, submit_label: str, on_submit) -> rx.Component:
                 size="3",
                 width="100%",
                 loading=AuthState.submitting,
-                disabled=AuthState.submitting,
+                # Not before the page is live: until then a press (or Enter in a field) would
+                # submit the form natively, a GET with the password in the address.
+                disabled=AuthState.submitting | ~rx.State.is_hydrated,
             ),
             spacing="4",
             width="100%",

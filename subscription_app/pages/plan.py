@@ -58,6 +58,9 @@ def plan() -> rx.Component:
             ),
             # Stripe.js is loaded while the plan is read, not when the card form needs it.
             on_mount=rx.call_script(js_call_in_page("preload", CheckoutState.stripe_js_url)),
+            # Not before the page's login check has answered: until then `logged_in` still
+            # says no, and a logged-in person would be sent to the login page.
+            disabled=~rx.State.is_hydrated,
             size="3",
             width="100%",
             max_width="480px",

@@ -1,5 +1,7 @@
 """A person registers, logs out, logs in, and visits the plan and the dashboard."""
 
+import re
+
 import httpx
 import pytest
 from playwright.sync_api import Page, expect
@@ -39,6 +41,21 @@ def test_register_logout_login_plan_dashboard(page: Page):
     page.get_by_role("link", name="Dashboard").click()
     expect(page).to_have_url(path_is("/dashboard"))
     expect(page.get_by_role("link", name="See the plan")).to_be_visible()
+
+
+@pytest.mark.parametrize(
+    ("path", "button"),
+    [("/register", "Create account"), ("/login", "Log in"), ("/plan", "Subscribe")],
+)
+def test_buttons_wait_until_the_page_is_live(page: Page, path: str, button: str):
+    # Until the page's websocket is up, a form's button would submit the form natively (a GET
+    # with the password in the address), and the plan's Subscribe would read `logged_in` as
+    # false and send a logged-in person to the login page. Here the websocket never reaches
+    # the server, so the page never goes live.
+    page.route_web_socket(re.compile(r"/_event"), lambda ws: None)
+    page.goto(path)
+    expect(page.get_by_role("button", name=button, exact=True)).to_be_disabled()
+    page.unroute_all()
 
 
 def test_login_failures_and_duplicate_registration_show_clear_messages(page: Page):
