@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -16,12 +18,24 @@ REDIS = os.environ.get("TEST_REDIS_URL")
 pytestmark = pytest.mark.skipif(not REDIS, reason="needs TEST_REDIS_URL (a Redis server)")
 
 
+@contextlib.asynccontextmanager
+async def _redis_lock_key() -> AsyncIterator[tuple[aioredis.Redis, bytes]]:
+    """A client of the test Redis and a lock key of our own, deleted afterwards."""
+    client = aioredis.Redis.from_url(str(REDIS))
+    lock_key = f"test-{uuid.uuid4().hex}_lock".encode()
+    try:
+        yield client, lock_key
+    finally:
+        await client.delete(lock_key)
+        await client.aclose()
+
+
 async def _cancelled_as_redis_answers(
     client: aioredis.Redis, lock_key: bytes, lock_id: bytes
-) -> asyncio.Event:
+) -> Callable[[], Awaitable[None]]:
     """Ask for the lock; cancel the asking task once Redis has set it, before the answer
-    arrives (as Reflex cancels a reloading tab's page-load work). Returns the event that lets
-    the answer arrive."""
+    arrives (as Reflex cancels a reloading tab's page-load work). Returns what lets the
+    answer arrive and waits for the fix to act on it."""
     set_in_redis, answer_arrives = asyncio.Event(), asyncio.Event()
     send_set = client.set
 
@@ -38,7 +52,12 @@ async def _cancelled_as_redis_answers(
     with pytest.raises(asyncio.CancelledError):
         await asking
     client.set = send_set  # type: ignore[method-assign]
-    return answer_arrives
+
+    async def arrive() -> None:
+        answer_arrives.set()
+        await asyncio.gather(*reflex_fixes._giving_back)
+
+    return arrive
 
 
 def test_a_state_lock_taken_for_a_cancelled_event_is_given_back():
@@ -47,17 +66,11 @@ def test_a_state_lock_taken_for_a_cancelled_event_is_given_back():
     reflex_fixes.install()
 
     async def scenario() -> None:
-        client = aioredis.Redis.from_url(str(REDIS))
-        lock_key = f"test-{uuid.uuid4().hex}_lock".encode()
-        try:
-            answer_arrives = await _cancelled_as_redis_answers(client, lock_key, b"event-id")
+        async with _redis_lock_key() as (client, lock_key):
+            arrive = await _cancelled_as_redis_answers(client, lock_key, b"event-id")
             assert await client.get(lock_key) == b"event-id"  # taken, for a task that is gone
-            answer_arrives.set()
-            await asyncio.gather(*reflex_fixes._giving_back)
+            await arrive()
             assert await client.get(lock_key) is None  # given back as the answer arrived
-        finally:
-            await client.delete(lock_key)
-            await client.aclose()
 
     asyncio.run(scenario())
 
@@ -67,16 +80,10 @@ def test_a_lock_that_is_someone_elses_by_then_is_left_alone():
     reflex_fixes.install()
 
     async def scenario() -> None:
-        client = aioredis.Redis.from_url(str(REDIS))
-        lock_key = f"test-{uuid.uuid4().hex}_lock".encode()
-        try:
-            answer_arrives = await _cancelled_as_redis_answers(client, lock_key, b"ours")
+        async with _redis_lock_key() as (client, lock_key):
+            arrive = await _cancelled_as_redis_answers(client, lock_key, b"ours")
             await client.set(lock_key, b"another-worker")
-            answer_arrives.set()
-            await asyncio.gather(*reflex_fixes._giving_back)
+            await arrive()
             assert await client.get(lock_key) == b"another-worker"
-        finally:
-            await client.delete(lock_key)
-            await client.aclose()
 
     asyncio.run(scenario())
