@@ -18,6 +18,7 @@ from typing import Any, cast
 from sqlalchemy import ColumnElement, Table, and_, bindparam, or_, text, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import Insert, Update
 from sqlmodel import Session, col, select
 
@@ -40,12 +41,13 @@ def store(session: Session, event: VerifiedEvent) -> bool:
     return event.id in store_many(session, [event])
 
 
-def store_many(session: Session, events: Sequence[VerifiedEvent]) -> set[str]:
+def store_many(session: Session | Connection, events: Sequence[VerifiedEvent]) -> set[str]:
     """Save verified events in one statement; return the ids that were new.
 
     One `INSERT ... ON CONFLICT (event_id) DO NOTHING RETURNING event_id`: a repeat delivery
     (stored before, by a concurrent request, or twice in `events`) is skipped by the database
-    itself, with no read first and no savepoint. The caller commits.
+    itself, with no read first and no savepoint. The caller commits (or passes a connection
+    in autocommit mode, where the statement is its own transaction).
     """
     if not events:
         return set()
@@ -64,7 +66,7 @@ def store_many(session: Session, events: Sequence[VerifiedEvent]) -> set[str]:
         }
         for event in events
     ]
-    connection = session.connection()
+    connection = session.connection() if isinstance(session, Session) else session
     # Core, with the rows as parameters of one cached statement (SQLAlchemy sends them as
     # one multi-row INSERT): building a statement with the rows in it costs more than
     # storing them.

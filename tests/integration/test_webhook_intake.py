@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
 
 import httpx
 import pytest
+from sqlalchemy import event as sqlalchemy_event
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, func, select
 
 from subscription_app import db
 from subscription_app.api import create_api
 from subscription_app.api.webhooks import dispatch_webhooks_first
-from subscription_app.billing import handlers, intake, processor
+from subscription_app.billing import handlers, inbox, intake, processor
 from subscription_app.billing.webhooks import sign, verify
 from subscription_app.models import StripeEvent
 from tests.integration.conftest import T0, event_body
@@ -54,8 +57,8 @@ def batches(monkeypatch) -> list[int]:
     sizes: list[int] = []
     real = intake._commit
 
-    def counting(events):
-        stored = real(events)
+    def counting(held, events):
+        stored = real(held, events)
         sizes.append(len(events))
         return stored
 
@@ -154,9 +157,9 @@ def test_an_event_is_answered_only_after_its_transaction_commits(served, db_engi
     release = threading.Event()
     real = intake._commit
 
-    def slow_commit(events):
+    def slow_commit(held, events):
         release.wait(timeout=30)
-        return real(events)
+        return real(held, events)
 
     monkeypatch.setattr(intake, "_commit", slow_commit)
 
@@ -212,10 +215,10 @@ def test_the_processor_lets_the_intake_finish_storing_first_for_a_moment_at_most
         loop = asyncio.get_running_loop()
         storing = asyncio.Event()
 
-        def slow_commit(events):
+        def slow_commit(held, events):
             loop.call_soon_threadsafe(storing.set)
             release.wait(timeout=30)
-            return real(events)
+            return real(held, events)
 
         monkeypatch.setattr(intake, "_commit", slow_commit)
         await asyncio.wait_for(intake.quiet(30), 5)  # nothing stored yet: at once
@@ -235,3 +238,79 @@ def test_the_processor_lets_the_intake_finish_storing_first_for_a_moment_at_most
         assert (await delivery)[0].status_code == 200
 
     asyncio.run(scenario())
+
+
+@pytest.fixture
+def checkouts(db_engine) -> Iterator[list[int]]:
+    """One entry per connection taken from the pool (the test's own reads included)."""
+    taken: list[int] = []
+
+    def record(*_args) -> None:
+        taken.append(1)
+
+    sqlalchemy_event.listen(db_engine, "checkout", record)
+    yield taken
+    sqlalchemy_event.remove(db_engine, "checkout", record)
+
+
+def test_a_burst_is_stored_on_one_connection_given_back_once_nothing_waits(
+    served, db_engine, monkeypatch, checkouts
+):
+    release = threading.Event()
+    sizes: list[int] = []
+    real = intake._commit
+
+    def first_waits(held, events):
+        sizes.append(len(events))
+        if len(sizes) == 1:
+            release.wait(timeout=30)
+        return real(held, events)
+
+    monkeypatch.setattr(intake, "_commit", first_waits)
+
+    async def scenario() -> list[httpx.Response]:
+        first = asyncio.create_task(_deliver(served, [_body(0)]))
+        while not sizes:  # the first statement is under way...
+            await asyncio.sleep(0.01)
+        rest = asyncio.create_task(_deliver(served, [_body(n) for n in range(1, 120)]))
+        writer = intake._writers[asyncio.get_running_loop()]
+        while len(writer.waiting) < 119:  # ...while the rest of the burst gathers
+            await asyncio.sleep(0.01)
+        release.set()
+        answers = [*await first, *await rest]
+        await intake.quiet(30)  # the writer is done once it has given its connection back
+        return answers
+
+    responses = asyncio.run(asyncio.wait_for(scenario(), 60))
+
+    assert {r.status_code for r in responses} == {200}
+    assert sizes == [1, 119]  # two statements...
+    assert len(checkouts) == 1  # ...on the one connection the writer held,
+    assert db_engine.pool.checkedout() == 0  # given back once the burst was stored
+    assert _stored(db_engine) == {f"evt_intake_{n}": 1 for n in range(120)}
+
+
+def test_after_a_failed_statement_the_writer_drops_its_connection_and_takes_a_fresh_one(
+    served, db_engine, monkeypatch
+):
+    used: list[object] = []  # the driver's connections the statements ran on
+    real = inbox.store_many
+
+    def fail_first(connection, events):
+        used.append(connection.connection.dbapi_connection)
+        if len(used) == 1:
+            raise OperationalError("INSERT", {}, Exception("server closed the connection"))
+        return real(connection, events)
+
+    monkeypatch.setattr(inbox, "store_many", fail_first)
+
+    async def two_deliveries() -> list[int]:
+        # One event loop, so one writer: the second delivery meets the writer that failed.
+        failed = await _deliver(served, [_body(1)])
+        retried = await _deliver(served, [_body(1)])
+        return [failed[0].status_code, retried[0].status_code]
+
+    assert asyncio.run(two_deliveries()) == [503, 200]
+    # The failed one was discarded, not given back to the pool for the next batch to trip on.
+    assert used[1] is not used[0]
+    assert _stored(db_engine) == {"evt_intake_1": 1}
