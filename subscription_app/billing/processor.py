@@ -20,6 +20,7 @@ import contextlib
 import logging
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlmodel import Session
@@ -122,17 +123,25 @@ class _Lease:
             inbox.release(session, self.token)
 
 
-def process_batch(*, limit: int = BATCH_SIZE, stop: threading.Event | None = None) -> BatchResult:
+def process_batch(
+    *,
+    limit: int = BATCH_SIZE,
+    stop: threading.Event | None = None,
+    pause: Callable[[], object] | None = None,
+) -> BatchResult:
     """Claim due events and apply each in its own transaction. Blocking; run in a thread.
 
     Once `stop` is set, the events not started yet are handed back (a batch can take minutes
-    with real Stripe, longer than a stopping worker waits for its processor).
+    with real Stripe, longer than a stopping worker waits for its processor). `pause`, if
+    given, is called before each event and may block a moment (to let intake go first).
     """
     claimed = claim_batch(limit=limit)
     result = BatchResult(claimed=len(claimed))
     lease = _Lease(claimed)
     with sync.reads_shared_from_now():
         for event in claimed:
+            if pause is not None:
+                pause()
             if stop is not None and stop.is_set():
                 lease.release()
                 break
@@ -143,13 +152,16 @@ def process_batch(*, limit: int = BATCH_SIZE, stop: threading.Event | None = Non
 
 
 async def _process_pass(
-    *, yield_to_intake: bool = True, stop: threading.Event | None = None
+    *,
+    yield_to_intake: bool = True,
+    stop: threading.Event | None = None,
+    pause: Callable[[], object] | None = None,
 ) -> BatchResult:
     if not yield_to_intake:
         # Nothing else runs on this event loop (the processor's own process): the whole
         # batch on one thread, which stops early when `stop` is set. Two thread hops per
         # event cost CPU, and waiting for the interpreter lock to change hands.
-        return await asyncio.to_thread(process_batch, stop=stop)
+        return await asyncio.to_thread(process_batch, stop=stop, pause=pause)
     claimed = await asyncio.to_thread(claim_batch)
     result = BatchResult(claimed=len(claimed))
     lease = _Lease(claimed)
@@ -163,12 +175,18 @@ async def _process_pass(
     return result
 
 
-async def run_processor(stop: asyncio.Event | None = None, *, yield_to_intake: bool = True) -> None:
+async def run_processor(
+    stop: asyncio.Event | None = None,
+    *,
+    yield_to_intake: bool = True,
+    pause: Callable[[], object] | None = None,
+) -> None:
     """Process events until cancelled (or `stop` is set).
 
     `yield_to_intake`: this event loop also takes webhooks in (a backend worker, with
     WEBHOOK_PROCESSOR=inline), so the processor steps aside for intake before each event.
-    The processor's own process passes False.
+    The processor's own process passes False, and a `pause` that steps aside for its
+    worker's intake (see `process_batch`).
     """
     wakeup = changes.processor_wakeup()
     # `stop`, as the thread a batch runs on can see it.
@@ -181,7 +199,9 @@ async def run_processor(stop: asyncio.Event | None = None, *, yield_to_intake: b
             # sleeping through it.
             wakeup.clear()
             try:
-                result = await _process_pass(yield_to_intake=yield_to_intake, stop=halt)
+                result = await _process_pass(
+                    yield_to_intake=yield_to_intake, stop=halt, pause=pause
+                )
             except asyncio.CancelledError:
                 raise
             except Exception:  # the database may be down: keep going, try again shortly

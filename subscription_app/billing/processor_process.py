@@ -25,6 +25,7 @@ stops, by closing the stream. SIGTERM stops it the same way.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from subscription_app import changes
 from subscription_app.billing import processor
@@ -186,8 +188,68 @@ async def _wait(stop: asyncio.Event | None) -> None:
 # --------------------------------------------------------------------------
 
 
+class IntakeActivity:
+    """How busy this worker's intake is, from its wake-ups (one byte per stored event).
+
+    During a burst the processor steps aside between events (`pause`), so the machine's CPU
+    goes to acknowledging deliveries first, which Stripe times; the events are applied right
+    after. A steady stream is not a burst: below `BUSY_EVENTS` within `BUSY_WINDOW_SECONDS`
+    (200/s to this worker) the processor never waits. Each wait is bounded, so a stream
+    that never lets up still has its events applied, if slowly.
+    """
+
+    BUSY_EVENTS = 8
+    BUSY_WINDOW_SECONDS = 0.04
+    MAX_PAUSE_SECONDS = 0.5
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._recent: collections.deque[tuple[float, int]] = collections.deque()
+        self._count = 0
+
+    def saw(self, events: int) -> None:
+        """Note `events` stored just now (the wake-up reader calls this)."""
+        with self._lock:
+            self._recent.append((self._clock(), events))
+            self._count += events
+
+    def busy_until(self) -> float | None:
+        """When the intake stops counting as busy (if nothing more arrives), or None if not busy."""
+        with self._lock:
+            horizon = self._clock() - self.BUSY_WINDOW_SECONDS
+            while self._recent and self._recent[0][0] <= horizon:
+                self._count -= self._recent.popleft()[1]
+            if self._count < self.BUSY_EVENTS:
+                return None
+            # Busy until enough of the window's wake-ups have aged out of it.
+            left = self._count
+            for at, events in self._recent:
+                left -= events
+                if left < self.BUSY_EVENTS:
+                    return at + self.BUSY_WINDOW_SECONDS
+            return None  # pragma: no cover - the loop always ends below the threshold
+
+    def pause(self, stop: threading.Event | None = None) -> float:
+        """Block while the intake is busy, at most `MAX_PAUSE_SECONDS`; the seconds waited."""
+        started = self._clock()
+        deadline = started + self.MAX_PAUSE_SECONDS
+        while stop is None or not stop.is_set():
+            until = self.busy_until()
+            now = self._clock()
+            if until is None or now >= deadline:
+                break
+            # A wait for a known moment (the burst ageing out of the window), not a poll.
+            time.sleep(max(min(until, deadline) - now, 0.001))
+        return self._clock() - started
+
+
 def read_wakeups(
-    loop: asyncio.AbstractEventLoop, wakeup: asyncio.Event, stop: asyncio.Event, fd: int = 0
+    loop: asyncio.AbstractEventLoop,
+    wakeup: asyncio.Event,
+    stop: asyncio.Event,
+    fd: int = 0,
+    activity: IntakeActivity | None = None,
 ) -> None:
     """Set `wakeup` for each read from `fd` (stdin); at its end set `stop`. Runs on a thread."""
     while True:
@@ -199,6 +261,8 @@ def read_wakeups(
             loop.call_soon_threadsafe(stop.set)
             loop.call_soon_threadsafe(wakeup.set)  # end the idle wait at once
             return
+        if activity is not None:
+            activity.saw(len(data))
         loop.call_soon_threadsafe(wakeup.set)
 
 
@@ -220,10 +284,28 @@ async def _serve(ids_fd: int) -> None:
     wakeup = changes.processor_wakeup()
     if not get_settings().redis_url:
         changes.relay_to(_id_writer(ids_fd))
+    activity = IntakeActivity()
     threading.Thread(
-        target=read_wakeups, args=(loop, wakeup, stop), name="wakeups", daemon=True
+        target=read_wakeups,
+        args=(loop, wakeup, stop),
+        kwargs={"activity": activity},
+        name="wakeups",
+        daemon=True,
     ).start()
-    await processor.run_processor(stop, yield_to_intake=False)  # no intake in this process
+    halted = threading.Event()
+    stop_mirror = asyncio.create_task(_mirror(stop, halted))
+    try:
+        # No intake in this process: it steps aside for its worker's instead.
+        await processor.run_processor(
+            stop, yield_to_intake=False, pause=lambda: activity.pause(halted)
+        )
+    finally:
+        stop_mirror.cancel()
+
+
+async def _mirror(stop: asyncio.Event, halted: threading.Event) -> None:
+    await stop.wait()
+    halted.set()
 
 
 def main() -> None:

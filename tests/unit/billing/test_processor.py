@@ -460,3 +460,23 @@ def test_the_processor_process_passes_its_stop_to_the_batch(
     session.rollback()
     pending = session.exec(select(StripeEvent).where(StripeEvent.status == "pending")).all()
     assert len(pending) == 2 and all(row.locked_by is None for row in pending)
+
+
+def test_a_batch_lets_its_pause_step_aside_before_each_event(
+    session, subscriber, stripe_state, monkeypatch
+):
+    _, sub_id = subscriber
+    for _ in range(3):
+        store_event(session, "customer.subscription.updated", stripe_state.state[sub_id])
+    steps: list[str] = []
+    real = processor.process_one
+
+    def applying(event, result):
+        steps.append("apply")
+        real(event, result)
+
+    monkeypatch.setattr(processor, "process_one", applying)
+    result = processor.process_batch(pause=lambda: steps.append("pause"))
+
+    assert result.done == 3
+    assert steps == ["pause", "apply"] * 3

@@ -1,0 +1,100 @@
+"""`billing/processor_process.IntakeActivity`: the processor steps aside during an intake burst.
+
+A fake clock: `pause` waits with `time.sleep`, which here moves the clock on instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+
+import pytest
+
+from subscription_app.billing import processor_process
+from subscription_app.billing.processor_process import IntakeActivity
+
+WINDOW = IntakeActivity.BUSY_WINDOW_SECONDS
+BUSY = IntakeActivity.BUSY_EVENTS
+MAX_PAUSE = IntakeActivity.MAX_PAUSE_SECONDS
+
+
+class Clock:
+    """A clock that `time.sleep` moves on; `during_sleep` runs on every sleep."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+        self.during_sleep = lambda: None
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+        self.during_sleep()
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(processor_process.time, "sleep", fake.sleep)
+    return fake
+
+
+def test_a_steady_stream_never_makes_the_processor_wait(clock):
+    activity = IntakeActivity(clock)
+    for _ in range(200):  # 100 events/s, all to this worker: half the busy rate
+        activity.saw(1)
+        assert activity.pause() == 0
+        clock.now += 0.01
+    assert clock.slept == []
+
+
+def test_during_a_burst_the_processor_waits_until_it_has_passed(clock):
+    activity = IntakeActivity(clock)
+    for _ in range(BUSY * 2):  # a burst: many events within a few milliseconds
+        activity.saw(1)
+        clock.now += 0.001
+    burst_end = clock.now
+
+    waited = activity.pause()
+
+    assert 0 < waited <= WINDOW
+    assert activity.busy_until() is None  # the burst has aged out of the window
+    assert clock.now - burst_end < WINDOW  # and no longer than that was waited
+
+
+def test_an_intake_that_never_lets_up_delays_each_event_a_bounded_moment(clock):
+    activity = IntakeActivity(clock)
+    clock.during_sleep = lambda: activity.saw(BUSY)  # more keeps arriving while it waits
+    activity.saw(BUSY)
+
+    assert activity.pause() == pytest.approx(MAX_PAUSE)
+
+
+def test_a_stopping_processor_does_not_wait_for_the_intake(clock):
+    activity = IntakeActivity(clock)
+    activity.saw(BUSY * 4)
+    stop = threading.Event()
+    stop.set()
+    assert activity.pause(stop) == 0
+
+
+def test_each_wake_up_byte_counts_as_one_stored_event():
+    activity = IntakeActivity()
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"w" * BUSY)
+    os.close(write_end)
+
+    async def read() -> None:
+        loop = asyncio.get_running_loop()
+        wakeup, stop = asyncio.Event(), asyncio.Event()
+        await asyncio.to_thread(
+            processor_process.read_wakeups, loop, wakeup, stop, read_end, activity
+        )
+
+    asyncio.run(read())
+    os.close(read_end)
+    assert activity.busy_until() is not None
