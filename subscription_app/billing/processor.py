@@ -127,13 +127,14 @@ def process_batch(
     *,
     limit: int = BATCH_SIZE,
     stop: threading.Event | None = None,
-    pause: Callable[[], object] | None = None,
+    pause: Callable[[threading.Event | None], object] | None = None,
 ) -> BatchResult:
     """Claim due events and apply each in its own transaction. Blocking; run in a thread.
 
     Once `stop` is set, the events not started yet are handed back (a batch can take minutes
     with real Stripe, longer than a stopping worker waits for its processor). `pause`, if
-    given, is called before each event and may block a moment (to let intake go first).
+    given, is called with `stop` before each event and may block a moment (to let intake go
+    first; it should return once `stop` is set).
     """
     claimed = claim_batch(limit=limit)
     result = BatchResult(claimed=len(claimed))
@@ -141,7 +142,7 @@ def process_batch(
     with sync.reads_shared_from_now():
         for event in claimed:
             if pause is not None:
-                pause()
+                pause(stop)
             if stop is not None and stop.is_set():
                 lease.release()
                 break
@@ -155,7 +156,7 @@ async def _process_pass(
     *,
     yield_to_intake: bool = True,
     stop: threading.Event | None = None,
-    pause: Callable[[], object] | None = None,
+    pause: Callable[[threading.Event | None], object] | None = None,
 ) -> BatchResult:
     if not yield_to_intake:
         # Nothing else runs on this event loop (the processor's own process): the whole
@@ -179,7 +180,7 @@ async def run_processor(
     stop: asyncio.Event | None = None,
     *,
     yield_to_intake: bool = True,
-    pause: Callable[[], object] | None = None,
+    pause: Callable[[threading.Event | None], object] | None = None,
 ) -> None:
     """Process events until cancelled (or `stop` is set).
 

@@ -292,20 +292,8 @@ async def _serve(ids_fd: int) -> None:
         name="wakeups",
         daemon=True,
     ).start()
-    halted = threading.Event()
-    stop_mirror = asyncio.create_task(_mirror(stop, halted))
-    try:
-        # No intake in this process: it steps aside for its worker's instead.
-        await processor.run_processor(
-            stop, yield_to_intake=False, pause=lambda: activity.pause(halted)
-        )
-    finally:
-        stop_mirror.cancel()
-
-
-async def _mirror(stop: asyncio.Event, halted: threading.Event) -> None:
-    await stop.wait()
-    halted.set()
+    # No intake in this process: it steps aside for its worker's instead.
+    await processor.run_processor(stop, yield_to_intake=False, pause=activity.pause)
 
 
 def main() -> None:

@@ -476,7 +476,15 @@ def test_a_batch_lets_its_pause_step_aside_before_each_event(
         real(event, result)
 
     monkeypatch.setattr(processor, "process_one", applying)
-    result = processor.process_batch(pause=lambda: steps.append("pause"))
+    stop = threading.Event()
+    told: list[threading.Event | None] = []
+
+    def pause(given: threading.Event | None) -> None:
+        told.append(given)
+        steps.append("pause")
+
+    result = processor.process_batch(stop=stop, pause=pause)
 
     assert result.done == 3
     assert steps == ["pause", "apply"] * 3
+    assert told == [stop] * 3  # so a stopping processor's pause ends at once
