@@ -2,6 +2,7 @@
 // ever hands our backend the payment method id that Stripe returns.
 (function () {
   "use strict";
+  if (window.saCheckout) return; // loaded twice (the page's tag and a loader): keep the first
   let stripe = null;
   let card = null;
   let lastAttempt = null; // the last Subscribe press confirmed (see confirmSetup)
@@ -37,6 +38,27 @@
     return error.message || fallback;
   }
 
+  let mounting = null; // the latest mount: a promise of its answer
+  let mountedOn = null; // ... and the #card-element it is for
+
+  async function mountCard(publishableKey, jsUrl) {
+    try {
+      await loadScript(jsUrl);
+      const target = document.getElementById("card-element");
+      if (!target) return "The card form is missing from the page.";
+      if (card) {
+        try { card.unmount(); } catch (e) { /* already gone */ }
+      }
+      target.innerHTML = "";
+      stripe = window.Stripe(publishableKey);
+      card = stripe.elements().create("card", { hidePostalCode: false });
+      card.mount("#card-element");
+      return "ok";
+    } catch (e) {
+      return "The card form could not be loaded. Check your connection and reload the page.";
+    }
+  }
+
   window.saCheckout = {
     // Load Stripe.js ahead of the checkout page (the plan page does). Resolves to "ok".
     preload: async function (jsUrl) {
@@ -48,22 +70,18 @@
       }
     },
     // Mount the card Element into #card-element. Resolves to "ok" or an error message.
-    mount: async function (publishableKey, jsUrl) {
-      try {
-        await loadScript(jsUrl);
-        const target = document.getElementById("card-element");
-        if (!target) return "The card form is missing from the page.";
-        if (card) {
-          try { card.unmount(); } catch (e) { /* already gone */ }
-        }
-        target.innerHTML = "";
-        stripe = window.Stripe(publishableKey);
-        card = stripe.elements().create("card", { hidePostalCode: false });
-        card.mount("#card-element");
-        return "ok";
-      } catch (e) {
-        return "The card form could not be loaded. Check your connection and reload the page.";
-      }
+    // Several callers ask (this script as it loads, the page as it shows the field, and
+    // the page again to tell the server): a call for the element already being mounted
+    // gets that mount's answer instead of a new Element.
+    mount: function (publishableKey, jsUrl) {
+      const target = document.getElementById("card-element");
+      if (mounting && target && mountedOn === target && target.isConnected) return mounting;
+      const attempt = (mounting = mountCard(publishableKey, jsUrl));
+      mountedOn = target;
+      attempt.then(function (result) {
+        if (result !== "ok" && mounting === attempt) mounting = null; // a retry may work
+      });
+      return attempt;
     },
     // Tokenize the card at Stripe by confirming the SetupIntent (3-D Secure runs here when
     // the card needs it). Resolves to {payment_method_id} or {error}. `attempt` numbers the
@@ -107,4 +125,22 @@
       }
     },
   };
+
+  // On a full load of the checkout page the card field is in the server's HTML, before
+  // the app's scripts have started: mount it now (it carries what Stripe.js needs), not
+  // when the page goes live. The page's own call later gets this mount's answer.
+  function mountIfShown() {
+    const target = document.getElementById("card-element");
+    if (!target || !target.dataset.publishableKey || !target.dataset.jsUrl) return false;
+    window.saCheckout.mount(target.dataset.publishableKey, target.dataset.jsUrl);
+    return true;
+  }
+  if (!mountIfShown() && document.readyState === "loading") {
+    // This script ran before the parser reached the field: mount as it arrives.
+    const watch = new MutationObserver(function () {
+      if (mountIfShown()) watch.disconnect();
+    });
+    watch.observe(document, { childList: true, subtree: true });
+    document.addEventListener("DOMContentLoaded", function () { watch.disconnect(); }, { once: true });
+  }
 })();

@@ -17,14 +17,25 @@ BUSY = CheckoutState.processing | (PRESSED_ATTEMPT.value == CheckoutState.attemp
 
 def _card_field() -> rx.Component:
     # Stripe.js mounts the card Element into #card-element as soon as the page shows it (no
-    # server round trip first). It stays in the DOM for the life of the page (hidden, not
-    # removed) so React never throws Stripe's inputs away.
+    # server round trip first): on a full load checkout.js does it from the server's HTML,
+    # before the app is live; on navigation in the app, the field's on_mount does (the
+    # websocket is up by then, so Reflex runs the script at once). It stays
+    # in the DOM for the life of the page (hidden, not removed), and React leaves its
+    # contents alone (set as inner HTML, which React neither hydrates nor re-renders), so
+    # Stripe's inputs are never thrown away.
     return rx.vstack(
         rx.el.label("Card details", id="card-label", html_for="card-element", font_weight="500"),
-        rx.el.div(
+        rx.html(
+            "",
             id="card-element",
             role="group",
             aria_labelledby="card-label",
+            custom_attrs={
+                "data-publishable-key": CheckoutState.publishable_key,
+                "data-js-url": CheckoutState.stripe_js_url,
+            },
+            # Tell the server how the mount went (on a full load, checkout.js's own mount:
+            # a second call for the same field gets its answer, not a new Element).
             on_mount=rx.call_script(
                 js_call_in_page(
                     "mount", CheckoutState.publishable_key, CheckoutState.stripe_js_url
@@ -45,7 +56,13 @@ def _card_field() -> rx.Component:
             rx.fragment(),
             rx.cond(
                 CheckoutState.error == "",
-                rx.text("Loading the secure card form…", size="2", color_scheme="gray"),
+                rx.text(
+                    "Loading the secure card form…",
+                    size="2",
+                    color_scheme="gray",
+                    # Gone as soon as Stripe's inputs are in (before the server hears of it).
+                    style={"#card-element:not(:empty) ~ &": {"display": "none"}},
+                ),
                 rx.fragment(),
             ),
         ),
@@ -101,16 +118,18 @@ def _already_subscribed() -> rx.Component:
 
 
 def _card_scripts_fetched_ahead() -> rx.Component:
-    # Fetched as the page starts, in parallel with the websocket and the login check, so
-    # the card field mounts from the browser's memory instead of fetching them only then.
-    # Preloaded, not run: checkout.js runs them when the card field shows.
+    # Fetched as the page starts, in parallel with the websocket and the login check.
+    # checkout.js runs as soon as it arrives and mounts the card field from the server's
+    # HTML; Stripe.js is only fetched ahead (checkout.js runs it when it mounts).
     return rx.fragment(
-        rx.el.link(rel="preload", href=routes.CHECKOUT_SCRIPT, custom_attrs={"as": "script"}),
+        rx.el.script(src=routes.CHECKOUT_SCRIPT, custom_attrs={"async": True}),
         rx.el.link(rel="preload", href=CheckoutState.stripe_js_url, custom_attrs={"as": "script"}),
     )
 
 
-@require_login(ahead=_card_scripts_fetched_ahead)
+# The card field shows (and Stripe.js mounts) before the login check answers: a logged-out
+# visitor sees the plan and an empty card field for a moment, then the login page.
+@require_login(ahead=_card_scripts_fetched_ahead, shown_while_checking=True)
 def checkout() -> rx.Component:
     """The checkout page (login required)."""
     return page_frame(

@@ -217,20 +217,35 @@ class AuthState(rx.State):
         return rx.redirect(routes.LANDING)
 
 
-def require_login(page=None, *, ahead: Callable[[], rx.Component] | None = None):
+def require_login(
+    page=None,
+    *,
+    ahead: Callable[[], rx.Component] | None = None,
+    shown_while_checking: bool = False,
+):
     """Decorator for page functions: show the page only to a logged-in user.
 
     Add `AuthState.require_login` to the page's `on_load` as well (the registry in
     `subscription_app.py` does that for pages carrying `_requires_login`). `ahead`, used as
     `@require_login(ahead=...)`, is rendered at once, while the login is being checked:
     things the page fetches ahead (it must show nothing of the page itself).
+
+    `shown_while_checking=True` renders the page itself at once too (it is then in the
+    server's HTML) and hides it only once the check finds no login, as the visitor is sent
+    to log in. Only for a page that shows nothing of the user's until its own on_load
+    fills it in: the checkout page (the public plan and an empty card field).
     """
     if page is None:
-        return lambda page: require_login(page, ahead=ahead)
+        return lambda page: require_login(
+            page, ahead=ahead, shown_while_checking=shown_while_checking
+        )
 
     def _guarded():
+        shown: rx.Var[bool] = AuthState.logged_in
+        if shown_while_checking:
+            shown = shown | ~AuthState.auth_checked
         guarded = rx.cond(
-            AuthState.logged_in,
+            shown,
             page(),
             rx.center(rx.spinner(size="3"), aria_label="Loading", padding="3rem 0"),
         )

@@ -32,8 +32,11 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+# The checkout page also has checkout.js in a <script> tag of its own (it mounts the card
+# before the page is live); elsewhere, or if that has not run yet, this loads it.
 _LOAD_CHECKOUT_JS = (
-    "(window.saCheckoutLoaded = window.saCheckoutLoaded || new Promise((ok, fail) => {"
+    "(window.saCheckout ? Promise.resolve() :"
+    " window.saCheckoutLoaded = window.saCheckoutLoaded || new Promise((ok, fail) => {"
     f" const s = document.createElement('script'); s.src = {json.dumps(routes.CHECKOUT_SCRIPT)};"
     " s.onload = ok; s.onerror = fail; document.head.appendChild(s); }))"
 )

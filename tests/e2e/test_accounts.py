@@ -88,6 +88,14 @@ def test_subscribe_leads_a_logged_out_visitor_to_log_in_first(page: Page):
     assert "next=/checkout" in page.url
 
 
+def test_a_logged_out_visitor_loading_checkout_is_sent_to_log_in(page: Page):
+    # The checkout page is in the server's HTML before the login is checked.
+    page.goto("/checkout")
+    expect(page).to_have_url(path_is("/login"))
+    assert "next=/checkout" in page.url
+    expect(page.get_by_role("group", name="Card details")).to_have_count(0)
+
+
 def test_pages_carry_security_headers(page: Page):
     response = page.goto("/plan")
     headers = response.headers

@@ -4,7 +4,7 @@ import json
 import re
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, Route, expect
 
 from tests.e2e.conftest import (
     answer_3ds,
@@ -210,3 +210,36 @@ def test_insufficient_funds_is_said_plainly(page: Page):
     page.get_by_role("button", name="Subscribe", exact=True).click()
     expect(page.get_by_role("alert")).to_contain_text("insufficient funds", timeout=20_000)
     expect_dashboard_empty(page)
+
+
+def test_a_loading_checkout_takes_card_details_before_it_is_live_and_keeps_them(page: Page):
+    register(page, unique_email("early-card"))
+    # Hold the app's own scripts: until they run the page is only the server's HTML (no
+    # React, no websocket, no login check, no SetupIntent).
+    held: list[Route] = []
+    holding = True
+
+    def hold(route: Route) -> None:
+        held.append(route) if holding else route.continue_()
+
+    page.route(re.compile(r"/assets/.*\.js$"), hold)
+    page.goto("/checkout", wait_until="commit")
+    card = page.get_by_role("group", name="Card details")
+    expect(card.get_by_placeholder("number")).to_be_editable()
+    card.get_by_placeholder("number").fill("4242424242424242")
+    typed_into = card.get_by_placeholder("number").element_handle()
+    expect(page.get_by_role("button", name="Subscribe", exact=True)).to_be_disabled()
+    assert held, "the page asked for none of the app's scripts"
+
+    holding = False
+    for route in held:
+        route.continue_()
+    expect(page.get_by_role("button", name="Subscribe", exact=True)).to_be_enabled()
+    # The card Element mounted early is the one the live page uses (not mounted again, which
+    # would empty Stripe's own Element): nothing typed is lost.
+    expect(page.get_by_text("Loading the secure card form")).to_be_hidden()
+    assert typed_into.evaluate("input => input.isConnected")
+    expect(card.get_by_placeholder("number")).to_have_value("4242424242424242")
+    fill_card(page, "4242424242424242")
+    page.get_by_role("button", name="Subscribe", exact=True).click()
+    expect_subscribed(page)

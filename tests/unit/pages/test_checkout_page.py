@@ -2,17 +2,28 @@
 
 from subscription_app import routes
 from subscription_app.pages.checkout import checkout
+from subscription_app.state.auth import AuthState
 from subscription_app.state.billing import CheckoutState
 
 
 def test_the_card_scripts_are_fetched_while_the_login_is_checked():
     ahead, guarded = checkout().children
     fetched_ahead = str(ahead)
-    # Preloaded (fetched, not run) outside the login guard: the card field, once shown,
-    # mounts without fetching them first.
-    assert f'jsx("link",{{as:"script",href:"{routes.CHECKOUT_SCRIPT}",rel:"preload"}}' in (
-        fetched_ahead
-    )
+    # checkout.js runs as soon as it arrives (it mounts the card from the server's HTML);
+    # Stripe.js is preloaded, for checkout.js to run.
+    assert f'jsx("script",{{async:true,src:"{routes.CHECKOUT_SCRIPT}"}}' in fetched_ahead
     assert str(CheckoutState.stripe_js_url) in fetched_ahead
     assert "card-element" not in fetched_ahead  # nothing of the page itself
     assert "card-element" in str(guarded)
+
+
+def test_the_card_field_is_shown_while_the_login_is_checked_and_left_to_stripe():
+    _, guarded = checkout().children
+    page = str(guarded)
+    # Shown until the check says nobody is logged in, so it is in the server's HTML.
+    assert str(AuthState.auth_checked) in page.split("?")[0]
+    field = page[page.index('"aria-labelledby":"card-label"') :][:1500]  # its props
+    # What checkout.js needs to mount it before the app is live, and inner HTML React
+    # leaves alone (Stripe's inputs are not React's).
+    assert '"data-publishable-key":' in field and '"data-js-url":' in field
+    assert 'dangerouslySetInnerHTML:({ ["__html"] : "" })' in field
