@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from subscription_app.settings import get_settings
+from subscription_app.settings import get_settings, parse_encryption_keys
 
 _VERSION = "v2"
 # Ciphertexts of the first release carried no purpose. They are still read where they can be
@@ -67,12 +67,18 @@ def _keyring(keys: tuple[bytes, ...]) -> tuple[tuple[str, AESGCM], ...]:
 
 
 def _configured_keys() -> tuple[bytes, ...]:
-    keys = tuple(get_settings().encryption_keys)
+    keys = _parsed_keys(get_settings().app_encryption_keys.get_secret_value())
     if not keys:
         raise RuntimeError(
             "APP_ENCRYPTION_KEYS is empty: set it (the dev runner generates one for you)"
         )
     return keys
+
+
+# Every encryption asks for the keys: parsed once per configured value, not on each call.
+@lru_cache(maxsize=4)
+def _parsed_keys(raw: str) -> tuple[bytes, ...]:
+    return tuple(parse_encryption_keys(raw))
 
 
 def _aad(kid: str, purpose: Purpose) -> bytes:

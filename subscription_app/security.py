@@ -84,6 +84,22 @@ def content_security_policy(js_url: str, api_base: str | None) -> str:
     )
 
 
+@lru_cache(maxsize=8)
+def security_headers(
+    js_url: str, api_base: str | None, hsts: bool
+) -> tuple[tuple[bytes, bytes], ...]:
+    """The headers every response carries (raw, as ASGI sends them); HSTS when `hsts`."""
+    headers = [
+        ("content-security-policy", content_security_policy(js_url, api_base)),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "strict-origin-when-cross-origin"),
+        ("x-frame-options", "DENY"),
+    ]
+    if hsts:
+        headers.append(("strict-transport-security", HSTS))
+    return tuple((name.encode("latin-1"), value.encode("latin-1")) for name, value in headers)
+
+
 @lru_cache(maxsize=4)
 def _trusted_networks(raw: str) -> tuple:
     networks = []
@@ -95,13 +111,20 @@ def _trusted_networks(raw: str) -> tuple:
 
 def is_trusted_proxy(peer: str | None, settings: Settings) -> bool:
     """True when `peer` (the TCP client address) is a configured trusted proxy."""
-    if not peer:
+    if not peer or not settings.trusted_proxies:
         return False
+    return _peer_trusted(peer, settings.trusted_proxies)
+
+
+# Every request asks this once or twice, and parsing an address costs more than the rest of
+# the middleware: the answers for recent peers (a few proxies, in production) are kept.
+@lru_cache(maxsize=1024)
+def _peer_trusted(peer: str, raw: str) -> bool:
     try:
         address = ipaddress.ip_address(peer)
     except ValueError:
         return False
-    return any(address in network for network in _trusted_networks(settings.trusted_proxies))
+    return any(address in network for network in _trusted_networks(raw))
 
 
 def forwarded_client(peer: str | None, forwarded_for: str | None, settings: Settings) -> str | None:
@@ -164,27 +187,19 @@ class SecurityMiddleware:
         if scope["type"] == "websocket":
             await self.app(scope, receive, send)
             return
-        extra = [
-            (
-                "content-security-policy",
-                content_security_policy(settings.stripe_js_url, settings.stripe_api_base),
-            ),
-            ("x-content-type-options", "nosniff"),
-            ("referrer-policy", "strict-origin-when-cross-origin"),
-            ("x-frame-options", "DENY"),
-        ]
-        if settings.is_production and secure:
-            extra.append(("strict-transport-security", HSTS))
+        extra = security_headers(
+            settings.stripe_js_url, settings.stripe_api_base, settings.is_production and secure
+        )
         immutable = HASHED_BUILD_FILE.fullmatch(scope.get("path", "")) is not None
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in extra:
-                    if name not in headers:
-                        headers.append(name, value)
+                raw: list[tuple[bytes, bytes]] = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in raw}
+                raw.extend(header for header in extra if header[0] not in present)
+                message = {**message, "headers": raw}
                 if immutable and message["status"] == 200:
-                    headers["cache-control"] = IMMUTABLE
+                    MutableHeaders(scope=message)["cache-control"] = IMMUTABLE
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

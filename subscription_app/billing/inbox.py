@@ -13,13 +13,13 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Table, and_, bindparam, or_, text, update
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
-from sqlalchemy.sql.dml import Insert, Update
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.sql.dml import Update
 from sqlmodel import Session, col, select
 
 from subscription_app import crypto
@@ -51,9 +51,12 @@ def store_many(session: Session | Connection, events: Sequence[VerifiedEvent]) -
     """
     if not events:
         return set()
+    connection = session.connection() if isinstance(session, Session) else session
+    dialect = connection.dialect
     now = utcnow()
-    rows = [
-        {
+    values: list[Any] = []
+    for event in events:
+        row = {
             "event_id": event.id,
             "type": event.type,
             "stripe_created_at": event.created,
@@ -64,27 +67,53 @@ def store_many(session: Session | Connection, events: Sequence[VerifiedEvent]) -
             "next_attempt_at": now,
             "received_at": now,
         }
-        for event in events
-    ]
-    connection = session.connection() if isinstance(session, Session) else session
-    # Core, with the rows as parameters of one cached statement (SQLAlchemy sends them as
-    # one multi-row INSERT): building a statement with the rows in it costs more than
-    # storing them.
-    statement = _STORE[connection.dialect.name == "postgresql"]
-    return set(connection.execute(statement, rows).scalars())
+        for name, convert in _bind_processors(dialect):
+            values.append(convert(row[name]) if convert else row[name])
+    # Straight to the driver, as one multi-row statement: on this path (every webhook, in
+    # bursts) SQLAlchemy's statement execution cost more than the database's insert. The
+    # values went through each column type's own conversion above, as SQLAlchemy would
+    # send them; the driver's cursor runs in the connection's transaction (or autocommit).
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(_store_sql(dialect.name, dialect.paramstyle, len(events)), values)
+        return {event_id for (event_id,) in cursor.fetchall()}
+    finally:
+        cursor.close()
 
 
-def _store_statement(insert) -> Insert:
-    table = sa_inspect(StripeEvent).local_table
-    return (
-        insert(table)
-        .on_conflict_do_nothing(index_elements=["event_id"])
-        .returning(table.c.event_id)
+_STORED_COLUMNS = (
+    "event_id",
+    "type",
+    "stripe_created_at",
+    "livemode",
+    "payload_enc",
+    "status",
+    "attempts",
+    "next_attempt_at",
+    "received_at",
+)
+
+
+@lru_cache(maxsize=4)
+def _bind_processors(dialect: Dialect) -> tuple[tuple[str, Any], ...]:
+    """Each stored column's value conversion for `dialect` (None where there is none)."""
+    table = cast(Table, sa_inspect(StripeEvent).local_table)
+    return tuple(
+        (name, table.c[name].type._cached_bind_processor(dialect)) for name in _STORED_COLUMNS
     )
 
 
-# (SQLite's, PostgreSQL's) `INSERT ... ON CONFLICT (event_id) DO NOTHING RETURNING event_id`.
-_STORE = (_store_statement(sqlite.insert), _store_statement(postgresql.insert))
+@lru_cache(maxsize=64)
+def _store_sql(dialect_name: str, paramstyle: str, rows: int) -> str:
+    """`INSERT ... ON CONFLICT (event_id) DO NOTHING RETURNING event_id` for `rows` rows."""
+    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}[paramstyle]
+    row = "(" + ", ".join([mark] * len(_STORED_COLUMNS)) + ")"
+    return (
+        # Only constants and placeholders go into the text; the values are parameters.
+        f"INSERT INTO stripe_event ({', '.join(_STORED_COLUMNS)}) "  # noqa: S608
+        f"VALUES {', '.join([row] * rows)} "
+        "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+    )
 
 
 @dataclass(frozen=True)

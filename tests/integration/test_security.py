@@ -42,6 +42,19 @@ def test_headers_in_development(db_engine):
     assert "strict-transport-security" not in response.headers
 
 
+def test_a_header_the_app_set_itself_is_kept_not_repeated(db_engine):
+    async def framed(scope, receive, send):
+        headers = [(b"x-frame-options", b"SAMEORIGIN"), (b"content-type", b"text/plain")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    response = TestClient(SecurityMiddleware(framed)).get("/embeddable")
+
+    assert response.headers.get_list("x-frame-options") == ["SAMEORIGIN"]
+    assert response.headers.get_list("x-content-type-options") == ["nosniff"]
+    assert len(response.headers.get_list("content-security-policy")) == 1
+
+
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 def test_plain_http_reads_are_redirected_to_https(production, method):
     response = client(production).request(method, "/api/v1/health?x=1")

@@ -314,3 +314,35 @@ def test_after_a_failed_statement_the_writer_drops_its_connection_and_takes_a_fr
     # The failed one was discarded, not given back to the pool for the next batch to trip on.
     assert used[1] is not used[0]
     assert _stored(db_engine) == {"evt_intake_1": 1}
+
+
+def test_on_sqlite_the_writer_leaves_checkpoints_to_others_only_while_it_holds_the_connection(
+    served, db_engine, monkeypatch
+):
+    if db_engine.dialect.name != "sqlite":
+        pytest.skip("a setting of SQLite's write-ahead log")
+    seen: list[tuple[object, int]] = []  # (the driver's connection, its setting) per batch
+    real = intake._commit
+
+    def recording(held, events):
+        connection = held.open()
+        setting = connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one()
+        seen.append((connection.connection.dbapi_connection, setting))
+        return real(held, events)
+
+    monkeypatch.setattr(intake, "_commit", recording)
+
+    async def burst() -> list[httpx.Response]:
+        answers = await _deliver(served, [_body(n) for n in range(20)])
+        await intake.quiet(30)  # the connection is given back
+        return answers
+
+    responses = asyncio.run(asyncio.wait_for(burst(), 60))
+
+    assert {r.status_code for r in responses} == {200}
+    assert seen and {setting for _, setting in seen} == {0}
+    # Back in the pool, the connection checkpoints as SQLite's default would.
+    for dbapi_connection in {connection for connection, _ in seen}:
+        [(setting,)] = dbapi_connection.execute("PRAGMA wal_autocheckpoint").fetchall()
+        assert setting == intake.SQLITE_CHECKPOINT
+    assert _stored(db_engine) == {f"evt_intake_{n}": 1 for n in range(20)}

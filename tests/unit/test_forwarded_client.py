@@ -29,3 +29,13 @@ def settings(settings_env):
 )
 def test_forwarded_client(settings, peer, header, client):
     assert forwarded_client(peer, header, settings) == client
+
+
+def test_a_changed_proxy_list_is_heeded_for_a_peer_seen_before(settings_env):
+    # Answers per peer are kept for speed; they must belong to the list they were made for.
+    trusted = settings_env(TRUSTED_PROXIES="10.0.0.1")
+    assert forwarded_client("10.0.0.1", "192.0.2.10", trusted) == "192.0.2.10"
+    untrusted = settings_env(TRUSTED_PROXIES="10.0.0.2")
+    assert forwarded_client("10.0.0.1", "192.0.2.10", untrusted) == "10.0.0.1"
+    none = settings_env(TRUSTED_PROXIES="")
+    assert forwarded_client("10.0.0.1", "192.0.2.10", none) == "10.0.0.1"

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import text
@@ -74,6 +75,60 @@ def test_an_event_is_stored_once(session):
     assert row.status == EventStatus.PENDING.value
     assert row.attempts == 0
     assert "price_1PgafmB7WZ01zgkW6dKueIc5" not in row.payload_enc  # encrypted at rest
+
+
+def test_a_batch_is_stored_as_the_orm_reads_it_each_event_once(db_engine, session):
+    # store_many writes straight through the driver: every column must read back through
+    # the ORM as the model declares it (aware times, booleans, the encrypted payload).
+    first = _event("evt_batch_1", created=1_700_000_001)
+    # A time given in another zone is stored as the same instant, in UTC.
+    elsewhere = datetime.fromtimestamp(1_700_000_002, tz=timezone(timedelta(hours=2)))
+    live = replace(_event("evt_batch_2"), created=elsewhere, livemode=True)
+    with db_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        assert inbox.store_many(connection, [first, live, first]) == {"evt_batch_1", "evt_batch_2"}
+        assert inbox.store_many(connection, [live]) == set()
+
+    rows = {row.event_id: row for row in session.exec(select(StripeEvent)).all()}
+    assert sorted(rows) == ["evt_batch_1", "evt_batch_2"]
+    for event in (first, live):
+        row = rows[event.id]
+        assert row.type == "plan.created"
+        assert row.stripe_created_at == event.created
+        assert row.stripe_created_at.tzinfo is not None
+        assert row.livemode is event.livemode
+        assert row.status == EventStatus.PENDING.value
+        assert row.attempts == 0
+        assert row.received_at.tzinfo is not None
+    [claimed, _] = inbox.claim(session)
+    assert claimed.payload == json.loads(first.raw)
+
+    # In the database, the values are those the ORM itself writes for the same event.
+    session.add(
+        StripeEvent(
+            event_id="evt_by_orm",
+            type=live.type,
+            stripe_created_at=live.created,
+            livemode=True,
+            payload_enc="-",
+        )
+    )
+    session.commit()
+    raw = (
+        "SELECT stripe_created_at, livemode, status, attempts FROM stripe_event"
+        " WHERE event_id = :id"
+    )
+    by_orm, batched = (
+        session.connection().execute(text(raw), {"id": event_id}).one()
+        for event_id in ("evt_by_orm", "evt_batch_2")
+    )
+    assert batched == by_orm
+
+
+def test_a_batch_stored_in_a_session_is_undone_by_its_rollback(session):
+    assert inbox.store_many(session, [_event("evt_undone")]) == {"evt_undone"}
+    session.rollback()
+
+    assert session.exec(select(StripeEvent)).all() == []
 
 
 def test_a_claimed_event_carries_the_payload_as_stripe_sent_it(session, now):
