@@ -27,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -57,6 +59,25 @@ HEALTHY_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 15.0
 
 
+@functools.cache
+def backend_workers() -> int:
+    """How many backend workers share the webhook intake: Reflex's own count in production.
+
+    `GRANIAN_WORKERS` if set, else what `reflex run --env prod` starts (one without Redis,
+    several with it); one in development, which serves from a single worker.
+    """
+    from reflex.utils import exec as reflex_exec
+    from reflex.utils import processes
+
+    if not reflex_exec.is_prod_mode():
+        return 1
+    try:
+        return max(int(os.environ.get("GRANIAN_WORKERS") or processes.get_num_workers()), 1)
+    except (ValueError, SystemExit) as exc:  # SystemExit: Reflex's answer to Redis being down
+        logger.warning("backend workers unknown (%s); pacing the processor as for one", exc)
+        return 1
+
+
 class ProcessorProcess:
     """The parent's handle on one processor process."""
 
@@ -74,10 +95,11 @@ class ProcessorProcess:
 
     @classmethod
     def start(cls) -> ProcessorProcess:
-        """Start `python -m subscription_app.billing.processor_process` with our settings."""
+        """Start `python -m subscription_app.billing.processor_process WORKERS`, our settings
+        in its environment."""
         # Our own interpreter and module, no shell, no outside input.
         process = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", __name__],
+            [sys.executable, "-m", __name__, str(backend_workers())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=os.environ.copy(),
@@ -194,16 +216,21 @@ class IntakeActivity:
     During a burst the processor steps aside between events (`pause`), so the machine's CPU
     goes to acknowledging deliveries first, which Stripe times; the events are applied right
     after. A steady stream is not a burst: below `BUSY_EVENTS` within `BUSY_WINDOW_SECONDS`
-    (200/s to this worker) the processor never waits. Each wait is bounded, so a stream
-    that never lets up still has its events applied, if slowly.
+    (200/s) to the whole app the processor never waits. With several `workers` each sees
+    its share of the deliveries, so each counts a burst at its share of that, but never below
+    `MIN_BUSY_EVENTS` (75/s to one worker), where a steady stream's chance clusters would
+    hold it back. Each wait is bounded, so a stream that never lets up still has its events
+    applied, if slowly.
     """
 
     BUSY_EVENTS = 8
+    MIN_BUSY_EVENTS = 3
     BUSY_WINDOW_SECONDS = 0.04
     MAX_PAUSE_SECONDS = 0.5
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, *, workers: int = 1) -> None:
         self._clock = clock
+        self.busy_events = max(math.ceil(self.BUSY_EVENTS / max(workers, 1)), self.MIN_BUSY_EVENTS)
         self._lock = threading.Lock()
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
         self._count = 0
@@ -220,13 +247,13 @@ class IntakeActivity:
             horizon = self._clock() - self.BUSY_WINDOW_SECONDS
             while self._recent and self._recent[0][0] <= horizon:
                 self._count -= self._recent.popleft()[1]
-            if self._count < self.BUSY_EVENTS:
+            if self._count < self.busy_events:
                 return None
             # Busy until enough of the window's wake-ups have aged out of it.
             left = self._count
             for at, events in self._recent:
                 left -= events
-                if left < self.BUSY_EVENTS:
+                if left < self.busy_events:
                     return at + self.BUSY_WINDOW_SECONDS
             return None  # pragma: no cover - the loop always ends below the threshold
 
@@ -277,14 +304,14 @@ def _id_writer(fd: int):
     return send
 
 
-async def _serve(ids_fd: int) -> None:
+async def _serve(ids_fd: int, workers: int) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     wakeup = changes.processor_wakeup()
     if not get_settings().redis_url:
         changes.relay_to(_id_writer(ids_fd))
-    activity = IntakeActivity()
+    activity = IntakeActivity(workers=workers)
     threading.Thread(
         target=read_wakeups,
         args=(loop, wakeup, stop),
@@ -297,14 +324,18 @@ async def _serve(ids_fd: int) -> None:
 
 
 def main() -> None:
-    """The processor process: apply webhook events until the parent closes our stdin."""
+    """The processor process: apply webhook events until the parent closes our stdin.
+
+    Its one argument is the number of backend workers (`backend_workers`), default 1.
+    """
+    workers = int(sys.argv[1]) if len(sys.argv) > 1 else 1
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker stops us, not Ctrl-C
     ids_fd = os.dup(1)
     os.dup2(2, 1)  # anything printed goes to stderr, never into the ids
     logging.basicConfig(
         level=logging.INFO, format="webhook processor %(process)d: %(levelname)s %(message)s"
     )
-    asyncio.run(_serve(ids_fd))
+    asyncio.run(_serve(ids_fd, workers))
 
 
 if __name__ == "__main__":

@@ -106,12 +106,15 @@ async def _applied_elsewhere(user_id: int, sub_id: str, stripe_client, session) 
     assert processor_process._current is None
 
 
-def test_a_processor_that_dies_is_started_again(worker_env):
+def test_a_processor_that_dies_is_started_again(worker_env, monkeypatch):
+    monkeypatch.setattr(processor_process, "backend_workers", lambda: 4)
     asyncio.run(_restarted())
 
 
 async def _restarted() -> None:
     async with worker_running() as first:
+        # It is told how many workers share the intake (it paces itself by its share).
+        assert first.process.args[-1] == "4"
         first.process.kill()
         await until(lambda: processor_process._current not in (None, first), "a second processor")
         second = processor_process._current

@@ -98,3 +98,49 @@ def test_each_wake_up_byte_counts_as_one_stored_event():
     asyncio.run(read())
     os.close(read_end)
     assert activity.busy_until() is not None
+
+
+def test_with_several_workers_each_counts_a_burst_at_its_share_of_the_apps(clock):
+    # Five workers share the deliveries: 3 events within the window to one of them is its
+    # part of a burst (8 to a single worker would be).
+    activity = IntakeActivity(clock, workers=5)
+    activity.saw(2)
+    assert activity.busy_until() is None
+    activity.saw(1)
+    assert activity.busy_until() is not None
+
+    alone = IntakeActivity(clock)
+    alone.saw(BUSY - 1)
+    assert alone.busy_until() is None
+
+
+def test_a_steady_stream_shared_by_many_workers_never_makes_one_wait(clock):
+    # 100 events/s to the app, spread over eight workers: 12.5/s to this one. However many
+    # workers there are, a worker never counts fewer than MIN_BUSY_EVENTS as a burst.
+    activity = IntakeActivity(clock, workers=8)
+    assert activity.busy_events == IntakeActivity.MIN_BUSY_EVENTS
+    for _ in range(100):
+        activity.saw(1)
+        assert activity.pause() == 0
+        clock.now += 0.08
+    assert clock.slept == []
+
+
+@pytest.fixture
+def workers_counted_again():
+    processor_process.backend_workers.cache_clear()
+    yield
+    processor_process.backend_workers.cache_clear()
+
+
+@pytest.mark.usefixtures("workers_counted_again")
+@pytest.mark.parametrize(
+    ("mode", "granian_workers", "expected"),
+    [("dev", "4", 1), ("prod", "4", 4), ("prod", "many", 1), ("prod", "0", 1)],
+)
+def test_the_worker_count_is_reflexs_in_production_and_one_in_development(
+    monkeypatch, mode, granian_workers, expected
+):
+    monkeypatch.setenv("REFLEX_ENV_MODE", mode)
+    monkeypatch.setenv("GRANIAN_WORKERS", granian_workers)
+    assert processor_process.backend_workers() == expected
