@@ -52,7 +52,25 @@ def store_many(session: Session | Connection, events: Sequence[VerifiedEvent]) -
     if not events:
         return set()
     connection = session.connection() if isinstance(session, Session) else session
-    dialect = connection.dialect
+    sql, values = store_statement(connection.dialect, events)
+    # Straight to the driver: on this path (every webhook, in bursts) SQLAlchemy's statement
+    # execution cost more than the database's insert. The driver's cursor runs in the
+    # connection's transaction (or autocommit).
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(sql, values)
+        return {event_id for (event_id,) in cursor.fetchall()}
+    finally:
+        cursor.close()
+
+
+def store_statement(dialect: Dialect, events: Sequence[VerifiedEvent]) -> tuple[str, list[Any]]:
+    """`store_many`'s statement for `dialect`'s driver, and its parameters (payloads encrypted).
+
+    One multi-row `INSERT ... ON CONFLICT (event_id) DO NOTHING RETURNING event_id`; each value
+    has been through its column type's own conversion, as SQLAlchemy would send it. For
+    callers that run it on a driver connection of their own (the intake's asynchronous one).
+    """
     now = utcnow()
     values: list[Any] = []
     for event in events:
@@ -69,16 +87,7 @@ def store_many(session: Session | Connection, events: Sequence[VerifiedEvent]) -
         }
         for name, convert in _bind_processors(dialect):
             values.append(convert(row[name]) if convert else row[name])
-    # Straight to the driver, as one multi-row statement: on this path (every webhook, in
-    # bursts) SQLAlchemy's statement execution cost more than the database's insert. The
-    # values went through each column type's own conversion above, as SQLAlchemy would
-    # send them; the driver's cursor runs in the connection's transaction (or autocommit).
-    cursor = connection.connection.cursor()
-    try:
-        cursor.execute(_store_sql(dialect.name, dialect.paramstyle, len(events)), values)
-        return {event_id for (event_id,) in cursor.fetchall()}
-    finally:
-        cursor.close()
+    return _store_sql(dialect.name, dialect.paramstyle, len(events)), values
 
 
 _STORED_COLUMNS = (

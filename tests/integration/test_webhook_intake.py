@@ -57,8 +57,8 @@ def batches(monkeypatch) -> list[int]:
     sizes: list[int] = []
     real = intake._commit
 
-    def counting(held, events):
-        stored = real(held, events)
+    async def counting(held, events):
+        stored = await real(held, events)
         sizes.append(len(events))
         return stored
 
@@ -157,9 +157,9 @@ def test_an_event_is_answered_only_after_its_transaction_commits(served, db_engi
     release = threading.Event()
     real = intake._commit
 
-    def slow_commit(held, events):
-        release.wait(timeout=30)
-        return real(held, events)
+    async def slow_commit(held, events):
+        await asyncio.to_thread(release.wait, 30)
+        return await real(held, events)
 
     monkeypatch.setattr(intake, "_commit", slow_commit)
 
@@ -212,13 +212,12 @@ def test_the_processor_lets_the_intake_finish_storing_first_for_a_moment_at_most
     real = intake._commit
 
     async def scenario() -> None:
-        loop = asyncio.get_running_loop()
         storing = asyncio.Event()
 
-        def slow_commit(held, events):
-            loop.call_soon_threadsafe(storing.set)
-            release.wait(timeout=30)
-            return real(held, events)
+        async def slow_commit(held, events):
+            storing.set()
+            await asyncio.to_thread(release.wait, 30)
+            return await real(held, events)
 
         monkeypatch.setattr(intake, "_commit", slow_commit)
         await asyncio.wait_for(intake.quiet(30), 5)  # nothing stored yet: at once
@@ -253,18 +252,26 @@ def checkouts(db_engine) -> Iterator[list[int]]:
     sqlalchemy_event.remove(db_engine, "checkout", record)
 
 
+def _driver(connection) -> object:
+    """The driver's own connection under the writer's (SQLAlchemy's, or psycopg's)."""
+    return getattr(getattr(connection, "connection", None), "dbapi_connection", connection)
+
+
 def test_a_burst_is_stored_on_one_connection_given_back_once_nothing_waits(
     served, db_engine, monkeypatch, checkouts
 ):
     release = threading.Event()
     sizes: list[int] = []
+    used: list[object] = []  # the driver's connection of each statement
     real = intake._commit
 
-    def first_waits(held, events):
+    async def first_waits(held, events):
         sizes.append(len(events))
         if len(sizes) == 1:
-            release.wait(timeout=30)
-        return real(held, events)
+            await asyncio.to_thread(release.wait, 30)
+        stored = await real(held, events)
+        used.append(_driver(held.connection))
+        return stored
 
     monkeypatch.setattr(intake, "_commit", first_waits)
 
@@ -279,14 +286,22 @@ def test_a_burst_is_stored_on_one_connection_given_back_once_nothing_waits(
         release.set()
         answers = [*await first, *await rest]
         await intake.quiet(30)  # the writer is done once it has given its connection back
+        kept.append(writer.held.connection)
         return answers
 
+    kept: list[object] = []
     responses = asyncio.run(asyncio.wait_for(scenario(), 60))
 
     assert {r.status_code for r in responses} == {200}
     assert sizes == [1, 119]  # two statements...
-    assert len(checkouts) == 1  # ...on the one connection the writer held,
-    assert db_engine.pool.checkedout() == 0  # given back once the burst was stored
+    assert len(used) == 2 and used[0] is used[1]  # ...on the one connection the writer held
+    assert db_engine.pool.checkedout() == 0
+    if db_engine.dialect.name == "postgresql":
+        # Its own (psycopg's asynchronous), not the pool's: kept for the next burst.
+        assert checkouts == [] and kept[0] is not None
+    else:
+        assert len(checkouts) == 1  # from the pool, and given back once the burst was stored
+        assert kept == [None]
     assert _stored(db_engine) == {f"evt_intake_{n}": 1 for n in range(120)}
 
 
@@ -294,15 +309,21 @@ def test_after_a_failed_statement_the_writer_drops_its_connection_and_takes_a_fr
     served, db_engine, monkeypatch
 ):
     used: list[object] = []  # the driver's connections the statements ran on
-    real = inbox.store_many
+    writing: list[object] = []  # the writer's held connection, as each batch starts
+    real_commit, real_statement = intake._commit, inbox.store_statement
 
-    def fail_first(connection, events):
-        used.append(connection.connection.dbapi_connection)
+    async def commit(held, events):
+        writing[:] = [held]
+        return await real_commit(held, events)
+
+    def fail_first(dialect, events):
+        used.append(_driver(writing[0].connection))  # opened by now, on either path
         if len(used) == 1:
             raise OperationalError("INSERT", {}, Exception("server closed the connection"))
-        return real(connection, events)
+        return real_statement(dialect, events)
 
-    monkeypatch.setattr(inbox, "store_many", fail_first)
+    monkeypatch.setattr(intake, "_commit", commit)
+    monkeypatch.setattr(inbox, "store_statement", fail_first)
 
     async def two_deliveries() -> list[int]:
         # One event loop, so one writer: the second delivery meets the writer that failed.
@@ -324,11 +345,11 @@ def test_on_sqlite_the_writer_leaves_checkpoints_to_others_only_while_it_holds_t
     seen: list[tuple[object, int]] = []  # (the driver's connection, its setting) per batch
     real = intake._commit
 
-    def recording(held, events):
-        connection = held.open()
-        setting = connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one()
-        seen.append((connection.connection.dbapi_connection, setting))
-        return real(held, events)
+    async def recording(held, events):
+        stored = await real(held, events)
+        setting = held.connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one()
+        seen.append((_driver(held.connection), setting))
+        return stored
 
     monkeypatch.setattr(intake, "_commit", recording)
 
@@ -346,3 +367,39 @@ def test_on_sqlite_the_writer_leaves_checkpoints_to_others_only_while_it_holds_t
         [(setting,)] = dbapi_connection.execute("PRAGMA wal_autocheckpoint").fetchall()
         assert setting == intake.SQLITE_CHECKPOINT
     assert _stored(db_engine) == {f"evt_intake_{n}": 1 for n in range(20)}
+
+
+def test_on_postgresql_the_writer_keeps_its_own_connection_until_unused_or_the_loop_ends(
+    served, db_engine, monkeypatch
+):
+    if db_engine.dialect.name != "postgresql":
+        pytest.skip("the writer's own connection is PostgreSQL's (psycopg's asynchronous one)")
+    monkeypatch.setattr(intake, "IDLE_SECONDS", 0.2)
+    held: list[object] = []
+
+    async def until_unused() -> None:
+        await _deliver(served, [_body(1)])
+        await intake.quiet(30)
+        writer = intake._writers[asyncio.get_running_loop()]
+        connection = writer.held.connection
+        assert connection is not None and not connection.closed  # kept after the burst
+        held.append(connection)
+        await _deliver(served, [_body(2)])  # the next burst uses it
+        assert writer.held.connection is connection
+        deadline = asyncio.get_running_loop().time() + 30
+        while writer.held.connection is not None:  # closed once unused for IDLE_SECONDS
+            assert asyncio.get_running_loop().time() < deadline, "never closed"
+            await asyncio.sleep(0.05)
+        assert connection.closed
+
+    asyncio.run(asyncio.wait_for(until_unused(), 60))
+
+    monkeypatch.setattr(intake, "IDLE_SECONDS", 3600.0)
+
+    async def loop_ends() -> None:
+        await _deliver(served, [_body(3)])
+        held.append(intake._writers[asyncio.get_running_loop()].held.connection)
+
+    asyncio.run(loop_ends())
+    assert held[1] is not None and held[1].closed  # closed as the event loop shut down
+    assert _stored(db_engine) == {f"evt_intake_{n}": 1 for n in (1, 2, 3)}
