@@ -82,9 +82,15 @@ def empty_database_url(request, tmp_path) -> Iterator[str]:
 
 
 def pytest_generate_tests(metafunc) -> None:
-    """Run every test that asks for a database once per available backend."""
+    """Run every test that asks for a database once per available backend.
+
+    `@pytest.mark.backends("sqlite")` (or "postgresql") limits a test about one backend's own
+    mechanism to that backend.
+    """
     if "empty_database_url" in metafunc.fixturenames:
-        metafunc.parametrize("empty_database_url", _backends(), indirect=True)
+        marker = metafunc.definition.get_closest_marker("backends")
+        params = [p for p in _backends() if marker is None or p.values[0] in marker.args]
+        metafunc.parametrize("empty_database_url", params, indirect=True)
 
 
 @pytest.fixture

@@ -114,6 +114,7 @@ class _AsyncHeld:
     connection: psycopg.AsyncConnection | None = None
     engine: Engine | None = None
     last_used: float = 0.0
+    storing: bool = False
     closer: asyncio.Task[None] | None = None
 
     async def open(self) -> psycopg.AsyncConnection:
@@ -136,17 +137,18 @@ class _AsyncHeld:
 
     async def store(self, events: list[VerifiedEvent]) -> set[str]:
         """Store `events` in one autocommitted statement; the ids that were new."""
-        self.last_used = time.monotonic()  # in use: not to be closed as unused meanwhile
+        self.storing = True  # in use: not to be closed as unused meanwhile
         try:
             connection = await self.open()
             sql, values = inbox.store_statement(db.get_engine().dialect, events)
             cursor = await connection.execute(sql, values)
-            stored = {event_id for (event_id,) in await cursor.fetchall()}
+            return {event_id for (event_id,) in await cursor.fetchall()}
         except BaseException:
             await self.close(broken=True)
             raise
-        self.last_used = time.monotonic()
-        return stored
+        finally:
+            self.storing = False
+            self.last_used = time.monotonic()
 
     async def idle(self) -> None:
         """Nothing is waiting: keep the connection, closing it once unused for a while."""
@@ -157,7 +159,9 @@ class _AsyncHeld:
         try:
             while self.connection is not None:
                 unused = time.monotonic() - self.last_used
-                if unused >= IDLE_SECONDS:
+                if self.storing:  # a statement that has run for a while is not idleness
+                    unused = 0.0
+                elif unused >= IDLE_SECONDS:
                     break
                 await asyncio.sleep(IDLE_SECONDS - unused)
         finally:  # also when the loop ends, which cancels this task

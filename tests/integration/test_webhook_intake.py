@@ -337,11 +337,10 @@ def test_after_a_failed_statement_the_writer_drops_its_connection_and_takes_a_fr
     assert _stored(db_engine) == {"evt_intake_1": 1}
 
 
+@pytest.mark.backends("sqlite")
 def test_on_sqlite_the_writer_leaves_checkpoints_to_others_only_while_it_holds_the_connection(
     served, db_engine, monkeypatch
 ):
-    if db_engine.dialect.name != "sqlite":
-        pytest.skip("a setting of SQLite's write-ahead log")
     seen: list[tuple[object, int]] = []  # (the driver's connection, its setting) per batch
     real = intake._commit
 
@@ -369,11 +368,10 @@ def test_on_sqlite_the_writer_leaves_checkpoints_to_others_only_while_it_holds_t
     assert _stored(db_engine) == {f"evt_intake_{n}": 1 for n in range(20)}
 
 
+@pytest.mark.backends("postgresql")
 def test_on_postgresql_the_writer_keeps_its_own_connection_until_unused_or_the_loop_ends(
     served, db_engine, monkeypatch
 ):
-    if db_engine.dialect.name != "postgresql":
-        pytest.skip("the writer's own connection is PostgreSQL's (psycopg's asynchronous one)")
     monkeypatch.setattr(intake, "IDLE_SECONDS", 0.2)
     held: list[object] = []
 
@@ -403,3 +401,28 @@ def test_on_postgresql_the_writer_keeps_its_own_connection_until_unused_or_the_l
     asyncio.run(loop_ends())
     assert held[1] is not None and held[1].closed  # closed as the event loop shut down
     assert _stored(db_engine) == {f"evt_intake_{n}": 1 for n in (1, 2, 3)}
+
+
+@pytest.mark.backends("postgresql")
+def test_on_postgresql_a_statement_that_waits_longer_than_the_idle_time_is_not_cut_off(
+    served, db_engine, monkeypatch
+):
+    monkeypatch.setattr(intake, "IDLE_SECONDS", 0.1)
+    body = _body(1)
+    event = verify(body.encode(), sign(body, SECRET))
+
+    async def scenario() -> httpx.Response:
+        await _deliver(served, [_body(0)])  # the writer has its connection
+        with db_engine.connect() as other:  # another worker storing the same event...
+            inbox.store_many(other, [event])
+            delivery = asyncio.create_task(_deliver(served, [body]))
+            # ...holds ours (ON CONFLICT waits for its transaction) for many idle times.
+            done, _ = await asyncio.wait({delivery}, timeout=10 * intake.IDLE_SECONDS)
+            assert not done
+            other.rollback()  # it gave up: ours is the one that stores it
+        return (await delivery)[0]
+
+    response = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert response.status_code == 200
+    assert response.json()["duplicate"] is False
+    assert _stored(db_engine) == {"evt_intake_0": 1, "evt_intake_1": 1}
