@@ -113,11 +113,19 @@ def is_trusted_proxy(peer: str | None, settings: Settings) -> bool:
     """True when `peer` (the TCP client address) is a configured trusted proxy."""
     if not peer or not settings.trusted_proxies:
         return False
+    if len(peer) > MAX_ADDRESS_LENGTH:  # not an address; and never kept (see below)
+        return False
     return _peer_trusted(peer, settings.trusted_proxies)
 
 
+# The longest textual IP address (IPv6 with an embedded IPv4 and a zone would be longer, but
+# neither is a peer or a forwarded hop we would trust).
+MAX_ADDRESS_LENGTH = 45
+
+
 # Every request asks this once or twice, and parsing an address costs more than the rest of
-# the middleware: the answers for recent peers (a few proxies, in production) are kept.
+# the middleware: the answers for recent peers (a few proxies, in production) are kept. The
+# hops of X-Forwarded-For are the client's to choose: at most 1024 short strings are kept.
 @lru_cache(maxsize=1024)
 def _peer_trusted(peer: str, raw: str) -> bool:
     try:

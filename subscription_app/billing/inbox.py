@@ -52,6 +52,11 @@ def store_many(session: Session | Connection, events: Sequence[VerifiedEvent]) -
     if not events:
         return set()
     connection = session.connection() if isinstance(session, Session) else session
+    autocommit = connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+    if not autocommit and not connection.in_transaction():
+        # The driver's cursor below would not begin SQLAlchemy's transaction (a Session's
+        # connection is always in one): begin it, so the caller's commit or rollback counts.
+        connection.begin()
     sql, values = store_statement(connection.dialect, events)
     # Straight to the driver: on this path (every webhook, in bursts) SQLAlchemy's statement
     # execution cost more than the database's insert. The driver's cursor runs in the
@@ -101,6 +106,8 @@ _STORED_COLUMNS = (
     "next_attempt_at",
     "received_at",
 )
+# Parameters per stored event in `store_statement`.
+COLUMNS = len(_STORED_COLUMNS)
 
 
 @lru_cache(maxsize=4)

@@ -31,7 +31,7 @@ from subscription_app import db
 from subscription_app.billing import inbox
 from subscription_app.billing.webhooks import VerifiedEvent
 
-# Bounds one statement (and its parameters: 9 per row).
+# Bounds one statement (and its parameters: `inbox.COLUMNS` per row).
 MAX_BATCH = 500
 # SQLite's default WAL size (pages) past which a commit checkpoints; restored on give-back.
 SQLITE_CHECKPOINT = 1000
@@ -49,6 +49,7 @@ class _Held:
 
     connection: Connection | None = None
     engine: Engine | None = None
+    inflight: asyncio.Future[set[str]] | None = None  # the statement on its thread
 
     def open(self) -> Connection:
         """The held connection, taken from the current engine's pool if there is none."""
@@ -82,7 +83,9 @@ class _Held:
 
     async def store(self, events: list[VerifiedEvent]) -> set[str]:
         """Store `events` in one autocommitted statement; the ids that were new."""
-        return await asyncio.to_thread(self._store, events)
+        self.inflight = asyncio.get_running_loop().run_in_executor(None, self._store, events)
+        # Shielded: a cancelled writer leaves the thread's future for `idle` to wait for.
+        return await asyncio.shield(self.inflight)
 
     def _store(self, events: list[VerifiedEvent]) -> set[str]:
         try:
@@ -93,6 +96,10 @@ class _Held:
 
     async def idle(self) -> None:
         """Nothing is waiting: give the connection back to the pool at once."""
+        if self.inflight is not None:
+            # Cancelled mid-statement (the loop is ending): never give back a connection
+            # that its thread is still using.
+            await asyncio.wait({self.inflight})
         # Through the executor's future, shielded, not a task: a cancelled writer, even on a
         # loop that is shutting down (which cancels every task), gives it back.
         closing = asyncio.get_running_loop().run_in_executor(None, self.close)
@@ -122,9 +129,12 @@ class _AsyncHeld:
         engine = db.get_engine()
         if self.connection is None or self.connection.closed or self.engine is not engine:
             await self.close()
-            # The engine's own URL (host, database, options, TLS settings) in libpq's form.
-            url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            self.connection = await psycopg.AsyncConnection.connect(url, autocommit=True)
+            # Exactly what the engine's own driver connections are given (host or hosts,
+            # database, credentials, options, TLS settings), as SQLAlchemy decodes its URL.
+            args, kwargs = engine.dialect.create_connect_args(engine.url)
+            self.connection = await psycopg.AsyncConnection.connect(
+                *args, **kwargs, autocommit=True
+            )
             self.engine = engine
         return self.connection
 
@@ -136,19 +146,35 @@ class _AsyncHeld:
                 await connection.close()
 
     async def store(self, events: list[VerifiedEvent]) -> set[str]:
-        """Store `events` in one autocommitted statement; the ids that were new."""
+        """Store `events` in one autocommitted statement; the ids that were new.
+
+        A kept connection the server dropped since its last batch (a restart, an idle
+        timeout, a proxy) is only found out by using it: then the batch runs once more on
+        a new one. The statement skips stored events, so running it twice stores nothing
+        twice (a batch that did commit before the answer was lost is answered as repeats).
+        """
         self.storing = True  # in use: not to be closed as unused meanwhile
         try:
-            connection = await self.open()
-            sql, values = inbox.store_statement(db.get_engine().dialect, events)
-            cursor = await connection.execute(sql, values)
-            return {event_id for (event_id,) in await cursor.fetchall()}
+            kept = self.connection is not None and not self.connection.closed
+            try:
+                return await self._execute(events)
+            except psycopg.OperationalError:
+                if not kept:
+                    raise
+                await self.close(broken=True)
+                return await self._execute(events)
         except BaseException:
             await self.close(broken=True)
             raise
         finally:
             self.storing = False
             self.last_used = time.monotonic()
+
+    async def _execute(self, events: list[VerifiedEvent]) -> set[str]:
+        connection = await self.open()
+        sql, values = inbox.store_statement(db.get_engine().dialect, events)
+        cursor = await connection.execute(sql, values)
+        return {event_id for (event_id,) in await cursor.fetchall()}
 
     async def idle(self) -> None:
         """Nothing is waiting: keep the connection, closing it once unused for a while."""
@@ -195,8 +221,10 @@ class _Writer:
                 await self.held.idle()
 
     async def _store_next(self) -> None:
-        batch, self.waiting = self.waiting[:MAX_BATCH], self.waiting[MAX_BATCH:]
         engine = db.get_engine()
+        # Within the driver's limit on parameters per statement (999 on an old SQLite).
+        size = min(MAX_BATCH, engine.dialect.insertmanyvalues_max_parameters // inbox.COLUMNS)
+        batch, self.waiting = self.waiting[:size], self.waiting[size:]
         if isinstance(self.held, _AsyncHeld) != (engine.dialect.name == "postgresql"):
             # The database changed kind (tests swap engines): the other kind of connection.
             old, self.held = self.held, _held_for(engine)

@@ -8,12 +8,14 @@ once, repeats included, on SQLite and PostgreSQL, as one worker and as two.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from sqlalchemy import event as sqlalchemy_event
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, func, select
 
@@ -426,3 +428,106 @@ def test_on_postgresql_a_statement_that_waits_longer_than_the_idle_time_is_not_c
     assert response.status_code == 200
     assert response.json()["duplicate"] is False
     assert _stored(db_engine) == {"evt_intake_0": 1, "evt_intake_1": 1}
+
+
+@pytest.mark.backends("postgresql")
+def test_on_postgresql_the_writer_connects_as_the_engine_does_spaces_in_options_included(
+    settings_env, db_engine, monkeypatch
+):
+    # libpq reads "-c search_path=..." with its space; a URL re-rendered by hand would not.
+    url = db_engine.url.render_as_string(hide_password=False)
+    assert "options=-csearch_path%3D" in url
+    spaced = db.make_engine(url.replace("options=-csearch_path%3D", "options=-c%20search_path%3D"))
+    monkeypatch.setattr(db, "get_engine", lambda: spaced)
+    settings_env(STRIPE_WEBHOOK_SECRET=SECRET)
+    try:
+        responses = asyncio.run(_deliver(dispatch_webhooks_first(create_api()), [_body(1)]))
+    finally:
+        spaced.dispose()
+    assert [r.status_code for r in responses] == [200]
+    assert _stored(db_engine) == {"evt_intake_1": 1}
+
+
+@pytest.mark.backends("postgresql")
+def test_on_postgresql_a_kept_connection_the_server_dropped_is_replaced_without_a_503(
+    served, db_engine
+):
+    async def scenario() -> list[int]:
+        first = await _deliver(served, [_body(1)])
+        kept = intake._writers[asyncio.get_running_loop()].held.connection
+        with db_engine.connect() as admin:  # the server ends it (a restart, an idle timeout)
+            admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": kept.info.backend_pid})
+        second = await _deliver(served, [_body(2)])
+        assert intake._writers[asyncio.get_running_loop()].held.connection is not kept
+        return [first[0].status_code, second[0].status_code]
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 60)) == [200, 200]
+    assert _stored(db_engine) == {"evt_intake_1": 1, "evt_intake_2": 1}
+
+
+def test_a_batch_stays_within_the_drivers_parameter_limit(served, db_engine, monkeypatch, batches):
+    # An old SQLite takes 999 parameters per statement: at 9 per event, 111 events.
+    monkeypatch.setattr(db_engine.dialect, "insertmanyvalues_max_parameters", 10 * inbox.COLUMNS)
+    release = threading.Event()
+    real = intake._commit
+
+    async def first_waits(held, events):
+        if not batches:
+            await asyncio.to_thread(release.wait, 30)
+        return await real(held, events)
+
+    monkeypatch.setattr(intake, "_commit", first_waits)
+
+    async def burst() -> list[httpx.Response]:
+        delivery = asyncio.create_task(_deliver(served, [_body(n) for n in range(60)]))
+        writer = None
+        while writer is None or len(writer.waiting) < 30:  # more gather meanwhile
+            await asyncio.sleep(0.01)
+            writer = intake._writers.get(asyncio.get_running_loop())
+        release.set()
+        return await delivery
+
+    responses = asyncio.run(asyncio.wait_for(burst(), 60))
+    assert {r.status_code for r in responses} == {200}
+    assert max(batches) == 10 and sum(batches) == 60
+    assert _stored(db_engine) == {f"evt_intake_{n}": 1 for n in range(60)}
+
+
+@pytest.mark.backends("sqlite")
+def test_a_writer_cancelled_mid_statement_gives_its_connection_back_only_after_it(
+    served, db_engine, monkeypatch
+):
+    running, release = threading.Event(), threading.Event()
+    order: list[str] = []
+    real_store, real_close = inbox.store_many, intake._Held.close
+
+    def slow_store(connection, events):
+        running.set()
+        release.wait(timeout=30)
+        stored = real_store(connection, events)
+        order.append("stored")
+        return stored
+
+    def close(held, *, broken=False):
+        if held.connection is not None:
+            order.append("given back")
+        real_close(held, broken=broken)
+
+    monkeypatch.setattr(inbox, "store_many", slow_store)
+    monkeypatch.setattr(intake._Held, "close", close)
+
+    async def scenario() -> None:
+        delivery = asyncio.create_task(_deliver(served, [_body(1)]))
+        await asyncio.to_thread(running.wait, 30)
+        writer = intake._writers[asyncio.get_running_loop()]
+        writer.task.cancel()  # as a loop that is shutting down does
+        await asyncio.sleep(BLOCKED_SECONDS)
+        assert order == []  # not given back while its thread still uses it
+        release.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer.task
+        delivery.cancel()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert order == ["stored", "given back"]
+    assert db_engine.pool.checkedout() == 0

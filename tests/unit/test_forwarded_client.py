@@ -39,3 +39,13 @@ def test_a_changed_proxy_list_is_heeded_for_a_peer_seen_before(settings_env):
     assert forwarded_client("10.0.0.1", "192.0.2.10", untrusted) == "10.0.0.1"
     none = settings_env(TRUSTED_PROXIES="")
     assert forwarded_client("10.0.0.1", "192.0.2.10", none) == "10.0.0.1"
+
+
+def test_a_forged_hop_of_any_length_is_answered_but_long_ones_are_never_kept(settings):
+    from subscription_app import security
+
+    assert forwarded_client("10.0.0.1", "192.0.2.10, 10.0.1.5", settings) == "192.0.2.10"
+    kept = security._peer_trusted.cache_info().currsize  # the proxy and our second proxy
+    forged = "1" * 10_000
+    assert forwarded_client("10.0.0.1", f"192.0.2.10, {forged}", settings) == forged
+    assert security._peer_trusted.cache_info().currsize == kept

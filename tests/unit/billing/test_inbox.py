@@ -131,6 +131,18 @@ def test_a_batch_stored_in_a_session_is_undone_by_its_rollback(session):
     assert session.exec(select(StripeEvent)).all() == []
 
 
+def test_a_batch_stored_on_a_plain_connection_is_kept_by_its_commit_and_undone_by_rollback(
+    db_engine, session
+):
+    with db_engine.connect() as connection:
+        assert inbox.store_many(connection, [_event("evt_kept")]) == {"evt_kept"}
+        connection.commit()
+        assert inbox.store_many(connection, [_event("evt_undone")]) == {"evt_undone"}
+        connection.rollback()
+
+    assert [row.event_id for row in session.exec(select(StripeEvent)).all()] == ["evt_kept"]
+
+
 def test_a_claimed_event_carries_the_payload_as_stripe_sent_it(session, now):
     inbox.store(session, _event())
     session.commit()
