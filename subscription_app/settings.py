@@ -121,6 +121,13 @@ class Settings(BaseSettings):
     # runs at a lower CPU priority than they do) or on a thread of the worker itself.
     webhook_processor: Literal["process", "inline"] = "process"
 
+    @property
+    def configured_workers(self) -> int | None:
+        """The backend worker count the environment sets (GRANIAN_WORKERS, WEB_CONCURRENCY)."""
+        if self.granian_workers is None and self.web_concurrency is None:
+            return None
+        return max(self.granian_workers or 1, self.web_concurrency or 1)
+
     @field_validator(
         "redis_url",
         "stripe_price_id",
@@ -182,7 +189,7 @@ class Settings(BaseSettings):
                 f"APP_ENV is not set but APP_URL ({self.app_url}) is not a localhost URL: "
                 "set APP_ENV=production (or APP_ENV=development to run it unprotected)"
             )
-        workers = max(self.granian_workers or 1, self.web_concurrency or 1)
+        workers = self.configured_workers or 1
         if workers > 1 and not self.redis_url:
             problems.append(
                 f"{workers} backend workers need REDIS_URL: without it rate limits, single-use "

@@ -135,12 +135,21 @@ def workers_counted_again():
 
 @pytest.mark.usefixtures("workers_counted_again")
 @pytest.mark.parametrize(
-    ("mode", "granian_workers", "expected"),
-    [("dev", "4", 1), ("prod", "4", 4), ("prod", "many", 1), ("prod", "0", 1)],
+    ("mode", "environment", "expected"),
+    [
+        ("dev", {"GRANIAN_WORKERS": "4"}, 1),
+        ("prod", {"GRANIAN_WORKERS": "4"}, 4),
+        ("prod", {"WEB_CONCURRENCY": "3"}, 3),
+        ("prod", {"GRANIAN_WORKERS": "2", "WEB_CONCURRENCY": "6"}, 6),
+        ("prod", {"REDIS_URL": None}, 1),  # what Reflex starts without Redis: one worker
+    ],
 )
 def test_the_worker_count_is_reflexs_in_production_and_one_in_development(
-    monkeypatch, mode, granian_workers, expected
+    monkeypatch, settings_env, mode, environment, expected
 ):
     monkeypatch.setenv("REFLEX_ENV_MODE", mode)
-    monkeypatch.setenv("GRANIAN_WORKERS", granian_workers)
+    for name in ("GRANIAN_WORKERS", "WEB_CONCURRENCY", "REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    # Several workers need Redis (the settings refuse them without it).
+    settings_env(**{"REDIS_URL": "redis://127.0.0.1:6379/0", **environment})
     assert processor_process.backend_workers() == expected
