@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from subscription_app.settings import get_settings, parse_encryption_keys
+from subscription_app.settings import get_settings
 
 _VERSION = "v2"
 # Ciphertexts of the first release carried no purpose. They are still read where they can be
@@ -67,18 +67,12 @@ def _keyring(keys: tuple[bytes, ...]) -> tuple[tuple[str, AESGCM], ...]:
 
 
 def _configured_keys() -> tuple[bytes, ...]:
-    keys = _parsed_keys(get_settings().app_encryption_keys.get_secret_value())
+    keys = get_settings().encryption_keys
     if not keys:
         raise RuntimeError(
             "APP_ENCRYPTION_KEYS is empty: set it (the dev runner generates one for you)"
         )
     return keys
-
-
-# Every encryption asks for the keys: parsed once per configured value, not on each call.
-@lru_cache(maxsize=4)
-def _parsed_keys(raw: str) -> tuple[bytes, ...]:
-    return tuple(parse_encryption_keys(raw))
 
 
 def _aad(kid: str, purpose: Purpose) -> bytes:
@@ -128,7 +122,7 @@ def needs_rotation(token: str, *, keys: tuple[bytes, ...] | None = None) -> bool
 
 
 def _index_keys() -> tuple[bytes, ...]:
-    keys = tuple(get_settings().blind_index_keys)
+    keys = get_settings().blind_index_keys
     if not keys:
         raise RuntimeError(
             "APP_BLIND_INDEX_KEY is empty: set it (the dev runner generates one for you)"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -229,16 +229,20 @@ class Settings(BaseSettings):
         """True when running with production safeguards on."""
         return self.app_env == "production"
 
-    @property
-    def encryption_keys(self) -> list[bytes]:
+    # Cached: every encryption and lookup asks for the keys (each webhook stored, for one),
+    # and a Settings object's values do not change (new settings are a new object).
+    @cached_property
+    def encryption_keys(self) -> tuple[bytes, ...]:
         """The configured encryption keys, first one used for new ciphertexts."""
-        return parse_encryption_keys(self.app_encryption_keys.get_secret_value())
+        return tuple(parse_encryption_keys(self.app_encryption_keys.get_secret_value()))
 
-    @property
-    def blind_index_keys(self) -> list[bytes]:
+    @cached_property
+    def blind_index_keys(self) -> tuple[bytes, ...]:
         """The blind-index keys, first one used for new rows."""
-        return parse_encryption_keys(
-            self.app_blind_index_key.get_secret_value(), name="APP_BLIND_INDEX_KEY"
+        return tuple(
+            parse_encryption_keys(
+                self.app_blind_index_key.get_secret_value(), name="APP_BLIND_INDEX_KEY"
+            )
         )
 
     @property

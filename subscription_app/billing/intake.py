@@ -138,8 +138,8 @@ class _AsyncHeld:
             self.engine = engine
         return self.connection
 
-    async def close(self, *, broken: bool = False) -> None:
-        """Close the connection (there is no pool to give it back to; `broken` is the same)."""
+    async def close(self) -> None:
+        """Close the connection (there is no pool to give it back to)."""
         connection, self.connection, self.engine = self.connection, None, None
         if connection is not None:
             with contextlib.suppress(Exception):  # a dead connection: nothing to close
@@ -161,10 +161,10 @@ class _AsyncHeld:
             except psycopg.OperationalError:
                 if not kept:
                     raise
-                await self.close(broken=True)
+                await self.close()
                 return await self._execute(events)
         except BaseException:
-            await self.close(broken=True)
+            await self.close()
             raise
         finally:
             self.storing = False
