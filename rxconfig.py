@@ -1,11 +1,19 @@
 """Reflex configuration. App settings live in `subscription_app/settings.py`."""
 
+import os
+
 import reflex as rx
 
 from subscription_app.security import allowed_origins
 from subscription_app.settings import get_settings
 
 _settings = get_settings()
+
+# The backend worker count (`Settings.server_workers`), exported before `reflex run --env prod`
+# starts granian, which reads GRANIAN_WORKERS; the workers inherit it, so their settings (the
+# Redis check, the webhook processor's pacing) count the very workers that run.
+if (_workers := _settings.server_workers) is not None:
+    os.environ["GRANIAN_WORKERS"] = str(_workers)
 
 config = rx.Config(
     app_name="subscription_app",

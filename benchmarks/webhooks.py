@@ -2,7 +2,8 @@
 
     python -m benchmarks.webhooks [--databases sqlite postgresql] [--events 2000]
         [--connections 8] [--threads 2] [--burst 2000] [--steady-rate 100]
-        [--steady-seconds 20] [--users 200] [--inbox-rows 0 [1000000 ...]] [--py-spy DIR]
+        [--steady-seconds 20] [--users 200] [--inbox-rows 0 [1000000 ...]] [--workers N]
+        [--py-spy DIR]
     make bench ARGS="--events 5000"
 
 Needs `wrk`, the HTTP load generator (Debian/Ubuntu: `apt-get install -y wrk`; macOS:
@@ -20,7 +21,8 @@ For each database and each --inbox-rows value, in a fresh temporary directory:
    `python -m devtools.run`: Stripe emulator, migrations, `reflex run --env prod`, served by
    granian with every middleware and a webhook processor in every worker). SQLite runs
    without Redis, so Reflex starts one worker; PostgreSQL gets REDIS_URL, the production
-   shape, and Reflex starts min(2 x CPUs + 1, 8) workers. Workers are counted from the
+   shape, and the app starts one worker per CPU, 2 to 8 (`Settings.server_workers`), or
+   --workers. Workers are counted from the
    process tree. The app logs each Stripe call's duration (STRIPE_TIMING_LOG).
 3. --users people subscribed through the app's own subscribe path (`start_subscription`,
    run here with the app's keys and database) against the app's emulator; then the
@@ -1151,6 +1153,8 @@ def bench_run(backend: str, inbox_rows: int, args: argparse.Namespace) -> dict[s
 
             database_url = stack.enter_context(fresh_schema(args.postgres, prefix="bench"))
             extra = {"REDIS_URL": args.redis}
+            if args.workers:
+                extra["GRANIAN_WORKERS"] = str(args.workers)
         env = {**keys, "DATABASE_URL": database_url}
         configure(env)
         migrate(database_url)
@@ -1545,6 +1549,12 @@ def main() -> None:
         "--redis",
         default=os.environ.get("TEST_REDIS_URL") or os.environ.get("REDIS_URL"),
         help="Redis URL for the PostgreSQL runs (default $TEST_REDIS_URL or $REDIS_URL)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="PostgreSQL runs: the app's worker count (GRANIAN_WORKERS; default Reflex's)",
     )
     parser.add_argument(
         "--py-spy", type=Path, default=None, help="record the app's workers into DIR (py-spy)"

@@ -24,7 +24,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 for _name in list(os.environ):
-    if _name.startswith(("STRIPE_", "APP_")) or _name in {"DATABASE_URL", "REDIS_URL", "SMTP_URL"}:
+    if _name.startswith(("STRIPE_", "APP_")) or _name in {
+        "DATABASE_URL",
+        "REDIS_URL",
+        "SMTP_URL",
+        "GRANIAN_WORKERS",
+        "WEB_CONCURRENCY",
+    }:
         del os.environ[_name]
 
 from devtools.liveapp import free_port  # noqa: E402, F401  (re-exported for tests)

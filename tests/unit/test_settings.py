@@ -140,3 +140,55 @@ def test_several_workers_without_redis_are_refused(monkeypatch, variable):
     monkeypatch.setenv(variable, "1")
     monkeypatch.delenv("REDIS_URL")
     make()  # one worker needs no Redis
+
+
+@pytest.mark.parametrize(
+    ("environment", "cpus", "expected"),
+    [
+        ({}, 2, None),  # no Redis: Reflex starts one worker
+        ({"redis_url": "redis://r:6379/0"}, 2, 2),  # one per CPU...
+        ({"redis_url": "redis://r:6379/0"}, 1, 2),  # ...at least two (several workers)...
+        ({"redis_url": "redis://r:6379/0"}, 6, 6),
+        ({"redis_url": "redis://r:6379/0"}, 64, 8),  # ...at most eight
+        ({"redis_url": "redis://r:6379/0", "web_concurrency": "3"}, 2, 3),  # as configured
+        ({"redis_url": "redis://r:6379/0", "granian_workers": "5"}, 16, 5),
+        ({"granian_workers": "1"}, 4, 1),
+    ],
+)
+def test_the_server_starts_one_worker_per_cpu_with_redis(monkeypatch, environment, cpus, expected):
+    for name in ("GRANIAN_WORKERS", "WEB_CONCURRENCY", "REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("subscription_app.settings.available_cpus", lambda: cpus)
+    assert make(**environment).server_workers == expected
+
+
+def _rxconfig_exports(environment: dict[str, str]) -> str | None:
+    """What GRANIAN_WORKERS is after rxconfig is loaded (as `reflex run` loads it)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k not in {"GRANIAN_WORKERS", "REDIS_URL"}}
+    code = "import json, os, rxconfig; print(json.dumps(os.environ.get('GRANIAN_WORKERS')))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, **environment},
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_rxconfig_tells_granian_the_worker_count():
+    from subscription_app.settings import MAX_DEFAULT_WORKERS, available_cpus
+
+    with_redis = _rxconfig_exports({"REDIS_URL": "redis://127.0.0.1:6379/0"})
+    assert with_redis == str(min(max(available_cpus(), 2), MAX_DEFAULT_WORKERS))
+    assert _rxconfig_exports({}) is None  # without Redis Reflex's one worker
+    configured = {"REDIS_URL": "redis://127.0.0.1:6379/0", "WEB_CONCURRENCY": "3"}
+    assert _rxconfig_exports(configured) == "3"
