@@ -43,7 +43,7 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture(scope="module")
 def production_stack(tmp_path_factory):
-    """The app on PostgreSQL (fresh schema) and Redis, with Reflex's several workers."""
+    """The app on PostgreSQL (fresh schema) and Redis, with several workers (one per CPU, 2+)."""
     workdir = tmp_path_factory.mktemp("production_stack")
     # Rate-limit counters live in Redis and are keyed by user id, which a fresh schema starts
     # again at 1: counters left by an earlier run within the hour must not count here.
