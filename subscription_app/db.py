@@ -7,10 +7,20 @@ from contextlib import contextmanager
 from functools import lru_cache
 
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlmodel import Session, create_engine
 
 from subscription_app.settings import get_settings
+
+# How long to wait for PostgreSQL to accept a connection. Without a limit libpq waits as long
+# as the operating system's TCP does (minutes) for a server that does not answer: a request
+# (a webhook delivery, which Stripe then retries) fails in seconds instead of hanging.
+CONNECT_TIMEOUT_SECONDS = 10
+
+
+def connect_timeout(url: URL) -> dict[str, int]:
+    """The connect timeout to give PostgreSQL's driver, unless `url` sets its own."""
+    return {} if "connect_timeout" in url.query else {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
 
 
 def make_engine(url: str) -> Engine:
@@ -34,7 +44,13 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=10,
+        connect_args=connect_timeout(make_url(url)),
+    )
 
 
 @lru_cache(maxsize=1)

@@ -130,10 +130,11 @@ class _AsyncHeld:
         if self.connection is None or self.connection.closed or self.engine is not engine:
             await self.close()
             # Exactly what the engine's own driver connections are given (host or hosts,
-            # database, credentials, options, TLS settings), as SQLAlchemy decodes its URL.
+            # database, credentials, options, TLS settings, connect timeout), as SQLAlchemy
+            # decodes its URL.
             args, kwargs = engine.dialect.create_connect_args(engine.url)
             self.connection = await psycopg.AsyncConnection.connect(
-                *args, **kwargs, autocommit=True
+                *args, **{**db.connect_timeout(engine.url), **kwargs}, autocommit=True
             )
             self.engine = engine
         return self.connection
