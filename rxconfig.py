@@ -11,9 +11,15 @@ _settings = get_settings()
 
 # The backend worker count (`Settings.server_workers`), exported before `reflex run --env prod`
 # starts granian, which reads GRANIAN_WORKERS; the workers inherit it, so their settings (the
-# Redis check, the webhook processor's pacing) count the very workers that run.
+# Redis check, the webhook processor's pacing) count the very workers that run. The settings
+# read above are read again: granian forks its workers from this process, cache included.
 if (_workers := _settings.server_workers) is not None:
     os.environ["GRANIAN_WORKERS"] = str(_workers)
+    get_settings.cache_clear()
+    _settings = get_settings()
+elif not os.environ.get("GRANIAN_WORKERS", "x").strip():
+    # Set but empty: unset, as the settings read it (Reflex would fail on int("")).
+    del os.environ["GRANIAN_WORKERS"]
 
 config = rx.Config(
     app_name="subscription_app",

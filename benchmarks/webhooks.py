@@ -1554,7 +1554,7 @@ def main() -> None:
         "--workers",
         type=int,
         default=None,
-        help="PostgreSQL runs: the app's worker count (GRANIAN_WORKERS; default Reflex's)",
+        help="PostgreSQL runs: the app's worker count (GRANIAN_WORKERS; default one per CPU)",
     )
     parser.add_argument(
         "--py-spy", type=Path, default=None, help="record the app's workers into DIR (py-spy)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -12,15 +13,21 @@ from sqlmodel import Session, create_engine
 
 from subscription_app.settings import get_settings
 
-# How long to wait for PostgreSQL to accept a connection. Without a limit libpq waits as long
-# as the operating system's TCP does (minutes) for a server that does not answer: a request
-# (a webhook delivery, which Stripe then retries) fails in seconds instead of hanging.
+# How long to wait for PostgreSQL to accept a connection, instead of psycopg's default of
+# 130 s: a request (a webhook delivery, which Stripe then retries) against a server that does
+# not answer fails in seconds instead of hanging for minutes.
 CONNECT_TIMEOUT_SECONDS = 10
 
 
 def connect_timeout(url: URL) -> dict[str, int]:
-    """The connect timeout to give PostgreSQL's driver, unless `url` sets its own."""
-    return {} if "connect_timeout" in url.query else {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+    """The connect timeout to give PostgreSQL's driver, unless the operator set one.
+
+    The URL's `connect_timeout`, or libpq's PGCONNECT_TIMEOUT variable (which an explicit
+    argument would override), wins.
+    """
+    if "connect_timeout" in url.query or os.environ.get("PGCONNECT_TIMEOUT"):
+        return {}
+    return {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
 
 
 def make_engine(url: str) -> Engine:

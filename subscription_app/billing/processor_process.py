@@ -61,24 +61,17 @@ STOP_TIMEOUT_SECONDS = 15.0
 
 @functools.cache
 def backend_workers() -> int:
-    """How many backend workers share the webhook intake: Reflex's own count in production.
+    """How many backend workers share the webhook intake: what `reflex run --env prod` starts.
 
-    `GRANIAN_WORKERS` or `WEB_CONCURRENCY` if set, else what `reflex run --env prod` starts
-    (one without Redis, several with it); one in development, which serves from one worker.
+    `Settings.server_workers` (the configured count; else one per CPU with Redis, which
+    rxconfig hands granian, and one without); one in development, which serves from one
+    worker.
     """
     from reflex.utils import exec as reflex_exec
-    from reflex.utils import processes
 
     if not reflex_exec.is_prod_mode():
         return 1
-    configured = get_settings().configured_workers
-    if configured is not None:
-        return configured
-    try:
-        return max(processes.get_num_workers(), 1)
-    except SystemExit as exc:  # Reflex's answer to Redis being down
-        logger.warning("backend workers unknown (%s); pacing the processor as for one", exc)
-        return 1
+    return get_settings().server_workers or 1
 
 
 class ProcessorProcess:

@@ -33,3 +33,9 @@ def test_postgresql_connections_time_out():
 def test_a_url_s_own_connect_timeout_wins():
     arguments = _driver_arguments("postgresql+psycopg://app@127.0.0.1:5432/app?connect_timeout=3")
     assert arguments["connect_timeout"] == "3"
+
+
+def test_libpq_s_own_variable_wins(monkeypatch):
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "4")
+    arguments = _driver_arguments("postgresql+psycopg://app@127.0.0.1:5432/app")
+    assert "connect_timeout" not in arguments

@@ -162,8 +162,9 @@ def test_the_server_starts_one_worker_per_cpu_with_redis(monkeypatch, environmen
     assert make(**environment).server_workers == expected
 
 
-def _rxconfig_exports(environment: dict[str, str]) -> str | None:
-    """What GRANIAN_WORKERS is after rxconfig is loaded (as `reflex run` loads it)."""
+def _rxconfig_exports(environment: dict[str, str]) -> dict:
+    """After rxconfig is loaded (as `reflex run` loads it, then forks its workers): what
+    GRANIAN_WORKERS is, and the count that process's settings and webhook processor see."""
     import json
     import os
     import subprocess
@@ -171,10 +172,16 @@ def _rxconfig_exports(environment: dict[str, str]) -> str | None:
     from pathlib import Path
 
     env = {k: v for k, v in os.environ.items() if k not in {"GRANIAN_WORKERS", "REDIS_URL"}}
-    code = "import json, os, rxconfig; print(json.dumps(os.environ.get('GRANIAN_WORKERS')))"
+    code = (
+        "import json, os, rxconfig\n"
+        "from subscription_app.settings import get_settings\n"
+        "from subscription_app.billing.processor_process import backend_workers\n"
+        "print(json.dumps({'exported': os.environ.get('GRANIAN_WORKERS'),\n"
+        "    'settings': get_settings().configured_workers, 'processor': backend_workers()}))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code],
-        env={**env, **environment},
+        env={**env, "REFLEX_ENV_MODE": "prod", **environment},
         cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
         text=True,
@@ -184,11 +191,15 @@ def _rxconfig_exports(environment: dict[str, str]) -> str | None:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_rxconfig_tells_granian_the_worker_count():
+def test_rxconfig_tells_granian_the_worker_count_its_workers_see():
     from subscription_app.settings import MAX_DEFAULT_WORKERS, available_cpus
 
+    default = min(max(available_cpus(), 2), MAX_DEFAULT_WORKERS)
     with_redis = _rxconfig_exports({"REDIS_URL": "redis://127.0.0.1:6379/0"})
-    assert with_redis == str(min(max(available_cpus(), 2), MAX_DEFAULT_WORKERS))
-    assert _rxconfig_exports({}) is None  # without Redis Reflex's one worker
+    assert with_redis == {"exported": str(default), "settings": default, "processor": default}
+    # Without Redis Reflex starts one worker; an empty variable is no count at all.
+    without = {"exported": None, "settings": None, "processor": 1}
+    assert _rxconfig_exports({}) == without
+    assert _rxconfig_exports({"GRANIAN_WORKERS": ""}) == without
     configured = {"REDIS_URL": "redis://127.0.0.1:6379/0", "WEB_CONCURRENCY": "3"}
-    assert _rxconfig_exports(configured) == "3"
+    assert _rxconfig_exports(configured) == {"exported": "3", "settings": 3, "processor": 3}

@@ -142,12 +142,14 @@ def workers_counted_again():
         ("prod", {"WEB_CONCURRENCY": "3"}, 3),
         ("prod", {"GRANIAN_WORKERS": "2", "WEB_CONCURRENCY": "6"}, 6),
         ("prod", {"REDIS_URL": None}, 1),  # what Reflex starts without Redis: one worker
+        ("prod", {}, 3),  # none configured, with Redis: one per CPU (three here)
     ],
 )
-def test_the_worker_count_is_reflexs_in_production_and_one_in_development(
+def test_the_worker_count_is_the_servers_in_production_and_one_in_development(
     monkeypatch, settings_env, mode, environment, expected
 ):
     monkeypatch.setenv("REFLEX_ENV_MODE", mode)
+    monkeypatch.setattr("subscription_app.settings.available_cpus", lambda: 3)
     for name in ("GRANIAN_WORKERS", "WEB_CONCURRENCY", "REDIS_URL"):
         monkeypatch.delenv(name, raising=False)
     # Several workers need Redis (the settings refuse them without it).
