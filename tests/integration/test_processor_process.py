@@ -18,11 +18,13 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from sqlmodel import Session, select
 
-from subscription_app import changes
-from subscription_app.billing import inbox, processor, processor_process
+from subscription_app import changes, db
+from subscription_app.billing import inbox, processor, processor_process, sync
 from subscription_app.billing.webhooks import sign, verify
 from subscription_app.db import session_scope
+from subscription_app.models import StripeEvent
 from tests.integration.test_webhooks import stripe_event_body, subscribe_for_real, view_of
 
 SECRET = "whsec_processor_process"
@@ -209,3 +211,67 @@ async def _round_trip() -> None:
             assert await page.wait(TIMEOUT)
     finally:
         assert child.stop(TIMEOUT) == 0
+
+
+def store_event(sub_id: str, stripe_client) -> str:
+    """Like `store`, returning the stored event's id."""
+    current = stripe_client.v1.subscriptions.retrieve(sub_id).to_dict()
+    body = stripe_event_body("customer.subscription.updated", current)
+    event = verify(body.encode(), sign(body, SECRET))
+    with session_scope() as session:
+        assert inbox.store_many(session, [event])
+    processor_process.wake()
+    return event.id
+
+
+def _claimed(event_id: str) -> bool:
+    with session_scope() as session:
+        row = session.exec(select(StripeEvent).where(StripeEvent.event_id == event_id)).one()
+        return row.locked_until is not None
+
+
+@pytest.mark.backends("postgresql")
+def test_on_postgresql_one_process_applies_a_batch_while_another_waits_for_its_lock(
+    worker_env, session, stripe_client
+):
+    first = subscribe_for_real(session, stripe_client)
+    second = subscribe_for_real(session, stripe_client, email="b@example.com")
+    assert processor_process.appliers(1, "postgresql") > 1
+    asyncio.run(_side_by_side(session, stripe_client, first, second))
+
+
+async def _side_by_side(session, stripe_client, first, second) -> None:
+    (first_user, first_sub), (second_user, second_sub) = first, second
+    held, release = threading.Event(), threading.Event()
+
+    def hold_first_subscription() -> None:
+        with Session(db.get_engine()) as own, sync.subscription_lock(first_sub, own):
+            held.set()
+            release.wait(TIMEOUT)
+
+    holder = threading.Thread(target=hold_first_subscription)
+    holder.start()
+    try:
+        assert await asyncio.to_thread(held.wait, TIMEOUT)
+        async with worker_running():
+            # The first event is claimed and its batch waits for the subscription's lock...
+            params = {"cancel_at_period_end": True}
+            stripe_client.v1.subscriptions.update(first_sub, params=params)
+            first_event = await asyncio.to_thread(store_event, first_sub, stripe_client)
+            await until(lambda: _claimed(first_event), "the first event to be claimed")
+            # ...while the same process applies the next one beside it.
+            stripe_client.v1.subscriptions.update(second_sub, params=params)
+            await asyncio.to_thread(store_event, second_sub, stripe_client)
+            await until(
+                lambda: view_of(session, second_user).cancel_at_period_end is True,
+                "the second event to be applied",
+            )
+            assert view_of(session, first_user).cancel_at_period_end is False
+            release.set()
+            await until(
+                lambda: view_of(session, first_user).cancel_at_period_end is True,
+                "the first event to be applied once its lock was free",
+            )
+    finally:
+        release.set()
+        holder.join(TIMEOUT)

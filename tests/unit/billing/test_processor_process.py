@@ -155,3 +155,19 @@ def test_the_worker_count_is_the_servers_in_production_and_one_in_development(
     # Several workers need Redis (the settings refuse them without it).
     settings_env(**{"REDIS_URL": "redis://127.0.0.1:6379/0", **environment})
     assert processor_process.backend_workers() == expected
+
+
+@pytest.mark.parametrize(
+    ("workers", "dialect", "expected"),
+    [
+        (1, "postgresql", 4),  # the app's four in one process
+        (2, "postgresql", 2),
+        (3, "postgresql", 2),  # rounded up: never fewer in all than the app's four
+        (5, "postgresql", 1),
+        (8, "postgresql", 1),
+        (1, "sqlite", 1),  # one writer at a time: a second applier would only wait
+        (2, "sqlite", 1),
+    ],
+)
+def test_each_process_applies_its_share_of_the_apps_batches_at_once(workers, dialect, expected):
+    assert processor_process.appliers(workers, dialect) == expected
