@@ -1488,11 +1488,11 @@ def machine_info(args: argparse.Namespace) -> dict[str, Any]:
 def write_results(path: Path, machine: dict[str, Any], results: list[dict[str, Any]]) -> None:
     """Merge this invocation's runs into the results file (same database and inbox: replaced)."""
     runs: list[dict[str, Any]] = []
-    earlier: Any = None  # runs of earlier code, kept by hand for comparison
+    kept: dict[str, Any] = {}  # earlier_runs and A/B tables, added by hand for comparison
     if path.exists():
-        with contextlib.suppress(ValueError, KeyError, TypeError):
+        with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
             previous = json.loads(path.read_text())
-            earlier = previous.get("earlier_runs")
+            kept = {k: v for k, v in previous.items() if k not in {"benchmark", "goals", "runs"}}
             runs = list(previous["runs"])
     fresh = {(r["database"], r["inbox_rows"]) for r in results}
     runs = [r for r in runs if (r.get("database"), r.get("inbox_rows")) not in fresh]
@@ -1510,7 +1510,7 @@ def write_results(path: Path, machine: dict[str, Any], results: list[dict[str, A
             "burst_drain_s_max": GOAL_DRAIN_SECONDS,
         },
         "runs": runs,
-        **({"earlier_runs": earlier} if earlier else {}),
+        **kept,
     }
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
 
