@@ -22,8 +22,8 @@ For each database and each --inbox-rows value, in a fresh temporary directory:
    granian with every middleware and a webhook processor in every worker). SQLite runs
    without Redis, so Reflex starts one worker; PostgreSQL gets REDIS_URL, the production
    shape, and the app starts one worker per CPU, 2 to 8 (`Settings.server_workers`), or
-   --workers. Workers are counted from the
-   process tree. The app logs each Stripe call's duration (STRIPE_TIMING_LOG).
+   --workers. Workers are counted from the process tree. The app logs each Stripe call's
+   duration (STRIPE_TIMING_LOG).
 3. --users people subscribed through the app's own subscribe path (`start_subscription`,
    run here with the app's keys and database) against the app's emulator; then the
    emulator's own webhooks about them are left to be processed.
@@ -1561,6 +1561,8 @@ def main() -> None:
     )
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON ({RESULTS.name})")
     args = parser.parse_args()
+    if args.workers is not None and not 1 <= args.workers <= 64:
+        parser.error("--workers must be between 1 and 64")
     for name in ("events", "connections", "threads", "users"):
         if not 1 <= getattr(args, name) <= 1_000_000:
             parser.error(f"--{name} must be between 1 and 1000000")

@@ -45,13 +45,16 @@ async def _not_in_this_process(stop=None) -> None:
     raise AssertionError("events were applied in the worker's own process")
 
 
-def store(sub_id: str, stripe_client) -> None:
-    """Deliver a `customer.subscription.updated` for `sub_id` as the webhook route stores it."""
+def store(sub_id: str, stripe_client) -> str:
+    """Deliver a `customer.subscription.updated` for `sub_id` as the webhook route stores it;
+    the event's id."""
     current = stripe_client.v1.subscriptions.retrieve(sub_id).to_dict()
     body = stripe_event_body("customer.subscription.updated", current)
+    event = verify(body.encode(), sign(body, SECRET))
     with session_scope() as session:
-        assert inbox.store_many(session, [verify(body.encode(), sign(body, SECRET))])
+        assert inbox.store_many(session, [event])
     processor_process.wake()
+    return event.id
 
 
 @contextlib.asynccontextmanager
@@ -213,17 +216,6 @@ async def _round_trip() -> None:
         assert child.stop(TIMEOUT) == 0
 
 
-def store_event(sub_id: str, stripe_client) -> str:
-    """Like `store`, returning the stored event's id."""
-    current = stripe_client.v1.subscriptions.retrieve(sub_id).to_dict()
-    body = stripe_event_body("customer.subscription.updated", current)
-    event = verify(body.encode(), sign(body, SECRET))
-    with session_scope() as session:
-        assert inbox.store_many(session, [event])
-    processor_process.wake()
-    return event.id
-
-
 def _claimed(event_id: str) -> bool:
     with session_scope() as session:
         row = session.exec(select(StripeEvent).where(StripeEvent.event_id == event_id)).one()
@@ -257,11 +249,11 @@ async def _side_by_side(session, stripe_client, first, second) -> None:
             # The first event is claimed and its batch waits for the subscription's lock...
             params = {"cancel_at_period_end": True}
             stripe_client.v1.subscriptions.update(first_sub, params=params)
-            first_event = await asyncio.to_thread(store_event, first_sub, stripe_client)
+            first_event = await asyncio.to_thread(store, first_sub, stripe_client)
             await until(lambda: _claimed(first_event), "the first event to be claimed")
             # ...while the same process applies the next one beside it.
             stripe_client.v1.subscriptions.update(second_sub, params=params)
-            await asyncio.to_thread(store_event, second_sub, stripe_client)
+            await asyncio.to_thread(store, second_sub, stripe_client)
             await until(
                 lambda: view_of(session, second_user).cancel_at_period_end is True,
                 "the second event to be applied",
