@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
 from collections.abc import Iterator
 
@@ -259,7 +260,7 @@ def _driver(connection) -> object:
     return getattr(getattr(connection, "connection", None), "dbapi_connection", connection)
 
 
-def test_a_burst_is_stored_on_one_connection_given_back_once_nothing_waits(
+def test_a_burst_is_stored_on_one_connection_kept_for_the_next_burst(
     served, db_engine, monkeypatch, checkouts
 ):
     release = threading.Event()
@@ -287,8 +288,8 @@ def test_a_burst_is_stored_on_one_connection_given_back_once_nothing_waits(
             await asyncio.sleep(0.01)
         release.set()
         answers = [*await first, *await rest]
-        await intake.quiet(30)  # the writer is done once it has given its connection back
-        kept.append(writer.held.connection)
+        await intake.quiet(30)  # the writer is done...
+        kept.append(_driver(writer.held.connection))  # ...and keeps it for the next burst
         return answers
 
     kept: list[object] = []
@@ -297,13 +298,13 @@ def test_a_burst_is_stored_on_one_connection_given_back_once_nothing_waits(
     assert {r.status_code for r in responses} == {200}
     assert sizes == [1, 119]  # two statements...
     assert len(used) == 2 and used[0] is used[1]  # ...on the one connection the writer held
+    assert kept == [used[0]]
+    # Given back (or closed) when the event loop ended.
     assert db_engine.pool.checkedout() == 0
     if db_engine.dialect.name == "postgresql":
-        # Its own (psycopg's asynchronous), not the pool's: kept for the next burst.
-        assert checkouts == [] and kept[0] is not None
+        assert checkouts == []  # its own (psycopg's asynchronous), not the pool's
     else:
-        assert len(checkouts) == 1  # from the pool, and given back once the burst was stored
-        assert kept == [None]
+        assert len(checkouts) == 1  # from the pool, once for the whole burst
     assert _stored(db_engine) == {f"evt_intake_{n}": 1 for n in range(120)}
 
 
@@ -340,38 +341,89 @@ def test_after_a_failed_statement_the_writer_drops_its_connection_and_takes_a_fr
 
 
 @pytest.mark.backends("sqlite")
-def test_on_sqlite_the_writer_leaves_checkpoints_to_others_only_while_it_holds_the_connection(
+def test_on_sqlite_the_writer_skips_checkpoints_and_lock_waits_only_while_it_holds_the_connection(
     served, db_engine, monkeypatch
 ):
-    seen: list[tuple[object, int]] = []  # (the driver's connection, its setting) per batch
+    monkeypatch.setattr(intake, "IDLE_SECONDS", 0.2)
+    seen: list[tuple[object, int, int]] = []  # (driver's connection, checkpoint, busy) per batch
     real = intake._commit
 
     async def recording(held, events):
         stored = await real(held, events)
-        setting = held.connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one()
-        seen.append((_driver(held.connection), setting))
+        pragma = held.connection.exec_driver_sql
+        checkpoint = pragma("PRAGMA wal_autocheckpoint").scalar_one()
+        busy = pragma("PRAGMA busy_timeout").scalar_one()
+        seen.append((_driver(held.connection), checkpoint, busy))
         return stored
 
     monkeypatch.setattr(intake, "_commit", recording)
 
     async def burst() -> list[httpx.Response]:
         answers = await _deliver(served, [_body(n) for n in range(20)])
-        await intake.quiet(30)  # the connection is given back
+        await intake.quiet(30)
+        writer = intake._writers[asyncio.get_running_loop()]
+        deadline = asyncio.get_running_loop().time() + 30
+        while writer.held.connection is not None:  # given back once unused for IDLE_SECONDS
+            assert asyncio.get_running_loop().time() < deadline, "never given back"
+            await asyncio.sleep(0.05)
         return answers
 
     responses = asyncio.run(asyncio.wait_for(burst(), 60))
 
     assert {r.status_code for r in responses} == {200}
-    assert seen and {setting for _, setting in seen} == {0}
-    # Back in the pool, the connection checkpoints as SQLite's default would.
-    for dbapi_connection in {connection for connection, _ in seen}:
-        [(setting,)] = dbapi_connection.execute("PRAGMA wal_autocheckpoint").fetchall()
-        assert setting == intake.SQLITE_CHECKPOINT
+    assert seen and {(checkpoint, busy) for _, checkpoint, busy in seen} == {(0, 0)}
+    # Back in the pool, the connection checkpoints and waits for locks as configured.
+    for dbapi_connection in {connection for connection, _, _ in seen}:
+        [(checkpoint,)] = dbapi_connection.execute("PRAGMA wal_autocheckpoint").fetchall()
+        [(busy,)] = dbapi_connection.execute("PRAGMA busy_timeout").fetchall()
+        assert (checkpoint, busy) == (intake.SQLITE_CHECKPOINT, 30000)
     assert _stored(db_engine) == {f"evt_intake_{n}": 1 for n in range(20)}
 
 
-@pytest.mark.backends("postgresql")
-def test_on_postgresql_the_writer_keeps_its_own_connection_until_unused_or_the_loop_ends(
+def _hold_sqlite_write_lock(engine):
+    """Another writer (as the processor would be) holding SQLite's write lock; ends on commit."""
+    connection = engine.raw_connection()
+    connection.driver_connection.isolation_level = None  # BEGIN by hand
+    connection.driver_connection.execute("BEGIN IMMEDIATE")
+    return connection
+
+
+@pytest.mark.backends("sqlite")
+def test_on_sqlite_a_locked_database_never_blocks_the_event_loop_and_the_event_is_stored(
+    served, db_engine
+):
+    ticks: list[float] = []
+
+    async def scenario() -> httpx.Response:
+        loop = asyncio.get_running_loop()
+
+        async def ticker() -> None:
+            while True:
+                ticks.append(loop.time())
+                await asyncio.sleep(0.01)
+
+        blocker = await asyncio.to_thread(_hold_sqlite_write_lock, db_engine)
+        ticking = asyncio.create_task(ticker())
+        try:
+            delivery = asyncio.create_task(_deliver(served, [_body(1)]))
+            done, _ = await asyncio.wait({delivery}, timeout=BLOCKED_SECONDS)
+            assert not done  # it waits for the lock (not a 503)
+            await asyncio.to_thread(blocker.driver_connection.execute, "COMMIT")
+            answer = (await asyncio.wait_for(delivery, 30))[0]
+            ticks.append(loop.time())
+            return answer
+        finally:
+            ticking.cancel()
+            blocker.close()
+
+    response = asyncio.run(asyncio.wait_for(scenario(), 90))
+    assert response.status_code == 200 and response.json()["duplicate"] is False
+    assert _stored(db_engine) == {"evt_intake_1": 1}
+    # The loop went on serving while the event waited: no stall near the busy timeout (30 s).
+    assert max(later - earlier for earlier, later in itertools.pairwise(ticks)) < 5
+
+
+def test_the_writer_keeps_its_connection_until_unused_or_the_loop_ends(
     served, db_engine, monkeypatch
 ):
     monkeypatch.setattr(intake, "IDLE_SECONDS", 0.2)
@@ -402,6 +454,7 @@ def test_on_postgresql_the_writer_keeps_its_own_connection_until_unused_or_the_l
 
     asyncio.run(loop_ends())
     assert held[1] is not None and held[1].closed  # closed as the event loop shut down
+    assert db_engine.pool.checkedout() == 0
     assert _stored(db_engine) == {f"evt_intake_{n}": 1 for n in (1, 2, 3)}
 
 
@@ -497,13 +550,12 @@ def test_a_batch_stays_within_the_drivers_parameter_limit(served, db_engine, mon
 def test_a_writer_cancelled_mid_statement_gives_its_connection_back_only_after_it(
     served, db_engine, monkeypatch
 ):
-    running, release = threading.Event(), threading.Event()
+    # On SQLite a statement only runs on a thread (where cancelling cannot stop it) when it
+    # waits for another writer's lock.
     order: list[str] = []
     real_store, real_close = inbox.store_many, intake._Held.close
 
-    def slow_store(connection, events):
-        running.set()
-        release.wait(timeout=30)
+    def recording_store(connection, events):
         stored = real_store(connection, events)
         order.append("stored")
         return stored
@@ -513,21 +565,28 @@ def test_a_writer_cancelled_mid_statement_gives_its_connection_back_only_after_i
             order.append("given back")
         real_close(held, broken=broken)
 
-    monkeypatch.setattr(inbox, "store_many", slow_store)
+    monkeypatch.setattr(inbox, "store_many", recording_store)
     monkeypatch.setattr(intake._Held, "close", close)
 
     async def scenario() -> None:
-        delivery = asyncio.create_task(_deliver(served, [_body(1)]))
-        await asyncio.to_thread(running.wait, 30)
-        writer = intake._writers[asyncio.get_running_loop()]
-        writer.task.cancel()  # as a loop that is shutting down does
-        await asyncio.sleep(BLOCKED_SECONDS)
-        assert order == []  # not given back while its thread still uses it
-        release.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await writer.task
-        delivery.cancel()
+        blocker = await asyncio.to_thread(_hold_sqlite_write_lock, db_engine)
+        try:
+            delivery = asyncio.create_task(_deliver(served, [_body(1)]))
+            writer = None
+            while writer is None or writer.held.inflight is None:  # waiting on its thread
+                await asyncio.sleep(0.01)
+                writer = intake._writers.get(asyncio.get_running_loop())
+            writer.task.cancel()  # as a loop that is shutting down does
+            await asyncio.sleep(BLOCKED_SECONDS)
+            assert order == []  # not given back while its thread still uses it
+            await asyncio.to_thread(blocker.driver_connection.execute, "COMMIT")
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer.task
+            delivery.cancel()
+        finally:
+            blocker.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
     assert order == ["stored", "given back"]
     assert db_engine.pool.checkedout() == 0
+    assert _stored(db_engine) == {"evt_intake_1": 1}
