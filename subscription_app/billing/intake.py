@@ -21,10 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import sqlite3
 import time
 import weakref
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import psycopg
 from sqlalchemy.engine import Connection, Engine
@@ -33,12 +38,17 @@ from subscription_app import db
 from subscription_app.billing import inbox
 from subscription_app.billing.webhooks import VerifiedEvent
 
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
 # Bounds one statement (and its parameters: `inbox.COLUMNS` per row).
 MAX_BATCH = 500
 # SQLite's default WAL size (pages) past which a commit checkpoints; restored on give-back.
 SQLITE_CHECKPOINT = 1000
 # How long the writer keeps its connection without a batch.
 IDLE_SECONDS = 30.0
+# On SQLite, how many batches the writer stores between checkpoints of its own (`_Held`).
+CHECKPOINT_BATCHES = 1000
 
 
 class _Kept:
@@ -89,13 +99,21 @@ class _Held(_Kept):
     there and back, and the thread contending for the interpreter lock with the loop and
     the HTTP server's threads). Measured on the app under a burst (wrk, 8 connections):
     1.2-1.4 ms of worker CPU per event through a thread, given back after each burst,
-    0.6-0.7 ms on the loop with the connection kept.
+    0.59-0.63 ms on the loop with the connection kept.
 
-    What must never happen on the loop is waiting for another writer's lock (the webhook
-    processor's, say): every request of the worker would wait with it. So while held, the
-    connection's busy timeout is 0, and a statement that finds the database locked fails at
-    once, storing nothing; that batch then runs on a worker thread with the connection's
-    own timeout, as any other writer waits.
+    What must never happen on the loop is waiting: for another writer's lock (the webhook
+    processor's, say), for the pool, for a new connection, for a checkpoint's sync. Every
+    request of the worker would wait with it. So only the statement itself runs on the loop:
+    - while held, the connection's busy timeout is 0, so a statement that finds the database
+      locked fails at once, storing nothing; that batch then runs on this writer's own thread
+      with the connection's own timeout, as any other writer waits, and the connection is
+      given back;
+    - taking the connection from the pool and giving it back run on that thread too, and so
+      does a passive checkpoint every `CHECKPOINT_BATCHES` batches, on a connection of its
+      own and not waited for (so the log cannot grow without bound while the writer holds
+      its connection, even with no other writer committing).
+    The thread runs one task at a time, in order, so a connection is never given back while
+    its statement still runs.
     """
 
     def __init__(self) -> None:
@@ -103,7 +121,9 @@ class _Held(_Kept):
         self.connection: Connection | None = None
         self.engine: Engine | None = None
         self.busy_timeout_ms = 0  # the connection's own, restored when it is given back
-        self.inflight: asyncio.Future[set[str]] | None = None  # the statement on a thread
+        self.batches = 0  # stored since the last checkpoint
+        self.inflight: asyncio.Future[Any] | None = None  # the thread's latest task
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake-sqlite")
 
     def is_open(self) -> bool:
         """Whether a connection is held."""
@@ -115,12 +135,12 @@ class _Held(_Kept):
         if self.connection is None or self.engine is not engine:
             self.close()
             connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            self.connection, self.engine = connection, engine
+            self.connection, self.engine, self.batches = connection, engine, 0
             try:
                 # A commit that crosses SQLite's WAL threshold copies the log into the
                 # database file and syncs it: 3/4 of a batch's time, measured. While it holds
                 # the connection, the writer leaves that to the next other connection to
-                # commit (the processor, applying these very events).
+                # commit (the processor, applying these very events), or to `_checkpoint`.
                 connection.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
                 self.busy_timeout_ms = connection.exec_driver_sql(
                     "PRAGMA busy_timeout"
@@ -148,49 +168,64 @@ class _Held(_Kept):
                 connection.invalidate()
             connection.close()
 
+    async def _on_thread(self, task: Callable[..., T], *args: object) -> T:
+        """Run `task` on this writer's thread, after whatever it was given before."""
+        future = asyncio.get_running_loop().run_in_executor(self._thread, task, *args)
+        self.inflight = future
+        # Shielded: a cancelled writer leaves the thread's task for `release` to wait for.
+        return await asyncio.shield(future)
+
     async def store(self, events: list[VerifiedEvent]) -> set[str]:
         """Store `events` in one autocommitted statement; the ids that were new."""
         self.storing = True
         try:
+            if self.inflight is not None and not self.inflight.done():
+                await asyncio.wait({self.inflight})  # a task left by a cancelled batch
+            if self.connection is None or self.engine is not db.get_engine():
+                await self._on_thread(self.open)
+            elif self.batches >= CHECKPOINT_BATCHES:
+                # Not waited for: the log is copied back beside the batches that follow.
+                self.batches = 0
+                checkpoint = asyncio.get_running_loop().run_in_executor(
+                    self._thread, self._checkpoint, self.engine
+                )
+                checkpoint.add_done_callback(_log_failure)
+            assert self.connection is not None  # opened just above
+            self.batches += 1
             try:
-                return self._execute(events, wait=False)
+                return inbox.store_many(self.connection, events)
             except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_BUSY:
                     raise
             # Another writer holds the database (nothing was stored): wait for it off the loop.
-            self.inflight = asyncio.get_running_loop().run_in_executor(
-                None, self._execute, events, True
-            )
-            # Shielded: a cancelled writer leaves the thread's future for `release` to wait for.
-            return await asyncio.shield(self.inflight)
+            return await self._on_thread(self._store_waiting, events)
+        except Exception:
+            await self._on_thread(functools.partial(self.close, broken=True))
+            raise
         finally:
             self.storing = False
             self.last_used = time.monotonic()
 
-    def _execute(self, events: list[VerifiedEvent], wait: bool) -> set[str]:
-        try:
-            connection = self.open()
-            if not wait:
-                return inbox.store_many(connection, events)
-            connection.exec_driver_sql(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
-            stored = inbox.store_many(connection, events)
-            connection.exec_driver_sql("PRAGMA busy_timeout=0")
-            return stored
-        except sqlite3.OperationalError as exc:
-            if wait or exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
-                self.close(broken=True)
-            raise
-        except BaseException:
-            self.close(broken=True)
-            raise
+    def _store_waiting(self, events: list[VerifiedEvent]) -> set[str]:
+        """Store `events` waiting for the database as long as any other writer would."""
+        connection = self.open()
+        connection.exec_driver_sql(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+        stored = inbox.store_many(connection, events)
+        # Back to the pool (its busy timeout as it was); the next batch takes one afresh.
+        self.close()
+        return stored
+
+    @staticmethod
+    def _checkpoint(engine: Engine | None) -> None:
+        """A passive checkpoint on a connection of its own: copies what it can of the log into
+        the database, waiting for no one (the writer's own statements go on meanwhile)."""
+        if engine is not None:
+            with engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def release(self) -> None:
-        """Give the connection back, once no thread is using it."""
-        if self.inflight is not None and not self.inflight.done():
-            # Cancelled while a thread runs its statement (the loop is ending): never give
-            # back a connection that is still in use.
-            await asyncio.wait({self.inflight})
-        self.close()
+        """Give the connection back, after whatever its thread is still doing."""
+        await self._on_thread(self.close)
 
 
 class _AsyncHeld(_Kept):
@@ -271,6 +306,11 @@ class _AsyncHeld(_Kept):
         await self.close()
 
 
+def _log_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.warning("webhook intake: checkpoint failed", exc_info=future.exception())
+
+
 async def _commit(held: _Held | _AsyncHeld, events: list[VerifiedEvent]) -> set[str]:
     """Store `events` in one autocommitted statement on the held connection; the new ids."""
     return await held.store(events)
@@ -282,7 +322,7 @@ def _held_for(engine: Engine) -> _Held | _AsyncHeld:
 
 @dataclass
 class _Writer:
-    """The waiting events of one event loop, and whether a transaction is under way."""
+    """The waiting events of one event loop, and the task storing them."""
 
     waiting: list[tuple[VerifiedEvent, asyncio.Future[bool]]] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
@@ -293,9 +333,15 @@ class _Writer:
             while self.waiting:
                 await self._store_next()
         except BaseException:
-            # Cancelled: the event loop is ending, and no watch for idleness would outlive
-            # it. Give the connection back now.
+            # Cancelled (the event loop is ending, and no watch for idleness would outlive
+            # it), or an error `_store_next` does not answer for: give the connection back
+            # now, and fail whatever still waits rather than leave it hanging.
             await self.held.release()
+            stopped = RuntimeError("The webhook intake stopped before storing this event.")
+            for _, answer in self.waiting:
+                if not answer.done():
+                    answer.set_exception(stopped)
+            self.waiting.clear()
             raise
         await self.held.idle()
 

@@ -266,7 +266,8 @@ def test_a_burst_is_stored_on_one_connection_kept_for_the_next_burst(
     release = threading.Event()
     sizes: list[int] = []
     used: list[object] = []  # the driver's connection of each statement
-    real = intake._commit
+    threads: set[int] = set()  # where each statement ran
+    real, real_store = intake._commit, inbox.store_many
 
     async def first_waits(held, events):
         sizes.append(len(events))
@@ -276,7 +277,12 @@ def test_a_burst_is_stored_on_one_connection_kept_for_the_next_burst(
         used.append(_driver(held.connection))
         return stored
 
+    def recording_store(connection, events):
+        threads.add(threading.get_ident())
+        return real_store(connection, events)
+
     monkeypatch.setattr(intake, "_commit", first_waits)
+    monkeypatch.setattr(inbox, "store_many", recording_store)
 
     async def scenario() -> list[httpx.Response]:
         first = asyncio.create_task(_deliver(served, [_body(0)]))
@@ -290,22 +296,25 @@ def test_a_burst_is_stored_on_one_connection_kept_for_the_next_burst(
         answers = [*await first, *await rest]
         await intake.quiet(30)  # the writer is done...
         kept.append(_driver(writer.held.connection))  # ...and keeps it for the next burst
+        answers += await _deliver(served, [_body(120)])
         return answers
 
     kept: list[object] = []
     responses = asyncio.run(asyncio.wait_for(scenario(), 60))
 
     assert {r.status_code for r in responses} == {200}
-    assert sizes == [1, 119]  # two statements...
-    assert len(used) == 2 and used[0] is used[1]  # ...on the one connection the writer held
+    assert sizes == [1, 119, 1]  # three statements...
+    assert len(used) == 3 and len(set(used)) == 1  # ...on the one connection the writer held
     assert kept == [used[0]]
     # Given back (or closed) when the event loop ended.
     assert db_engine.pool.checkedout() == 0
     if db_engine.dialect.name == "postgresql":
         assert checkouts == []  # its own (psycopg's asynchronous), not the pool's
     else:
-        assert len(checkouts) == 1  # from the pool, once for the whole burst
-    assert _stored(db_engine) == {f"evt_intake_{n}": 1 for n in range(120)}
+        assert len(checkouts) == 1  # from the pool, once for both bursts
+        # Each statement on the event loop's own thread (this one), none on another.
+        assert threads == {threading.get_ident()}
+    assert _stored(db_engine) == {f"evt_intake_{n}": 1 for n in range(121)}
 
 
 def test_after_a_failed_statement_the_writer_drops_its_connection_and_takes_a_fresh_one(
@@ -390,9 +399,23 @@ def _hold_sqlite_write_lock(engine):
 
 @pytest.mark.backends("sqlite")
 def test_on_sqlite_a_locked_database_never_blocks_the_event_loop_and_the_event_is_stored(
-    served, db_engine
+    served, db_engine, monkeypatch
 ):
     ticks: list[float] = []
+    statements: list[tuple[str, str]] = []  # (the thread it ran on, its outcome)
+    real_store = inbox.store_many
+
+    def recording_store(connection, events):
+        where = threading.current_thread().name
+        try:
+            stored = real_store(connection, events)
+        except Exception as exc:  # the driver's own error (sqlite3's)
+            statements.append((where, str(exc)))
+            raise
+        statements.append((where, "stored"))
+        return stored
+
+    monkeypatch.setattr(inbox, "store_many", recording_store)
 
     async def scenario() -> httpx.Response:
         loop = asyncio.get_running_loop()
@@ -419,8 +442,49 @@ def test_on_sqlite_a_locked_database_never_blocks_the_event_loop_and_the_event_i
     response = asyncio.run(asyncio.wait_for(scenario(), 90))
     assert response.status_code == 200 and response.json()["duplicate"] is False
     assert _stored(db_engine) == {"evt_intake_1": 1}
-    # The loop went on serving while the event waited: no stall near the busy timeout (30 s).
-    assert max(later - earlier for earlier, later in itertools.pairwise(ticks)) < 5
+    # Tried on the loop, which found the database locked at once; stored from the writer's
+    # thread, which waited for the lock...
+    assert [(where, outcome[:18]) for where, outcome in statements] == [
+        (threading.current_thread().name, "database is locked"),
+        (statements[1][0], "stored"),
+    ]
+    assert statements[1][0].startswith("intake-sqlite")
+    # ...while the loop went on serving: no stall anywhere near the busy timeout (30 s).
+    assert max(later - earlier for earlier, later in itertools.pairwise(ticks)) < 1
+
+
+@pytest.mark.backends("sqlite")
+def test_on_sqlite_the_writer_checkpoints_the_log_itself_every_so_many_batches_off_the_loop(
+    served, db_engine, monkeypatch
+):
+    # With no other writer committing (the processor down, say), nothing else would copy
+    # the log back while the writer holds its connection.
+    monkeypatch.setattr(intake, "CHECKPOINT_BATCHES", 2)
+    traced: list[tuple[str, str]] = []  # (statement, the thread it ran on)
+
+    def trace(dbapi_connection, _record, _proxy) -> None:
+        dbapi_connection.set_trace_callback(
+            lambda sql: traced.append((sql, threading.current_thread().name))
+        )
+
+    sqlalchemy_event.listen(db_engine, "checkout", trace)
+    try:
+
+        async def one_by_one() -> list[httpx.Response]:
+            return [(await _deliver(served, [_body(n)]))[0] for n in range(5)]
+
+        responses = asyncio.run(asyncio.wait_for(one_by_one(), 60))
+    finally:
+        sqlalchemy_event.remove(db_engine, "checkout", trace)
+
+    assert {r.status_code for r in responses} == {200}
+    checkpoints = [where for sql, where in traced if "wal_checkpoint" in sql]
+    assert len(checkpoints) == 2  # before the 3rd and the 5th batch
+    assert all(where.startswith("intake-sqlite") for where in checkpoints)
+    # Taking the connection (a pool checkout, its settings) was off the loop too.
+    taking = [where for sql, where in traced if sql == "PRAGMA wal_autocheckpoint=0"]
+    assert taking and all(where.startswith("intake-sqlite") for where in taking)
+    assert _stored(db_engine) == {f"evt_intake_{n}": 1 for n in range(5)}
 
 
 def test_the_writer_keeps_its_connection_until_unused_or_the_loop_ends(
@@ -553,9 +617,12 @@ def test_a_writer_cancelled_mid_statement_gives_its_connection_back_only_after_i
     # On SQLite a statement only runs on a thread (where cancelling cannot stop it) when it
     # waits for another writer's lock.
     order: list[str] = []
+    on_thread = threading.Event()  # the statement waits for the lock on the writer's thread
     real_store, real_close = inbox.store_many, intake._Held.close
 
     def recording_store(connection, events):
+        if threading.current_thread().name.startswith("intake-sqlite"):
+            on_thread.set()
         stored = real_store(connection, events)
         order.append("stored")
         return stored
@@ -572,10 +639,8 @@ def test_a_writer_cancelled_mid_statement_gives_its_connection_back_only_after_i
         blocker = await asyncio.to_thread(_hold_sqlite_write_lock, db_engine)
         try:
             delivery = asyncio.create_task(_deliver(served, [_body(1)]))
-            writer = None
-            while writer is None or writer.held.inflight is None:  # waiting on its thread
-                await asyncio.sleep(0.01)
-                writer = intake._writers.get(asyncio.get_running_loop())
+            await asyncio.to_thread(on_thread.wait, 30)
+            writer = intake._writers[asyncio.get_running_loop()]
             writer.task.cancel()  # as a loop that is shutting down does
             await asyncio.sleep(BLOCKED_SECONDS)
             assert order == []  # not given back while its thread still uses it
