@@ -47,6 +47,8 @@ MAX_BATCH = 500
 SQLITE_CHECKPOINT = 1000
 # How long the writer keeps its connection without a batch.
 IDLE_SECONDS = 30.0
+# Why a request whose event the writer stopped before storing answers 503.
+STOPPED = "The webhook intake stopped before storing this event."
 # On SQLite, how many batches the writer stores between checkpoints of its own (`_Held`).
 CHECKPOINT_BATCHES = 1000
 
@@ -337,10 +339,9 @@ class _Writer:
             # it), or an error `_store_next` does not answer for: give the connection back
             # now, and fail whatever still waits rather than leave it hanging.
             await self.held.release()
-            stopped = RuntimeError("The webhook intake stopped before storing this event.")
             for _, answer in self.waiting:
                 if not answer.done():
-                    answer.set_exception(stopped)
+                    answer.set_exception(RuntimeError(STOPPED))
             self.waiting.clear()
             raise
         await self.held.idle()
@@ -360,10 +361,15 @@ class _Writer:
             await old.release()
         try:
             stored = await _commit(self.held, [event for event, _ in batch])
-        except Exception as exc:  # every request of the batch answers 503; Stripe retries
+        except BaseException as exc:  # every request of the batch answers 503; Stripe retries
+            # Cancelled (the loop is ending): whether the statement committed is not known
+            # here; a retry of a stored event is acknowledged as a repeat.
+            failure = exc if isinstance(exc, Exception) else RuntimeError(STOPPED)
             for _, answer in batch:
                 if not answer.done():
-                    answer.set_exception(exc)
+                    answer.set_exception(failure)
+            if not isinstance(exc, Exception):
+                raise
             return
         answered: set[str] = set()
         for event, answer in batch:

@@ -610,6 +610,39 @@ def test_a_batch_stays_within_the_drivers_parameter_limit(served, db_engine, mon
     assert _stored(db_engine) == {f"evt_intake_{n}": 1 for n in range(60)}
 
 
+def test_a_writer_stopped_mid_batch_answers_every_waiting_delivery_503_and_retries_are_stored(
+    served, db_engine, monkeypatch
+):
+    release = asyncio.Event()
+    real = intake._commit
+
+    async def first_waits(held, events):
+        if not release.is_set():
+            await release.wait()
+        return await real(held, events)
+
+    monkeypatch.setattr(intake, "_commit", first_waits)
+
+    async def scenario() -> list[httpx.Response]:
+        first = asyncio.create_task(_deliver(served, [_body(1)]))
+        writer = None
+        while writer is None or writer.task is None or writer.waiting:  # the 1st is in a batch
+            await asyncio.sleep(0.01)
+            writer = intake._writers.get(asyncio.get_running_loop())
+        second = asyncio.create_task(_deliver(served, [_body(2)]))
+        while not writer.waiting:  # the 2nd waits for the next batch
+            await asyncio.sleep(0.01)
+        writer.task.cancel()  # the writer stops (as on a loop that is shutting down)
+        answers = [*await asyncio.wait_for(first, 30), *await asyncio.wait_for(second, 30)]
+        release.set()
+        return answers + await _deliver(served, [_body(1), _body(2)])  # Stripe retries
+
+    responses = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert [r.status_code for r in responses] == [503, 503, 200, 200]
+    assert "Temporarily unable" in responses[0].json()["detail"]
+    assert _stored(db_engine) == {"evt_intake_1": 1, "evt_intake_2": 1}
+
+
 @pytest.mark.backends("sqlite")
 def test_a_writer_cancelled_mid_statement_gives_its_connection_back_only_after_it(
     served, db_engine, monkeypatch
