@@ -227,6 +227,8 @@ class _Held(_Kept):
 
     async def release(self) -> None:
         """Give the connection back, after whatever its thread is still doing."""
+        if self.connection is None and (self.inflight is None or self.inflight.done()):
+            return  # nothing held and nothing under way (no thread started for nothing)
         await self._on_thread(self.close)
 
 
