@@ -6,6 +6,7 @@
   let stripe = null;
   let card = null;
   let lastAttempt = null; // the last Subscribe press confirmed (see confirmSetup)
+  let loadFailure = null; // why the latest mount failed, to say again on Subscribe
 
   function loadScript(url) {
     if (window.Stripe) return Promise.resolve();
@@ -13,7 +14,11 @@
       const existing = document.querySelector('script[data-stripe-js]');
       const script = existing || document.createElement("script");
       script.addEventListener("load", function () { resolve(); });
-      script.addEventListener("error", function () { reject(new Error("Stripe.js did not load")); });
+      script.addEventListener("error", function () {
+        // A failed tag never fires again: take it away, so that the next try adds a new one.
+        script.remove();
+        reject(new Error("Stripe.js did not load"));
+      });
       if (!existing) {
         script.src = url;
         script.async = true;
@@ -53,9 +58,11 @@
       stripe = window.Stripe(publishableKey);
       card = stripe.elements().create("card", { hidePostalCode: false });
       card.mount("#card-element");
+      loadFailure = null;
       return "ok";
     } catch (e) {
-      return "The card form could not be loaded. Check your connection and reload the page.";
+      loadFailure = "The card form could not be loaded. Check your connection and reload the page.";
+      return loadFailure;
     }
   }
 
@@ -90,7 +97,7 @@
     confirmSetup: async function (clientSecret, attempt) {
       if (attempt !== undefined && attempt === lastAttempt) return { ignored: true };
       lastAttempt = attempt;
-      if (!stripe || !card) return { error: "The card form is not ready yet." };
+      if (!stripe || !card) return { error: loadFailure || "The card form is not ready yet." };
       if (!clientSecret) return { error: "The card form is not ready yet." };
       try {
         const result = await stripe.confirmCardSetup(clientSecret, {

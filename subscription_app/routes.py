@@ -1,5 +1,8 @@
 """Route constants: the one place page paths are spelled out."""
 
+import hashlib
+from pathlib import Path
+
 LANDING = "/"
 REGISTER = "/register"
 LOGIN = "/login"
@@ -13,8 +16,28 @@ DASHBOARD = "/dashboard"
 API_PREFIX = "/api/v1"
 API_BROWSER_SESSION = f"{API_PREFIX}/auth/session"
 
-# Our browser-side checkout helper, served from assets/.
+# Our browser-side checkout helper, served from assets/ under this name.
 CHECKOUT_SCRIPT = "/checkout.js"
+
+
+def _content_version(asset: str) -> str:
+    """A short hash of the content of `asset` (a path under assets/); "" if it is missing."""
+    try:
+        content = (
+            Path(__file__).resolve().parent.parent / "assets" / asset.lstrip("/")
+        ).read_bytes()
+    except OSError:
+        return ""
+    return hashlib.sha256(content).hexdigest()[:16]
+
+
+# Pages load the helper by an address that names its content, so a browser may keep it
+# instead of asking again on every page load (`security.SecurityMiddleware` says so for this
+# exact address only); a changed file gets a new address.
+CHECKOUT_SCRIPT_VERSION = _content_version(CHECKOUT_SCRIPT)
+CHECKOUT_SCRIPT_URL = (
+    f"{CHECKOUT_SCRIPT}?v={CHECKOUT_SCRIPT_VERSION}" if CHECKOUT_SCRIPT_VERSION else CHECKOUT_SCRIPT
+)
 
 # Where a user lands after logging in when no (safe) `next` was given.
 AFTER_LOGIN = DASHBOARD

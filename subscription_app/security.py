@@ -19,14 +19,27 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from subscription_app import routes
 from subscription_app.settings import Settings, get_settings
 
 HSTS = "max-age=63072000; includeSubDomains"
 # The frontend's build names each file after its content ("root-ClBo06lq.js"), so a file
 # never changes under its name: browsers may keep it instead of asking again (a conditional
-# request per file) on every page load. Pages themselves and our own assets are not matched.
+# request per file) on every page load. Pages themselves and our own assets are not matched
+# (checkout.js only at its versioned address, `routes.CHECKOUT_SCRIPT_URL`).
 HASHED_BUILD_FILE = re.compile(r"/assets/[^/]+-[A-Za-z0-9_-]{8}\.(?:js|css|woff2?)")
 IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+def _immutable(scope: Scope) -> bool:
+    """Whether the file asked for never changes under this address (see HASHED_BUILD_FILE)."""
+    path = scope.get("path", "")
+    if path == routes.CHECKOUT_SCRIPT:
+        # Only at the address naming today's content: an old or made-up version is served
+        # today's file, which must not be kept under that address.
+        version = routes.CHECKOUT_SCRIPT_VERSION
+        return bool(version) and scope.get("query_string", b"") == f"v={version}".encode()
+    return HASHED_BUILD_FILE.fullmatch(path) is not None
 
 
 def _origin(url: str | None) -> str | None:
@@ -198,7 +211,7 @@ class SecurityMiddleware:
         extra = security_headers(
             settings.stripe_js_url, settings.stripe_api_base, settings.is_production and secure
         )
-        immutable = HASHED_BUILD_FILE.fullmatch(scope.get("path", "")) is not None
+        immutable = _immutable(scope)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

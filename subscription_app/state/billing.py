@@ -37,7 +37,8 @@ T = TypeVar("T")
 _LOAD_CHECKOUT_JS = (
     "(window.saCheckout ? Promise.resolve() :"
     " window.saCheckoutLoaded = window.saCheckoutLoaded || new Promise((ok, fail) => {"
-    f" const s = document.createElement('script'); s.src = {json.dumps(routes.CHECKOUT_SCRIPT)};"
+    " const s = document.createElement('script');"
+    f" s.src = {json.dumps(routes.CHECKOUT_SCRIPT_URL)};"
     " s.onload = ok; s.onerror = fail; document.head.appendChild(s); }))"
 )
 

@@ -243,3 +243,39 @@ def test_a_loading_checkout_takes_card_details_before_it_is_live_and_keeps_them(
     fill_card(page, "4242424242424242")
     page.get_by_role("button", name="Subscribe", exact=True).click()
     expect_subscribed(page)
+
+
+def test_checkout_says_so_when_stripe_js_cannot_be_loaded_and_works_after_a_reload(
+    page: Page, live_app
+):
+    # Stripe.js is a plain script tag in the checkout page's head: if Stripe cannot be
+    # reached, the page still shows, says what happened, and offers no card to submit.
+    email = unique_email("nostripejs")
+    register(page, email)
+    stripe_js = re.compile(re.escape(f"{live_app.stripe_api_base}/js.stripe.com/"))
+    page.route(stripe_js, lambda route: route.abort())
+    page.goto("/checkout")
+    expect(page.get_by_role("heading", name="Checkout")).to_be_visible()
+    expect(
+        page.get_by_text(
+            "The card form could not be loaded. Check your connection and reload the page."
+        )
+    ).to_be_visible(timeout=15_000)
+    # Subscribe asks Stripe nothing and says the same again.
+    page.get_by_role("button", name="Subscribe", exact=True).click()
+    # Answered (the press is busy until the server has the card's answer).
+    expect(page.get_by_role("button", name="Subscribe", exact=True)).to_be_enabled()
+    expect(page.get_by_text("The card form could not be loaded.")).to_be_visible()
+    expect(page.get_by_text("The card form is not ready yet.")).to_have_count(0)
+    expect(page.get_by_text("You're subscribed!")).to_have_count(0)
+    assert stripe_subscriptions_for(live_app, email) == []
+    expect(
+        page.get_by_role("group", name="Card details").get_by_placeholder("number")
+    ).to_have_count(0)
+
+    page.unroute(stripe_js)
+    page.reload()
+    expect(page.get_by_role("button", name="Subscribe", exact=True)).to_be_enabled(timeout=15_000)
+    fill_card(page, "4242424242424242")
+    page.get_by_role("button", name="Subscribe", exact=True).click()
+    expect_subscribed(page)

@@ -1,5 +1,6 @@
 """HTTPS-only in production, the trusted-proxy rule, security headers, failing closed."""
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -176,3 +177,28 @@ def test_only_content_named_build_files_are_cached_for_good(tmp_path, db_engine)
     # without a content hash, our own assets, pages, and what is not there.
     for path in ("/assets/styles.css", "/checkout.js", "/", "/assets/gone-ClBo06lq.js"):
         assert "cache-control" not in client.get(path).headers, path
+
+
+def test_checkout_js_is_cached_for_good_only_at_the_address_naming_its_content(tmp_path):
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+    from starlette.staticfiles import StaticFiles
+
+    from subscription_app import routes
+
+    served = Path(__file__).resolve().parents[2] / "assets" / "checkout.js"
+    (tmp_path / "checkout.js").write_bytes(served.read_bytes())
+    files = Starlette(routes=[Mount("/", StaticFiles(directory=tmp_path))])
+    client = TestClient(SecurityMiddleware(files))
+
+    # The pages' address names today's content.
+    digest = hashlib.sha256(served.read_bytes()).hexdigest()
+    version = routes.CHECKOUT_SCRIPT_URL.split("?v=")[1]
+    assert routes.CHECKOUT_SCRIPT_URL.startswith("/checkout.js?v=") and digest.startswith(version)
+    kept = client.get(routes.CHECKOUT_SCRIPT_URL)
+    assert kept.status_code == 200 and kept.content == served.read_bytes()
+    assert kept.headers["cache-control"] == "public, max-age=31536000, immutable"
+    # An old or made-up version gets today's file, which must not be kept under that name.
+    for address in ("/checkout.js?v=0123456789abcdef", f"/checkout.js?v={version}&x=1"):
+        answer = client.get(address)
+        assert answer.status_code == 200 and "cache-control" not in answer.headers, address
