@@ -53,6 +53,10 @@ processed_at (and the subscription table) are relied on. What is measured:
 - Stripe calls: how many the app made in each phase and their p50/p95 duration (the
   emulator runs on this machine; Stripe itself answers slower, from farther away).
 - rows: the seeded subscriptions whose row still says active, as the emulator does.
+- CPU per event during the intake bursts (from /proc, user + system): the app's workers,
+  their webhook processors and, on PostgreSQL, the database server's processes (all of
+  them, whoever they serve); the bare app's workers. Steadier than the rates on a shared
+  machine: it counts the work, not how much of the machine the work got.
 - with --py-spy DIR: py-spy samples every app worker during the app's intake burst; the
   report splits the samples into intake, processor and other, with their top frames.
 
@@ -89,7 +93,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -581,6 +585,53 @@ def _children(pid: int) -> list[int]:
         if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
             found.append(int(entry.name))
     return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time so far of these processes (all their threads), in seconds."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone: it counts for nothing
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_pids() -> list[int]:
+    """The PostgreSQL server's processes on this machine (its backends among them)."""
+    return [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and _cmdline(int(entry.name)).startswith("postgres")
+    ]
+
+
+class CpuMeter:
+    """CPU time used per event during a burst, by part: the server's workers (intake, the
+    event loop, the HTTP server), their children (the webhook processors) and, on
+    PostgreSQL, the database server. Steadier than the rate on a shared machine: it counts
+    the work done, not how much of the machine the work got."""
+
+    def __init__(self, parts: dict[str, Callable[[], list[int]]]) -> None:
+        self.parts = parts
+        self.start: dict[str, tuple[list[int], float]] = {}
+
+    def __enter__(self) -> CpuMeter:
+        for name, pids in self.parts.items():
+            found = pids()
+            self.start[name] = (found, cpu_seconds(found))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.used = {
+            name: cpu_seconds(pids) - before for name, (pids, before) in self.start.items()
+        }
+
+    def per_event_ms(self, events: int) -> dict[str, float]:
+        """Milliseconds of CPU per event, per part."""
+        return {name: round(1000 * used / max(events, 1), 3) for name, used in self.used.items()}
 
 
 def _cmdline(pid: int) -> str:
@@ -1112,6 +1163,7 @@ class Run:
     server_pid: int
     profile_dir: Path | None
     timing_log: Path
+    bare_workers: list[int]
 
     def wrk(self, url: str, batch: EventBatch, on_start=None) -> LoadResult:
         """A burst through wrk, bounded by a generous time for the slowest target."""
@@ -1223,6 +1275,7 @@ def bench_run(backend: str, inbox_rows: int, args: argparse.Namespace) -> dict[s
             server_pid=server_pid,
             profile_dir=args.py_spy,
             timing_log=timing_log,
+            bare_workers=bare.workers,
         )
         bare_url = f"http://127.0.0.1:{bare.port}"
         clock = time.monotonic()
@@ -1256,8 +1309,10 @@ def measure(run: Run, bare_url: str) -> dict[str, Any]:
     wait_processed(run.engine, warm.ids, drain_timeout)
 
     print(f"  intake: {args.events} events to the bare app, then to the app...", flush=True)
-    bare = run.wrk(bare_url, run.bare_factory.batch("bare", args.events))
+    with CpuMeter({"workers": lambda: run.bare_workers}) as bare_cpu:
+        bare = run.wrk(bare_url, run.bare_factory.batch("bare", args.events))
     out["bare"] = intake_figures(bare)
+    out["bare"]["cpu_ms_per_event"] = bare_cpu.per_event_ms(args.events)
     batch = run.factory.batch("burst", args.events)
     profiler: list[PySpy] = []
 
@@ -1267,13 +1322,22 @@ def measure(run: Run, bare_url: str) -> dict[str, Any]:
             raw = run.profile_dir / f"webhooks-{run.backend}-{int(time.time())}.txt"
             profiler.append(PySpy(run.server_pid, raw))
 
+    workers = _workers_of(run.server_pid)
+    parts = {
+        "workers": lambda: workers,
+        "processors": lambda: [child for pid in workers for child in _children(pid)],
+    }
+    if run.backend == "postgresql":
+        parts["postgres"] = postgres_pids
     try:
-        load = run.wrk(run.base_url, batch, on_start=start_profiler)
+        with CpuMeter(parts) as app_cpu:
+            load = run.wrk(run.base_url, batch, on_start=start_profiler)
     finally:
         for spy in profiler:
             spy.stop()
     rows = wait_processed(run.engine, batch.ids, drain_timeout)
     out["app"] = burst_figures(run, load, rows)
+    out["app"]["cpu_ms_per_event"] = app_cpu.per_event_ms(args.events)
     out["ratio"] = round(load.rate / bare.rate, 3) if bare.rate else 0.0
     if profiler:
         out["py_spy"] = {"file": str(profiler[0].output), **profiler[0].top_frames()}
@@ -1394,6 +1458,12 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
             f"{fig['p99_ms']:>7.1f}"
         )
     lines.append(f"  ratio app/bare: {result['ratio']:.2f}")
+    if "cpu_ms_per_event" in app and "cpu_ms_per_event" in bare:
+        used = ", ".join(f"{part} {ms:.2f}" for part, ms in app["cpu_ms_per_event"].items())
+        lines.append(
+            f"  CPU ms per event: app {used}; bare workers "
+            f"{bare['cpu_ms_per_event']['workers']:.2f}"
+        )
     for label, fig in (("intake burst", app), ("drain burst", drain)):
         if label == "drain burst" and drain is app:
             continue
