@@ -8,23 +8,57 @@
   let lastAttempt = null; // the last Subscribe press confirmed (see confirmSetup)
   let loadFailure = null; // why the latest mount failed, to say again on Subscribe
 
+  // How long Stripe.js is waited for before the card form says it could not be loaded: a
+  // tag that neither loads nor fails (a network that drops packets, or a failure that came
+  // before anyone listened) must not leave the form loading for good.
+  const LOAD_TIMEOUT_MS = 10000;
+
+  // Listen to a Stripe.js tag as early as possible: its outcome, marked on it.
+  function watch(script) {
+    if (script.dataset.stripeJs === "watched") return;
+    script.dataset.stripeJs = "watched";
+    script.addEventListener("load", function () { script.dataset.outcome = "loaded"; });
+    script.addEventListener("error", function () { script.dataset.outcome = "failed"; });
+  }
+  // The checkout page's own tag (async, in its head, ahead of this script).
+  const pageTag = document.querySelector("script[data-stripe-js]");
+  if (pageTag) watch(pageTag);
+
   function loadScript(url) {
     if (window.Stripe) return Promise.resolve();
     return new Promise(function (resolve, reject) {
-      const existing = document.querySelector('script[data-stripe-js]');
-      const script = existing || document.createElement("script");
-      script.addEventListener("load", function () { resolve(); });
-      script.addEventListener("error", function () {
-        // A failed tag never fires again: take it away, so that the next try adds a new one.
+      let script = document.querySelector("script[data-stripe-js]");
+      if (script && script.dataset.outcome === "failed") {
+        // A failed tag never fires again: take it away, so that this try adds a new one.
         script.remove();
-        reject(new Error("Stripe.js did not load"));
-      });
-      if (!existing) {
+        script = null;
+      }
+      if (script && script.dataset.outcome === "loaded") {
+        resolve(); // it ran but defined no Stripe: the mount says the form failed
+        return;
+      }
+      const added = !script;
+      if (added) {
+        script = document.createElement("script");
         script.src = url;
         script.async = true;
         script.setAttribute("data-stripe-js", "1");
-        document.head.appendChild(script);
       }
+      watch(script);
+      const timer = setTimeout(function () {
+        script.remove(); // the next try starts afresh
+        reject(new Error("Stripe.js did not load in time"));
+      }, LOAD_TIMEOUT_MS);
+      script.addEventListener("load", function () {
+        clearTimeout(timer);
+        resolve();
+      });
+      script.addEventListener("error", function () {
+        clearTimeout(timer);
+        script.remove();
+        reject(new Error("Stripe.js did not load"));
+      });
+      if (added) document.head.appendChild(script);
     });
   }
 

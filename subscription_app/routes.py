@@ -33,7 +33,10 @@ def _content_version(asset: str) -> str:
 
 # Pages load the helper by an address that names its content, so a browser may keep it
 # instead of asking again on every page load (`security.SecurityMiddleware` says so for this
-# exact address only); a changed file gets a new address.
+# exact address only); a changed file gets a new address. The hash is of assets/ as the
+# backend starts; the file served is the frontend build's copy of it, made from the same
+# checkout by `reflex run` (a frontend built from other code than its backend's is not
+# supported by Reflex either).
 CHECKOUT_SCRIPT_VERSION = _content_version(CHECKOUT_SCRIPT)
 CHECKOUT_SCRIPT_URL = (
     f"{CHECKOUT_SCRIPT}?v={CHECKOUT_SCRIPT_VERSION}" if CHECKOUT_SCRIPT_VERSION else CHECKOUT_SCRIPT

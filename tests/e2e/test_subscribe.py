@@ -1,5 +1,6 @@
 """Subscribe through the real UI with the emulator's Stripe.js (issue: Elements checkout)."""
 
+import contextlib
 import json
 import re
 
@@ -248,8 +249,8 @@ def test_a_loading_checkout_takes_card_details_before_it_is_live_and_keeps_them(
 def test_checkout_says_so_when_stripe_js_cannot_be_loaded_and_works_after_a_reload(
     page: Page, live_app
 ):
-    # Stripe.js is a plain script tag in the checkout page's head: if Stripe cannot be
-    # reached, the page still shows, says what happened, and offers no card to submit.
+    # If Stripe cannot be reached, the page still shows, says what happened, and offers no
+    # card to submit.
     email = unique_email("nostripejs")
     register(page, email)
     stripe_js = re.compile(re.escape(f"{live_app.stripe_api_base}/js.stripe.com/"))
@@ -279,3 +280,31 @@ def test_checkout_says_so_when_stripe_js_cannot_be_loaded_and_works_after_a_relo
     fill_card(page, "4242424242424242")
     page.get_by_role("button", name="Subscribe", exact=True).click()
     expect_subscribed(page)
+
+
+def test_checkout_shows_and_goes_live_while_stripe_js_hangs_then_says_it_could_not_load(
+    page: Page, live_app
+):
+    # A network that drops Stripe's packets: the request for Stripe.js neither answers nor
+    # fails. The page is not held up by it, and the card form gives up after a while.
+    register(page, unique_email("hangingstripejs"))
+    held: list[Route] = []
+    stripe_js = re.compile(re.escape(f"{live_app.stripe_api_base}/js.stripe.com/"))
+    page.route(stripe_js, lambda route: held.append(route))
+    try:
+        page.goto("/checkout", wait_until="commit")
+        expect(page.get_by_role("heading", name="Checkout")).to_be_visible()
+        # Live: the server has answered the page (its SetupIntent enables Subscribe).
+        expect(page.get_by_role("button", name="Subscribe", exact=True)).to_be_enabled()
+        expect(page.get_by_text("Loading the secure card form…")).to_be_visible()
+        assert held, "the page asked for no Stripe.js"
+        expect(
+            page.get_by_text(
+                "The card form could not be loaded. Check your connection and reload the page."
+            )
+        ).to_be_visible(timeout=20_000)
+    finally:
+        page.unroute(stripe_js)
+        for route in held:
+            with contextlib.suppress(Exception):  # the page may be gone
+                route.abort()
