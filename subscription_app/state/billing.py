@@ -42,11 +42,31 @@ _LOAD_CHECKOUT_JS = (
     " s.onload = ok; s.onerror = fail; document.head.appendChild(s); }))"
 )
 
+_CARD_FORM_UNAVAILABLE = (
+    "The card form could not be loaded. Check your connection and reload the page."
+)
+# What each checkout.js function answers when checkout.js itself could not be loaded, in
+# the shape of its own answers: the page's callback always hears back (Reflex drops a
+# rejected call silently, which left the form loading and a pressed Subscribe busy).
+_ANSWER_WITHOUT_CHECKOUT_JS: dict[str, Any] = {
+    "mount": _CARD_FORM_UNAVAILABLE,
+    "preload": "failed",
+    "confirmSetup": {"error": _CARD_FORM_UNAVAILABLE},
+    "confirmPayment": {"error": _CARD_FORM_UNAVAILABLE},
+}
+
+
+def _or_answer_without_checkout_js(function: str) -> str:
+    return f".catch(() => ({json.dumps(_ANSWER_WITHOUT_CHECKOUT_JS[function])}))"
+
 
 def _js_call(function: str, *args: Any) -> str:
     """JavaScript that loads our checkout helper once, then calls one of its functions."""
     arguments = ", ".join(json.dumps(a) for a in args)
-    return f"{_LOAD_CHECKOUT_JS}.then(() => window.saCheckout.{function}({arguments}))"
+    return (
+        f"{_LOAD_CHECKOUT_JS}.then(() => window.saCheckout.{function}({arguments}))"
+        + _or_answer_without_checkout_js(function)
+    )
 
 
 def js_call_in_page(function: str, *args: Any) -> rx.Var:
@@ -59,7 +79,7 @@ def js_call_in_page(function: str, *args: Any) -> rx.Var:
         if index:
             code = code + ", "
         code = code + rx.Var.create(arg).to_string()
-    return code + "))"
+    return code + "))" + _or_answer_without_checkout_js(function)
 
 
 def _checkout_setup(

@@ -308,3 +308,21 @@ def test_checkout_shows_and_goes_live_while_stripe_js_hangs_then_says_it_could_n
         for route in held:
             with contextlib.suppress(Exception):  # the page may be gone
                 route.abort()
+
+
+def test_checkout_says_so_when_our_card_script_cannot_be_loaded(page: Page, live_app):
+    # checkout.js (ours) refused, both the page's own tag and every later try: the form says
+    # it could not be loaded instead of loading for good, and a Subscribe press is answered
+    # (not left busy) with the same words, asking Stripe nothing.
+    email = unique_email("nocheckoutjs")
+    register(page, email)
+    page.route(re.compile(r"/checkout\.js(\?|$)"), lambda route: route.abort())
+    page.goto("/checkout")
+    message = "The card form could not be loaded. Check your connection and reload the page."
+    expect(page.get_by_text(message)).to_be_visible(timeout=15_000)
+    expect(page.get_by_text("Loading the secure card form…")).to_have_count(0)
+
+    page.get_by_role("button", name="Subscribe", exact=True).click()
+    expect(page.get_by_role("button", name="Subscribe", exact=True)).to_be_enabled()
+    expect(page.get_by_text(message)).to_be_visible()
+    assert stripe_subscriptions_for(live_app, email) == []
