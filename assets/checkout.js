@@ -178,10 +178,10 @@
   }
   if (!mountIfShown() && document.readyState === "loading") {
     // This script ran before the parser reached the field: mount as it arrives.
-    const watch = new MutationObserver(function () {
-      if (mountIfShown()) watch.disconnect();
+    const observer = new MutationObserver(function () {
+      if (mountIfShown()) observer.disconnect();
     });
-    watch.observe(document, { childList: true, subtree: true });
-    document.addEventListener("DOMContentLoaded", function () { watch.disconnect(); }, { once: true });
+    observer.observe(document, { childList: true, subtree: true });
+    document.addEventListener("DOMContentLoaded", function () { observer.disconnect(); }, { once: true });
   }
 })();

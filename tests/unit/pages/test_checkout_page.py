@@ -17,6 +17,9 @@ def test_the_card_scripts_are_fetched_while_the_login_is_checked():
     )
     helper = f'jsx("script",{{async:true,src:"{routes.CHECKOUT_SCRIPT}?v='
     assert stripe_js in fetched_ahead and helper in fetched_ahead
+    # Stripe.js's tag comes first: checkout.js, running as soon as it arrives, looks for it
+    # then (to listen to its outcome), and the parser may not have reached a later tag yet.
+    assert fetched_ahead.index(stripe_js) < fetched_ahead.index(helper)
     assert "card-element" not in fetched_ahead  # nothing of the page itself
     assert "card-element" in str(guarded)
 
