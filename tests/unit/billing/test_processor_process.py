@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import types
 
 import pytest
 
@@ -98,6 +99,82 @@ def test_each_wake_up_byte_counts_as_one_stored_event():
     asyncio.run(read())
     os.close(read_end)
     assert activity.busy_until() is not None
+
+
+class RecordingLoop:
+    """What `read_wakeups` hands the event loop, run at once."""
+
+    def __init__(self) -> None:
+        self.calls: list[object] = []
+
+    def call_soon_threadsafe(self, callback) -> None:
+        self.calls.append(callback)
+        callback()
+
+
+def test_a_wake_up_already_pending_does_not_wake_the_processors_loop_again():
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"w")
+    os.close(write_end)  # then the worker is gone
+    loop, wakeup, stop = RecordingLoop(), asyncio.Event(), asyncio.Event()
+    wakeup.set()  # an earlier wake-up, not yet taken by a pass
+
+    processor_process.read_wakeups(loop, wakeup, stop, read_end)  # type: ignore[arg-type]
+    os.close(read_end)
+
+    # Only the end of the stream reached the loop (stop, and the idle wait ended).
+    assert loop.calls == [stop.set, wakeup.set]
+
+
+def test_a_wake_up_reaches_the_processors_loop_when_none_is_pending():
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"w")
+    os.close(write_end)
+    loop, wakeup, stop = RecordingLoop(), asyncio.Event(), asyncio.Event()
+
+    processor_process.read_wakeups(loop, wakeup, stop, read_end)  # type: ignore[arg-type]
+    os.close(read_end)
+
+    assert loop.calls == [wakeup.set, stop.set, wakeup.set]
+
+
+def test_the_events_one_turn_of_the_loop_answers_wake_the_processor_with_one_write(
+    monkeypatch,
+):
+    wake_read, wake_write = os.pipe()
+    lines_read, lines_write = os.pipe()
+    stand_in = types.SimpleNamespace(
+        stdin=os.fdopen(wake_write, "wb"), stdout=os.fdopen(lines_read, "rb")
+    )
+    child = processor_process.ProcessorProcess(stand_in)  # type: ignore[arg-type]
+    writes: list[bytes] = []
+    real_write = os.write
+
+    def recording_write(fd: int, data: bytes) -> int:
+        if fd == wake_write:
+            writes.append(bytes(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(processor_process.os, "write", recording_write)
+
+    async def requests() -> None:
+        for _ in range(3):  # three requests answered by one commit, in one turn
+            child.wake()
+        assert writes == []  # nothing written while the turn goes on
+        await asyncio.sleep(0)
+        child.wake()  # a later commit
+        await asyncio.sleep(0)
+
+    try:
+        asyncio.run(requests())
+        assert writes == [b"www", b"w"]  # still one byte per event, which the processor counts
+        assert os.read(wake_read, 100) == b"wwww"
+    finally:
+        stand_in.stdin.close()
+        os.close(wake_read)
+        os.close(lines_write)  # the relay thread's stream ends
+        child._relay.join(5)
+        stand_in.stdout.close()
 
 
 def test_with_several_workers_each_counts_a_burst_at_its_share_of_the_apps(clock):
