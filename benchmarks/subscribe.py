@@ -20,6 +20,10 @@ time for a new user:
 
 Times are taken inside the page (``performance.now()``, the moment the DOM changed, seen by
 a MutationObserver; clicks by a capturing listener), so Playwright's polling adds nothing.
+The browser is launched as the end-to-end tests launch it (``devtools.liveapp.CHROMIUM_ARGS``):
+without the omnibox popup Chromium 156 builds as web pages of its own for every new window,
+whose loading ran beside each measured page load on this two-core machine (runs before
+386693f include it).
 
 Next to each total, ``stripe`` is the wall time inside Stripe in the same window: the union
 of the app's own Stripe calls (its client writes one line per call to STRIPE_TIMING_LOG)
