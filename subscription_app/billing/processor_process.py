@@ -88,6 +88,8 @@ class ProcessorProcess:
         # wake-ups enough waiting.
         os.set_blocking(self._wake_fd, False)
         self._unsent = 0  # wake-ups counted this turn of the event loop, not yet written
+        self._send_on: asyncio.AbstractEventLoop | None = None  # the loop their write waits on
+        self._retired = False  # being stopped: its stream is closed, or about to be
         self._relay = threading.Thread(
             target=_relay_changes, args=(process.stdout,), name="processor-changes", daemon=True
         )
@@ -119,23 +121,40 @@ class ProcessorProcess:
         during intake bursts on PostgreSQL, taking turns: the processors' CPU per event
         went from 0.09 ms to 0.05-0.07 with this and `read_wakeups`' check (beside ~0.5
         for the worker itself).
+
+        Call it on the worker's event loop (the webhook route does); with no loop running it
+        writes at once.
         """
         self._unsent += 1
-        if self._unsent > 1:
-            return  # this turn's write is already on its way
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # not on an event loop: nothing to wait for
             self._send()
-        else:
+            return
+        # A write already waits on this loop: it takes this byte too. (One that waited on a
+        # loop that stopped before running it never will: this loop writes them all.)
+        if self._send_on is not loop:
+            self._send_on = loop
             loop.call_soon(self._send)
 
     def _send(self) -> None:
         # One byte per event (the processor counts them, `IntakeActivity`), in one write:
         # atomic up to PIPE_BUF, and more than that is a burst however many are written.
-        count, self._unsent = self._unsent, 0
+        count, self._unsent, self._send_on = self._unsent, 0, None
+        if self._retired or not count:
+            # Its stream is closed (or being closed on another thread): the descriptor's
+            # number may already belong to another file or socket of this process.
+            return
         with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError):
             os.write(self._wake_fd, b"w" * min(count, select.PIPE_BUF))
+
+    def retire(self) -> None:
+        """No more wake-ups: from now on none is written, not even one already counted.
+
+        Called on the event loop before `stop` closes the stream on another thread, so a
+        write that was waiting for the end of the loop's turn never reaches the descriptor.
+        """
+        self._retired = True
 
     def running(self) -> bool:
         """Whether the process is still alive."""
@@ -145,6 +164,7 @@ class ProcessorProcess:
         """Close its stream (it finishes its event, hands its batch back, exits); terminate it
         if it lingers."""
         assert self.process.stdin is not None
+        self._retired = True  # (`run` has retired it already, on its event loop)
         with contextlib.suppress(OSError):
             self.process.stdin.close()
         try:
@@ -199,6 +219,7 @@ async def run(stop: asyncio.Event | None = None) -> None:
                     await asyncio.wait_for(_wait(stop), CHECK_SECONDS)
         finally:
             _current = None
+            child.retire()  # before its stream is closed on another thread
             if child.running():
                 # Shielded: a cancelled lifespan still lets the processor finish its event.
                 await asyncio.shield(asyncio.to_thread(child.stop))
@@ -300,7 +321,8 @@ def read_wakeups(
     fd: int = 0,
     activity: IntakeActivity | None = None,
 ) -> None:
-    """Set `wakeup` for each read from `fd` (stdin); at its end set `stop`. Runs on a thread."""
+    """Set `wakeup` for each read from `fd` (stdin) unless it is set already; at the stream's
+    end set `stop`. Runs on a thread."""
     while True:
         try:
             data = os.read(fd, 4096)
@@ -312,9 +334,10 @@ def read_wakeups(
             return
         if activity is not None:
             activity.saw(len(data))
-        # Already set: the processor has not started the pass that clears it, and that pass
-        # claims what was stored before this byte. So the loop is not woken again for it
-        # (during a burst, nearly every read: see `ProcessorProcess.wake`).
+        # Already set: no applier has cleared it since, so the next clear, and the claim
+        # that follows it, come after this read and find what was stored before this byte.
+        # So the loop is not woken again for it (during a burst, nearly every read: see
+        # `ProcessorProcess.wake`).
         if not wakeup.is_set():
             loop.call_soon_threadsafe(wakeup.set)
 

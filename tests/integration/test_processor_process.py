@@ -137,6 +137,9 @@ class _DeadOnArrival:
     def running(self) -> bool:
         return False
 
+    def retire(self) -> None:
+        pass
+
 
 def test_a_processor_that_keeps_dying_is_restarted_less_and_less_often(monkeypatch):
     waits: list[float] = []
@@ -151,6 +154,48 @@ def test_a_processor_that_keeps_dying_is_restarted_less_and_less_often(monkeypat
     monkeypatch.setattr(processor_process, "pause", pause)
     asyncio.run(processor_process.run(stop))
     assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+
+
+class _RunsUntilStopped:
+    """A processor process that runs until stopped, noting what its worker did and where."""
+
+    calls: list[tuple[str, int]] = []
+
+    def __init__(self) -> None:
+        self.process = subprocess.CompletedProcess(args=[], returncode=0)
+        self.alive = True
+
+    def running(self) -> bool:
+        return self.alive
+
+    def retire(self) -> None:
+        self.calls.append(("retire", threading.get_ident()))
+
+    def stop(self, timeout: float = 0) -> int:
+        self.calls.append(("stop", threading.get_ident()))
+        self.alive = False
+        return 0
+
+
+def test_a_stopping_worker_retires_its_child_on_its_loop_before_another_thread_stops_it(
+    monkeypatch,
+):
+    # So a wake-up waiting for the end of the loop's turn is never written to the closed
+    # stream's descriptor, which another file or socket may have by then.
+    monkeypatch.setattr(processor_process.ProcessorProcess, "start", _RunsUntilStopped)
+    _RunsUntilStopped.calls = []
+
+    async def worker() -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(processor_process.run(stop))
+        await until(lambda: processor_process._current is not None, "the child")
+        stop.set()
+        await asyncio.wait_for(running, TIMEOUT)
+
+    asyncio.run(worker())
+    loop_thread = threading.get_ident()
+    assert [what for what, _ in _RunsUntilStopped.calls] == ["retire", "stop"]
+    assert _RunsUntilStopped.calls[0][1] == loop_thread
 
 
 def test_inline_applies_events_in_the_worker_itself(settings_env, monkeypatch):

@@ -174,6 +174,85 @@ def test_the_events_one_turn_of_the_loop_answers_wake_the_processor_with_one_wri
         os.close(wake_read)
         os.close(lines_write)  # the relay thread's stream ends
         child._relay.join(5)
+        assert not child._relay.is_alive()
+        stand_in.stdout.close()
+
+
+def test_wake_ups_left_by_a_loop_that_stopped_are_written_by_the_next(monkeypatch):
+    wake_read, wake_write = os.pipe()
+    lines_read, lines_write = os.pipe()
+    stand_in = types.SimpleNamespace(
+        stdin=os.fdopen(wake_write, "wb"), stdout=os.fdopen(lines_read, "rb")
+    )
+    child = processor_process.ProcessorProcess(stand_in)  # type: ignore[arg-type]
+
+    async def wake_then_stop() -> None:
+        child.wake()
+        asyncio.get_running_loop().stop()  # before the turn's write runs
+
+    first = asyncio.new_event_loop()
+    try:
+        task = first.create_task(wake_then_stop())
+        first.run_forever()
+        assert task.done()
+    finally:
+        first.close()
+
+    async def wake() -> None:
+        child.wake()
+        await asyncio.sleep(0)
+
+    try:
+        asyncio.run(wake())
+        os.set_blocking(wake_read, False)  # nothing written fails here, not hangs
+        assert os.read(wake_read, 100) == b"ww"  # the stopped loop's byte too
+    finally:
+        stand_in.stdin.close()
+        os.close(wake_read)
+        os.close(lines_write)
+        child._relay.join(5)
+        assert not child._relay.is_alive()
+        stand_in.stdout.close()
+
+
+def test_a_wake_up_waiting_for_the_end_of_the_turn_is_dropped_once_the_child_is_retired(
+    monkeypatch,
+):
+    # The worker's lifespan retires its child on the event loop before another thread
+    # closes the child's stream: the descriptor's number may then be reused by any file or
+    # socket, which a late write would corrupt.
+    wake_read, wake_write = os.pipe()
+    lines_read, lines_write = os.pipe()
+    stand_in = types.SimpleNamespace(
+        stdin=os.fdopen(wake_write, "wb"), stdout=os.fdopen(lines_read, "rb")
+    )
+    child = processor_process.ProcessorProcess(stand_in)  # type: ignore[arg-type]
+    writes: list[int] = []
+    real_write = os.write
+
+    def recording_write(fd: int, data: bytes) -> int:
+        writes.append(fd)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(processor_process.os, "write", recording_write)
+
+    async def stopping() -> None:
+        child.wake()  # an event stored in this turn
+        child.retire()  # and the worker stopping in the same turn
+        await asyncio.sleep(0)
+
+    try:
+        asyncio.run(stopping())
+        assert wake_write not in writes
+        os.set_blocking(wake_read, False)
+        with pytest.raises(BlockingIOError):
+            os.read(wake_read, 100)  # nothing was written
+    finally:
+        stand_in.stdin.close()
+        os.close(wake_read)
+        os.close(lines_write)
+        child._relay.join(5)
+        assert not child._relay.is_alive()
         stand_in.stdout.close()
 
 
