@@ -164,7 +164,7 @@ class ProcessorProcess:
         """Close its stream (it finishes its event, hands its batch back, exits); terminate it
         if it lingers."""
         assert self.process.stdin is not None
-        self._retired = True  # (`run` has retired it already, on its event loop)
+        self.retire()  # (`run` has already, on its event loop, before handing this over)
         with contextlib.suppress(OSError):
             self.process.stdin.close()
         try:

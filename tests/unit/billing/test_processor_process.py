@@ -6,9 +6,11 @@ A fake clock: `pause` waits with `time.sleep`, which here moves the clock on ins
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import threading
 import types
+from collections.abc import Iterator
 
 import pytest
 
@@ -138,9 +140,25 @@ def test_a_wake_up_reaches_the_processors_loop_when_none_is_pending():
     assert loop.calls == [wakeup.set, stop.set, wakeup.set]
 
 
-def test_the_events_one_turn_of_the_loop_answers_wake_the_processor_with_one_write(
-    monkeypatch,
-):
+@dataclasses.dataclass
+class PipedChild:
+    """A `ProcessorProcess` over a stand-in child: pipes, no process."""
+
+    child: processor_process.ProcessorProcess
+    wake_read: int  # what the child would read
+    writes: list[bytes]  # each write made to its stream, as made
+
+    def read_wake_ups(self) -> bytes:
+        """What was written to the child's stream (nothing fails here, rather than hangs)."""
+        os.set_blocking(self.wake_read, False)
+        try:
+            return os.read(self.wake_read, 100)
+        except BlockingIOError:
+            return b""
+
+
+@pytest.fixture
+def piped_child(monkeypatch) -> Iterator[PipedChild]:
     wake_read, wake_write = os.pipe()
     lines_read, lines_write = os.pipe()
     stand_in = types.SimpleNamespace(
@@ -156,19 +174,8 @@ def test_the_events_one_turn_of_the_loop_answers_wake_the_processor_with_one_wri
         return real_write(fd, data)
 
     monkeypatch.setattr(processor_process.os, "write", recording_write)
-
-    async def requests() -> None:
-        for _ in range(3):  # three requests answered by one commit, in one turn
-            child.wake()
-        assert writes == []  # nothing written while the turn goes on
-        await asyncio.sleep(0)
-        child.wake()  # a later commit
-        await asyncio.sleep(0)
-
     try:
-        asyncio.run(requests())
-        assert writes == [b"www", b"w"]  # still one byte per event, which the processor counts
-        assert os.read(wake_read, 100) == b"wwww"
+        yield PipedChild(child, wake_read, writes)
     finally:
         stand_in.stdin.close()
         os.close(wake_read)
@@ -178,13 +185,26 @@ def test_the_events_one_turn_of_the_loop_answers_wake_the_processor_with_one_wri
         stand_in.stdout.close()
 
 
-def test_wake_ups_left_by_a_loop_that_stopped_are_written_by_the_next(monkeypatch):
-    wake_read, wake_write = os.pipe()
-    lines_read, lines_write = os.pipe()
-    stand_in = types.SimpleNamespace(
-        stdin=os.fdopen(wake_write, "wb"), stdout=os.fdopen(lines_read, "rb")
-    )
-    child = processor_process.ProcessorProcess(stand_in)  # type: ignore[arg-type]
+def test_the_events_one_turn_of_the_loop_answers_wake_the_processor_with_one_write(
+    piped_child,
+):
+    child, writes = piped_child.child, piped_child.writes
+
+    async def requests() -> None:
+        for _ in range(3):  # three requests answered by one commit, in one turn
+            child.wake()
+        assert writes == []  # nothing written while the turn goes on
+        await asyncio.sleep(0)
+        child.wake()  # a later commit
+        await asyncio.sleep(0)
+
+    asyncio.run(requests())
+    assert writes == [b"www", b"w"]  # still one byte per event, which the processor counts
+    assert piped_child.read_wake_ups() == b"wwww"
+
+
+def test_wake_ups_left_by_a_loop_that_stopped_are_written_by_the_next(piped_child):
+    child = piped_child.child
 
     async def wake_then_stop() -> None:
         child.wake()
@@ -202,58 +222,26 @@ def test_wake_ups_left_by_a_loop_that_stopped_are_written_by_the_next(monkeypatc
         child.wake()
         await asyncio.sleep(0)
 
-    try:
-        asyncio.run(wake())
-        os.set_blocking(wake_read, False)  # nothing written fails here, not hangs
-        assert os.read(wake_read, 100) == b"ww"  # the stopped loop's byte too
-    finally:
-        stand_in.stdin.close()
-        os.close(wake_read)
-        os.close(lines_write)
-        child._relay.join(5)
-        assert not child._relay.is_alive()
-        stand_in.stdout.close()
+    asyncio.run(wake())
+    assert piped_child.read_wake_ups() == b"ww"  # the stopped loop's byte too
 
 
 def test_a_wake_up_waiting_for_the_end_of_the_turn_is_dropped_once_the_child_is_retired(
-    monkeypatch,
+    piped_child,
 ):
     # The worker's lifespan retires its child on the event loop before another thread
     # closes the child's stream: the descriptor's number may then be reused by any file or
     # socket, which a late write would corrupt.
-    wake_read, wake_write = os.pipe()
-    lines_read, lines_write = os.pipe()
-    stand_in = types.SimpleNamespace(
-        stdin=os.fdopen(wake_write, "wb"), stdout=os.fdopen(lines_read, "rb")
-    )
-    child = processor_process.ProcessorProcess(stand_in)  # type: ignore[arg-type]
-    writes: list[int] = []
-    real_write = os.write
-
-    def recording_write(fd: int, data: bytes) -> int:
-        writes.append(fd)
-        return real_write(fd, data)
-
-    monkeypatch.setattr(processor_process.os, "write", recording_write)
+    child = piped_child.child
 
     async def stopping() -> None:
         child.wake()  # an event stored in this turn
         child.retire()  # and the worker stopping in the same turn
         await asyncio.sleep(0)
 
-    try:
-        asyncio.run(stopping())
-        assert wake_write not in writes
-        os.set_blocking(wake_read, False)
-        with pytest.raises(BlockingIOError):
-            os.read(wake_read, 100)  # nothing was written
-    finally:
-        stand_in.stdin.close()
-        os.close(wake_read)
-        os.close(lines_write)
-        child._relay.join(5)
-        assert not child._relay.is_alive()
-        stand_in.stdout.close()
+    asyncio.run(stopping())
+    assert piped_child.writes == []
+    assert piped_child.read_wake_ups() == b""
 
 
 def test_with_several_workers_each_counts_a_burst_at_its_share_of_the_apps(clock):
