@@ -59,8 +59,12 @@ processed_at (and the subscription table) are relied on. What is measured:
 - rows: the seeded subscriptions whose row still says active, as the emulator does.
 - CPU per event during the intake bursts (from /proc, user + system): the app's workers,
   their webhook processors and, on PostgreSQL, the database server's processes (all of
-  them, whoever they serve); the bare app's workers. Steadier than the rates on a shared
-  machine: it counts the work, not how much of the machine the work got.
+  them, whoever they serve); the bare app's workers; for both, the load generator (wrk)
+  and the whole machine (every process, from /proc/stat) with how busy its cores were.
+  Steadier than the rates on a shared machine: it counts the work, not how much of the
+  machine the work got. Where both runs keep the cores busy, the ratio cannot exceed bare
+  machine CPU per event / app machine CPU per event; where one worker is the limit (SQLite
+  runs one), it is about bare worker CPU per event / app worker CPU per event.
 - with --py-spy DIR: py-spy samples every app worker during the app's intake burst; the
   report splits the samples into intake, processor and other, with their top frames.
 
@@ -87,6 +91,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -266,6 +271,7 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     max_ms: float
+    cpu_seconds: float = 0.0  # the load generator's own (user + system)
 
     @property
     def elapsed(self) -> float:
@@ -324,6 +330,9 @@ def run_wrk(
         "--",
         *(str(events), str(threads), str(marks), ROUTE_PATH, FILLER_PATH),
     ]
+    # wrk's CPU: what this process's children used while it ran (wrk is the only one reaped
+    # meanwhile), so that every part sharing the cores is counted.
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with (run_dir / "wrk.out").open("w+") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
         try:
@@ -357,6 +366,7 @@ def run_wrk(
     firsts = [t["first"] for t in per_thread if t["first"]]
     lasts = [t["last"] for t in per_thread if t["last"]]
     errors = data["errors"]
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     shutil.rmtree(run_dir, ignore_errors=True)
     return LoadResult(
         events=len(requests),
@@ -371,6 +381,8 @@ def run_wrk(
         p50_ms=data["latency_us"]["p50"] / 1000,
         p99_ms=data["latency_us"]["p99"] / 1000,
         max_ms=data["latency_us"]["max"] / 1000,
+        cpu_seconds=(children_after.ru_utime + children_after.ru_stime)
+        - (children_before.ru_utime + children_before.ru_stime),
     )
 
 
@@ -603,6 +615,13 @@ def cpu_seconds(pids: list[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine has spent busy so far (every core, every process), in s."""
+    # /proc/stat's first line: user nice system idle iowait irq softirq steal ... (in ticks)
+    ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def postgres_pids() -> list[int]:
     """The PostgreSQL server's processes on this machine (its backends among them)."""
     return [
@@ -621,21 +640,32 @@ class CpuMeter:
     def __init__(self, parts: dict[str, Callable[[], list[int]]]) -> None:
         self.parts = parts
         self.start: dict[str, tuple[list[int], float]] = {}
+        self.load_generator = 0.0  # set by the caller: wrk's own CPU (`LoadResult`)
 
     def __enter__(self) -> CpuMeter:
         for name, pids in self.parts.items():
             found = pids()
             self.start[name] = (found, cpu_seconds(found))
+        self.machine_start = (machine_busy_seconds(), time.monotonic())
         return self
 
     def __exit__(self, *exc: object) -> None:
+        busy, began = self.machine_start
+        self.machine = machine_busy_seconds() - busy
+        self.wall = time.monotonic() - began
         self.used = {
             name: cpu_seconds(pids) - before for name, (pids, before) in self.start.items()
         }
 
     def per_event_ms(self, events: int) -> dict[str, float]:
-        """Milliseconds of CPU per event, per part."""
-        return {name: round(1000 * used / max(events, 1), 3) for name, used in self.used.items()}
+        """Milliseconds of CPU per event, per part; then the load generator's, and the whole
+        machine's (every part, and anything else that ran): what the two cores had to do."""
+        used = {**self.used, "load_generator": self.load_generator, "machine": self.machine}
+        return {name: round(1000 * cpu / max(events, 1), 3) for name, cpu in used.items()}
+
+    def utilization(self) -> float:
+        """The machine's busy share of all its cores over the burst (1.0: every core busy)."""
+        return round(self.machine / max(self.wall * (os.cpu_count() or 1), 1e-9), 3)
 
 
 def _cmdline(pid: int) -> str:
@@ -1307,10 +1337,13 @@ def _intake_round(run: Run, bare_url: str, turn: int) -> dict[str, Any]:
     args, tag = run.args, "" if turn == 0 else f"{turn + 1}"
     label = f" (round {turn + 1} of {args.rounds})" if args.rounds > 1 else ""
     print(f"  intake{label}: {args.events} events to the bare app, then to the app...", flush=True)
+    bare_batch = run.bare_factory.batch(f"bare{tag}", args.events)
     with CpuMeter({"workers": lambda: run.bare_workers}) as bare_cpu:
-        bare = run.wrk(bare_url, run.bare_factory.batch(f"bare{tag}", args.events))
+        bare = run.wrk(bare_url, bare_batch)
+    bare_cpu.load_generator = bare.cpu_seconds
     out: dict[str, Any] = {"bare": intake_figures(bare)}
     out["bare"]["cpu_ms_per_event"] = bare_cpu.per_event_ms(args.events)
+    out["bare"]["machine_busy"] = bare_cpu.utilization()
     batch = run.factory.batch(f"burst{tag}", args.events)
     profiler: list[PySpy] = []
 
@@ -1333,9 +1366,11 @@ def _intake_round(run: Run, bare_url: str, turn: int) -> dict[str, Any]:
     finally:
         for spy in profiler:
             spy.stop()
+    app_cpu.load_generator = load.cpu_seconds
     rows = wait_processed(run.engine, batch.ids, args.drain_timeout)
     out["app"] = burst_figures(run, load, rows)
     out["app"]["cpu_ms_per_event"] = app_cpu.per_event_ms(args.events)
+    out["app"]["machine_busy"] = app_cpu.utilization()
     out["ratio"] = round(load.rate / bare.rate, 3) if bare.rate else 0.0
     if profiler:
         out["py_spy"] = {"file": str(profiler[0].output), **profiler[0].top_frames()}
@@ -1494,11 +1529,12 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
     median = f" (the median of {len(rounds)} rounds: {each})" if rounds else ""
     lines.append(f"  ratio app/bare: {result['ratio']:.2f}{median}")
     if "cpu_ms_per_event" in app and "cpu_ms_per_event" in bare:
-        used = ", ".join(f"{part} {ms:.2f}" for part, ms in app["cpu_ms_per_event"].items())
-        lines.append(
-            f"  CPU ms per event: app {used}; bare workers "
-            f"{bare['cpu_ms_per_event']['workers']:.2f}"
-        )
+        for name, fig in (("app", app), ("bare", bare)):
+            used = ", ".join(f"{part} {ms:.3f}" for part, ms in fig["cpu_ms_per_event"].items())
+            busy = ""
+            if "machine_busy" in fig:
+                busy = f" (machine {100 * fig['machine_busy']:.0f}% busy)"
+            lines.append(f"  CPU ms per event, {name}: {used}{busy}")
     for label, fig in (("intake burst", app), ("drain burst", drain)):
         if label == "drain burst" and drain is app:
             continue
