@@ -54,12 +54,16 @@ def verify(payload: bytes, signature_header: str | None) -> VerifiedEvent:
         stripe.WebhookSignature.verify_header(
             text, signature_header, secret.get_secret_value(), SIGNATURE_TOLERANCE_SECONDS
         )
-    except stripe.SignatureVerificationError as exc:
+    except (stripe.SignatureVerificationError, TypeError, ValueError) as exc:
+        # The SDK raises TypeError for a signature that is not ASCII (it compares with
+        # `hmac.compare_digest`): anyone can send one, so it is a bad signature, not a crash.
         raise InvalidWebhook("Invalid Stripe-Signature.") from exc
     try:
         data = json.loads(text)
-        event_id, event_type, created = data["id"], data["type"], int(data["created"])
-    except (ValueError, KeyError, TypeError) as exc:
+        event_id, event_type = data["id"], data["type"]
+        created = datetime.fromtimestamp(int(data["created"]), tz=UTC)
+    except (ValueError, KeyError, TypeError, OverflowError, OSError) as exc:
+        # OverflowError, OSError: a `created` no date can hold (1e400, 10**20).
         raise InvalidWebhook("Body is not a Stripe event.") from exc
     if not (isinstance(event_id, str) and event_id and len(event_id) <= 255):
         raise InvalidWebhook("Body is not a Stripe event.")
@@ -68,7 +72,7 @@ def verify(payload: bytes, signature_header: str | None) -> VerifiedEvent:
     return VerifiedEvent(
         id=event_id,
         type=event_type,
-        created=datetime.fromtimestamp(created, tz=UTC),
+        created=created,
         livemode=bool(data.get("livemode")),
         raw=text,
     )

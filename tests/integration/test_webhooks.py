@@ -77,7 +77,16 @@ def test_verified_event_is_stored_encrypted_and_answered_at_once(hook, session):
 
 
 @pytest.mark.parametrize(
-    "case", ["missing", "malformed", "wrong_secret", "tampered", "expired", "future_garbage"]
+    "case",
+    [
+        "missing",
+        "malformed",
+        "wrong_secret",
+        "tampered",
+        "expired",
+        "future_garbage",
+        "not_ascii",
+    ],
 )
 def test_bad_signatures_get_400_and_store_nothing(hook, session, case):
     body = event_body("customer.subscription.updated", subscription_object())
@@ -88,6 +97,8 @@ def test_bad_signatures_get_400_and_store_nothing(hook, session, case):
         "tampered": sign(body.replace("active", "canceled"), SECRET),
         "expired": sign(body, SECRET, timestamp=int(time.time()) - 301),
         "future_garbage": "t=abc,v1=",
+        # The SDK's comparison raises TypeError on non-ASCII text: still a bad signature.
+        "not_ascii": f"t={int(time.time())},v1=\u00e9".encode("latin-1"),
     }[case]
     response = post(hook, body, header)
     assert response.status_code == 400
@@ -105,6 +116,18 @@ def test_oversized_body_is_refused_before_parsing(hook, session):
 def test_signed_non_event_is_refused(hook, session):
     response = post(hook, json.dumps({"hello": "world"}))
     assert response.status_code == 400
+    assert events(session) == []
+
+
+@pytest.mark.parametrize("created", ["1e400", "99999999999999999999", "-99999999999999"])
+def test_signed_event_with_an_impossible_date_is_refused(hook, session, created):
+    body = event_body("customer.subscription.updated", subscription_object())
+    body = json.dumps({**json.loads(body), "created": 0}).replace(
+        '"created": 0', f'"created": {created}'
+    )
+    response = post(hook, body)
+    assert response.status_code == 400
+    assert response.json() == {"detail": "Body is not a Stripe event."}
     assert events(session) == []
 
 
