@@ -297,10 +297,23 @@ def _attempt_key(session: Session, user: User, customer_id: str) -> str:
     return hashlib.sha256(f"subscribe:{user.id}:{customer_id}:{attempt}".encode()).hexdigest()
 
 
-def _adopt_unrecorded(session: Session, user: User, customer_id: str) -> None:
-    """Record subscriptions Stripe has for this customer that we never got to record."""
+def _adopt_unrecorded(
+    session: Session, user: User, customer_id: str, *, except_attempt: str | None = None
+) -> None:
+    """Record subscriptions Stripe has for this customer that we never got to record.
+
+    Called under the person's subscribe lock before each attempt: our rows may lag behind
+    Stripe (a Checkout paid in another tab whose webhook is still to come), and only what
+    Stripe says proves that a person has no subscription yet. One made by the attempt
+    `except_attempt` (its key, in the subscription's metadata) is left to that attempt's
+    retry, which gets it back from Stripe by the same idempotency key and answers as the
+    first request would have.
+    """
     listed = get_client().v1.subscriptions.list(params={"customer": customer_id, "status": "all"})
     for item in listed.auto_paging_iter():
+        metadata = item.metadata.to_dict() if item.metadata else {}
+        if except_attempt and metadata.get("attempt") == except_attempt:
+            continue
         if repository.user_id_for_subscription(session, item.id) is None:
             sync.sync_subscription(session=session, subscription_id=item.id, user_id=user.id)
 
@@ -309,9 +322,14 @@ def _start_locked(
     session: Session, user: User, payment_method_id: str, *, retried: bool = False
 ) -> SubscribeResult:
     client = get_client()
-    _settle_open_attempts(client, session, user)
     customer_id = ensure_customer(session=session, user=user, client=client)
+    # No Checkout page may complete from here on; then a Checkout that was paid before (its
+    # return page not loaded, its webhook not yet applied) is recorded, and refuses this
+    # attempt below instead of being charged beside it.
     _expire_open_checkouts(client, customer_id)
+    attempt = _attempt_key(session, user, customer_id)  # before recording changes the count
+    _adopt_unrecorded(session, user, customer_id, except_attempt=attempt)
+    _settle_open_attempts(client, session, user)
     payment_method = client.v1.payment_methods.retrieve(payment_method_id)
     owner = payment_method.customer
     owner_id = owner if isinstance(owner, str) or owner is None else owner.id
@@ -331,10 +349,10 @@ def _start_locked(
                 "items": [{"price": catalog.default_price_id()}],
                 "default_payment_method": payment_method_id,
                 "payment_behavior": "allow_incomplete",
-                "metadata": {"user_id": str(user.id)},
+                "metadata": {"user_id": str(user.id), "attempt": attempt},
                 "expand": SUBSCRIPTION_EXPAND,
             },
-            options={"idempotency_key": _attempt_key(session, user, customer_id)},
+            options={"idempotency_key": attempt},
         )
     except stripe.IdempotencyError:
         if retried:
@@ -557,8 +575,11 @@ def _expire_open_checkouts(client: stripe.StripeClient, customer_id: str) -> Non
 
 def _start_checkout_locked(session: Session, user: User) -> str:
     client = get_client()
-    _settle_open_attempts(client, session, user)
     customer_id = ensure_customer(session=session, user=user, client=client)
+    # A subscription Stripe has but we have not recorded yet (a paid Checkout whose return
+    # page and webhook have not come): recorded now, so the check below refuses a second.
+    _adopt_unrecorded(session, user, customer_id)
+    _settle_open_attempts(client, session, user)
     # One open Checkout per person: a second click, a retry or another tab gets the same page.
     listed = client.v1.checkout.sessions.list(params={"customer": customer_id, "status": "open"})
     for item in listed.auto_paging_iter():

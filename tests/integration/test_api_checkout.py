@@ -258,3 +258,29 @@ def test_a_checkout_completed_beside_a_live_subscription_is_cancelled_not_kept(
         select(func.count()).select_from(Subscription).where(Subscription.status == "active")
     ).one()
     assert live == 1
+
+
+@pytest.mark.parametrize("second", ["elements", "checkout"])
+def test_a_paid_checkout_not_yet_recorded_refuses_a_second_subscription(
+    api, make_payment_method, stripe_client, session, second
+):
+    """Paid in one tab; no return page and no webhook yet; a second attempt in another tab."""
+    headers = auth_headers(api, f"paid-unrecorded-{second}@example.com")
+    url = start(api, headers).json()["url"]
+    assert pay_checkout(url).status_code in (302, 303)  # the return page is never loaded
+    assert rows(session) == 0  # and no webhook has come
+    if second == "elements":
+        refused = subscribe(api, headers, make_payment_method())
+    else:
+        refused = start(api, headers)
+    assert refused.status_code == 409, refused.text
+    assert "already have an active subscription" in refused.json()["detail"]
+    customer = stripe_client.v1.customers.list(
+        params={"email": f"paid-unrecorded-{second}@example.com"}
+    ).data[0]
+    in_stripe = stripe_client.v1.subscriptions.list(
+        params={"customer": customer.id, "status": "all"}
+    ).data
+    assert [sub.status for sub in in_stripe] == ["active"]  # charged once
+    me = api.get("/api/v1/subscriptions/me", headers=headers).json()["subscription"]
+    assert me["status"] == "active"  # and the paid Checkout is now recorded
