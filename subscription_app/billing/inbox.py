@@ -28,6 +28,10 @@ from subscription_app.models import PENDING_EVENT, EventStatus, StripeEvent, utc
 
 LEASE = timedelta(seconds=60)
 MAX_ATTEMPTS = 5
+# A temporary failure (Stripe or the database unreachable, rate limited, a lock not got in
+# time) says nothing about the event: it is retried, at the backoff's 5-minute cap, for as
+# long as Stripe itself retries a delivery (3 days), not given up after `MAX_ATTEMPTS`.
+MAX_TEMPORARY_ATTEMPTS = 900
 ERROR_MAX_CHARS = 2000
 
 
@@ -307,10 +311,13 @@ def finish(session: Session, event: ClaimedEvent, status: EventStatus, note: str
     return result.rowcount == 1
 
 
-def fail(session: Session, event: ClaimedEvent, error: str) -> EventStatus:
-    """Record a failed attempt: retry later with backoff, or give up after MAX_ATTEMPTS."""
+def fail(
+    session: Session, event: ClaimedEvent, error: str, *, temporary: bool = False
+) -> EventStatus:
+    """Record a failed attempt: retry later with backoff, or give up after MAX_ATTEMPTS
+    (MAX_TEMPORARY_ATTEMPTS when the failure was `temporary`: an outage, not the event)."""
     attempts = event.attempts + 1
-    give_up = attempts >= MAX_ATTEMPTS
+    give_up = attempts >= (MAX_TEMPORARY_ATTEMPTS if temporary else MAX_ATTEMPTS)
     status = EventStatus.FAILED if give_up else EventStatus.PENDING
     session.exec(
         update(StripeEvent)

@@ -2,7 +2,8 @@
 
 Several processors (one per backend worker) can run at once: the inbox leases each event to
 one of them. A failing handler is retried with backoff, then the event is marked failed with
-its error and the processor moves on.
+its error and the processor moves on; a failure that is an outage (`is_temporary`) is retried
+for days instead.
 
 Each backend worker runs its processor in a process of its own (`processor_process`), which
 works through a claimed batch on one thread. With WEBHOOK_PROCESSOR=inline it runs on the
@@ -23,9 +24,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import sqlalchemy.exc
+import stripe
 from sqlmodel import Session
 
-from subscription_app import changes, db
+from subscription_app import changes, db, locks
 from subscription_app.billing import handlers, inbox, intake, sync
 
 logger = logging.getLogger(__name__)
@@ -63,6 +66,27 @@ def claim_batch(*, limit: int = BATCH_SIZE) -> list[inbox.ClaimedEvent]:
         return inbox.claim(session, limit=limit)
 
 
+# Failures that say nothing about the event itself: Stripe or the database unreachable or
+# overloaded, a lock another worker held too long. Retried for days, not given up after a few
+# tries (a Stripe incident of a minute would otherwise fail every event it touched).
+TEMPORARY_ERRORS: tuple[type[BaseException], ...] = (
+    stripe.APIConnectionError,
+    stripe.RateLimitError,
+    stripe.APIError,
+    locks.LockTimeout,
+    sqlalchemy.exc.OperationalError,
+)
+
+
+def is_temporary(exc: BaseException) -> bool:
+    """Whether `exc` is an outage worth waiting out rather than a fault of the event."""
+    if isinstance(exc, TEMPORARY_ERRORS):
+        return True
+    # Stripe answering 5xx through another error class (an overloaded API, say).
+    status = getattr(exc, "http_status", None)
+    return isinstance(exc, stripe.StripeError) and isinstance(status, int) and status >= 500
+
+
 def process_one(event: inbox.ClaimedEvent, result: BatchResult) -> None:
     """Apply one claimed event in its own transaction and count it in `result`. Blocking."""
     engine = db.get_engine()
@@ -84,7 +108,7 @@ def process_one(event: inbox.ClaimedEvent, result: BatchResult) -> None:
             error = scrub(f"{type(exc).__name__}: {exc}")
             logger.warning("webhook %s (%s) failed: %s", event.type, event.row_id, error)
             with Session(engine) as failure_session:
-                status = inbox.fail(failure_session, event, error)
+                status = inbox.fail(failure_session, event, error, temporary=is_temporary(exc))
             if status.value == "failed":
                 result.failed += 1
             else:

@@ -9,13 +9,14 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy.exc
 import stripe
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlmodel import Session, func, select
 
 from devtools.stripe_emulator import renew_subscription
-from subscription_app import accounts, crypto, notifications
+from subscription_app import accounts, crypto, locks, notifications
 from subscription_app.api import create_api
 from subscription_app.api.webhooks import dispatch_webhooks_first
 from subscription_app.billing import catalog, handlers, inbox, processor, repository, service, sync
@@ -424,6 +425,47 @@ def test_failing_handler_is_retried_with_backoff_then_marked_failed(
     assert "RuntimeError: boom" in failed.last_error
     assert "sub_SECRET123" not in failed.last_error  # Stripe ids are scrubbed from errors
     assert len(exploding_handler) == inbox.MAX_ATTEMPTS
+
+
+@pytest.mark.parametrize(
+    "outage",
+    [
+        stripe.APIConnectionError("Stripe could not be reached"),
+        stripe.RateLimitError("Too many requests"),
+        stripe.APIError("Stripe had a problem", http_status=500),
+        stripe.InvalidRequestError("Service unavailable", param=None, http_status=503),
+        locks.LockTimeout("the subscription's lock was held"),
+        sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection")),
+    ],
+    ids=lambda exc: type(exc).__name__ + str(getattr(exc, "http_status", "") or ""),
+)
+def test_an_outage_is_waited_out_for_days_not_given_up_after_five_tries(
+    hook, session, monkeypatch, outage
+):
+    def unreachable(session, event):
+        raise outage
+
+    monkeypatch.setitem(handlers._REGISTRY, "test.outage", unreachable)
+    post(hook, event_body("test.outage", {"id": "x"}, created=T0))
+
+    def due_then_process() -> StripeEvent:
+        session.execute(
+            update(StripeEvent).values(next_attempt_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+        session.commit()
+        processor.process_batch()
+        return events(session)[0]
+
+    for attempt in range(1, inbox.MAX_ATTEMPTS + 3):
+        row = due_then_process()
+        assert (row.status, row.attempts) == ("pending", attempt)
+    # Every 5 minutes at most, for as long as Stripe retries a delivery (3 days) ...
+    assert row.next_attempt_at <= datetime.now(UTC) + timedelta(minutes=5)
+    assert inbox.MAX_TEMPORARY_ATTEMPTS * 5 >= 3 * 24 * 60
+    # ... and then given up, with the error kept.
+    session.execute(update(StripeEvent).values(attempts=inbox.MAX_TEMPORARY_ATTEMPTS - 1))
+    failed = due_then_process()
+    assert failed.status == "failed" and type(outage).__name__ in failed.last_error
 
 
 def test_database_unavailable_gives_503_and_the_retry_is_applied(
