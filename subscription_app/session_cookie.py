@@ -13,9 +13,9 @@ import json
 import secrets
 import threading
 import time
-from http.cookies import SimpleCookie
 
 import redis
+from starlette.requests import cookie_parser
 
 from subscription_app import crypto
 from subscription_app.settings import get_settings
@@ -98,10 +98,10 @@ def token_from_cookie_header(header: str | None) -> str:
     """The session token in a `Cookie:` header, or ""."""
     if not header:
         return ""
-    jar = SimpleCookie()
+    # Starlette's parser, as the REST API reads cookies: it reads every well-formed pair.
+    # (`http.cookies.SimpleCookie` stops at the first pair it cannot parse, so another
+    # site's JSON or spaced cookie ahead of ours logged the person out of every page.)
     try:
-        jar.load(header)
+        return cookie_parser(header).get(cookie_name(), "")
     except Exception:  # a malformed Cookie header means no session, never an error
         return ""
-    morsel = jar.get(cookie_name())
-    return morsel.value if morsel else ""

@@ -97,3 +97,15 @@ def test_delete_revokes_the_session_and_clears_the_cookie(db_engine, session, lo
     )
     session.rollback()
     assert accounts.user_for_token(session=session, token=login_token) is None
+
+
+@pytest.mark.parametrize(
+    "others",
+    ['consent={"ads":false}', "theme=dark mode", 'broken="unclosed', "a=1; ; b"],
+)
+def test_the_session_is_found_beside_cookies_other_parsers_choke_on(others):
+    """Cookies of other sites on the parent domain, set before ours, hide nothing."""
+    name = session_cookie.cookie_name()
+    assert session_cookie.token_from_cookie_header(f"{others}; {name}=tok.en-_1") == "tok.en-_1"
+    assert session_cookie.token_from_cookie_header(f"{name}=tok.en-_1; {others}") == "tok.en-_1"
+    assert session_cookie.token_from_cookie_header(others) == ""
