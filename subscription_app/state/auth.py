@@ -55,6 +55,9 @@ class AuthState(rx.State):
     # HttpOnly cookie the browser sends with the websocket handshake. Every event that reads
     # or changes account or billing data re-checks that session in the database first.
     _auth_session_id: str = ""
+    # Backend-only: this tab has been logged in at some point, so its states may hold that
+    # person's data (subscription, messages, invoices). Leaving the login starts it afresh.
+    _was_logged_in: bool = False
     auth_checked: bool = False
     form_error: str = ""
     submitting: bool = False
@@ -81,6 +84,7 @@ class AuthState(rx.State):
             self._forget()
         else:
             self._auth_session_id, self.user_email = found
+            self._was_logged_in = True
         self.auth_checked = True
 
     async def _run_as_user(self, fn: Callable[[Session, User], T]) -> T:
@@ -96,9 +100,24 @@ class AuthState(rx.State):
             auth._forget()
             raise
 
+    def _leave(self, url: str):
+        """Go to `url`; a tab that was logged in is started afresh on the way.
+
+        The browser forgets the tab's Reflex token and loads `url` anew, so the tab gets a
+        new, empty state: nothing of the person who was logged in here (their subscription,
+        messages, invoices) stays in it for whoever logs in next on this computer.
+        """
+        if not self._was_logged_in:
+            return rx.redirect(url)
+        # (`rx.redirect(..., is_external=True)` would open a new tab: a plain navigation.)
+        return [
+            rx.clear_session_storage(),
+            rx.call_script(f"window.location.assign({json.dumps(url)})"),
+        ]
+
     def _to_login(self):
         """Where a tab goes once its session has ended: the login page, then back here."""
-        return rx.redirect(f"{routes.LOGIN}?next={self.router.url.path}")
+        return self._leave(f"{routes.LOGIN}?next={self.router.url.path}")
 
     @rx.event
     async def check_session(self):
@@ -128,7 +147,7 @@ class AuthState(rx.State):
     def _apply_login(self, issued: accounts.IssuedToken):
         """Remember the login here and have the page store the HttpOnly cookie."""
         self._auth_session_id, self.user_email = issued.session_id, issued.email
-        self.auth_checked = True
+        self.auth_checked = self._was_logged_in = True
         handoff = session_cookie.make_handoff(issued.token)
         return rx.call_script(
             _fetch_js("POST", routes.API_BROWSER_SESSION, {"handoff": handoff}),
@@ -213,8 +232,8 @@ class AuthState(rx.State):
 
     @rx.event
     def logged_out(self, ok: bool):
-        """After the cookie is gone: back to the landing page."""
-        return rx.redirect(routes.LANDING)
+        """After the cookie is gone: back to the landing page, in a fresh tab state."""
+        return self._leave(routes.LANDING)
 
 
 def require_login(

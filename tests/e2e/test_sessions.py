@@ -80,3 +80,28 @@ def test_an_expired_sessions_event_is_refused(page: Page, live_app):
     try_to_cancel(page)
     expect(page).to_have_url(path_is("/login"))
     expect_nothing_cancelled(live_app, email)
+
+
+def test_logging_out_leaves_nothing_of_the_person_in_the_tab(page: Page, live_app):
+    """A shared computer: whoever logs in next in the same tab sees nothing of the first."""
+    first = unique_email("shared-first")
+    register(page, first)
+    subscribe_with_card(page)
+    page.goto("/dashboard")
+    expect(page.get_by_text("Active", exact=True)).to_be_visible()
+    tab_token = page.evaluate("sessionStorage.getItem('token')")
+
+    page.get_by_role("button", name="Log out").click()
+    expect(page).to_have_url(path_is("/"))
+    # The tab started afresh: a new Reflex token, so its state on the server is a new one
+    # and the first person's subscription, messages and invoices are not in it.
+    page.wait_for_function(
+        "old => { const t = sessionStorage.getItem('token'); return t && t !== old; }",
+        arg=tab_token,
+        timeout=10_000,
+    )
+
+    register(page, unique_email("shared-next"))
+    expect(page.get_by_text("No active subscription")).to_be_visible()
+    expect(page.get_by_text("No invoices yet.")).to_be_visible()
+    expect(page.get_by_text(f"Signed in as {first}")).to_have_count(0)
