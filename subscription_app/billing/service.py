@@ -581,12 +581,21 @@ def _start_checkout_locked(session: Session, user: User) -> str:
     _adopt_unrecorded(session, user, customer_id)
     _settle_open_attempts(client, session, user)
     # One open Checkout per person: a second click, a retry or another tab gets the same page.
-    listed = client.v1.checkout.sessions.list(params={"customer": customer_id, "status": "open"})
-    for item in listed.auto_paging_iter():
+    # Listed newest first; the newest expired one goes into the key below.
+    listed = client.v1.checkout.sessions.list(params={"customer": customer_id, "limit": 100})
+    last_expired = "none"
+    for item in listed.data:
         existing = read_checkout_session(item)
-        if existing.client_reference_id == str(_id(user)) and existing.url:
-            return existing.url
+        if existing.status == "open" and existing.client_reference_id == str(_id(user)):
+            if existing.url:
+                return existing.url
+        elif existing.status == "expired" and last_expired == "none":
+            last_expired = existing.id
     attempt = repository.attempt_number(session, _id(user))
+    # A retried request (same attempt, nothing expired meanwhile) gets the same session from
+    # Stripe. Once that session has expired (the person went back, or tried a card), the key
+    # is a new one: Stripe would otherwise replay the dead session's page for 24 hours.
+    key = f"checkout-{_id(user)}-{customer_id}-{attempt}-{last_expired}"
     created = client.v1.checkout.sessions.create(
         params={
             "mode": "subscription",
@@ -600,8 +609,7 @@ def _start_checkout_locked(session: Session, user: User) -> str:
             ),
             "cancel_url": _app_url(f"{routes.PLAN}?checkout=cancelled"),
         },
-        # A retried request (same attempt, no open session seen yet) gets the same session.
-        options={"idempotency_key": f"checkout-{_id(user)}-{customer_id}-{attempt}"},
+        options={"idempotency_key": key},
     )
     if not created.url:
         raise BillingError(UNAVAILABLE, kind="unavailable")

@@ -284,3 +284,20 @@ def test_a_paid_checkout_not_yet_recorded_refuses_a_second_subscription(
     assert [sub.status for sub in in_stripe] == ["active"]  # charged once
     me = api.get("/api/v1/subscriptions/me", headers=headers).json()["subscription"]
     assert me["status"] == "active"  # and the paid Checkout is now recorded
+
+
+def test_an_expired_checkout_is_replaced_not_handed_out_again(api, stripe_client):
+    """Back from Checkout, then its session expired (a card tried meanwhile, or time): the
+    next Checkout is a new page, not Stripe's replay of the dead one by idempotency key."""
+    headers = auth_headers(api, "expired-checkout@example.com")
+    urls = []
+    for _ in range(3):
+        created = start(api, headers)
+        assert created.status_code == 201, created.text
+        url = created.json()["url"]
+        cs_id = url.rstrip("/").rsplit("/", 1)[-1]
+        assert stripe_client.v1.checkout.sessions.retrieve(cs_id).status == "open"
+        assert url not in urls
+        urls.append(url)
+        stripe_client.v1.checkout.sessions.expire(cs_id)
+    assert pay_checkout(urls[-1]).status_code not in (302, 303)  # the expired one takes nothing
