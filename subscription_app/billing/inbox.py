@@ -9,6 +9,7 @@ the lease runs out, so nothing is lost across crashes and restarts.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from sqlmodel import Session, col, select
 from subscription_app import crypto
 from subscription_app.billing.webhooks import VerifiedEvent
 from subscription_app.models import PENDING_EVENT, EventStatus, StripeEvent, utcnow
+
+logger = logging.getLogger(__name__)
 
 LEASE = timedelta(seconds=60)
 MAX_ATTEMPTS = 5
@@ -208,8 +211,27 @@ def claim(session: Session, *, limit: int = 20) -> list[ClaimedEvent]:
         .all()
     )
     session.commit()
+    claimed: list[ClaimedEvent] = []
     # RETURNING keeps no order: the oldest Stripe events first, as picked.
-    return [_claimed(row, token) for row in sorted(rows, key=lambda r: (r.stripe_created_at, r.id))]
+    for row in sorted(rows, key=lambda r: (r.stripe_created_at, r.id)):
+        try:
+            claimed.append(_claimed(row, token))
+        except (crypto.DecryptionError, ValueError) as exc:
+            # A payload this worker cannot read (sealed under a key it does not have, say):
+            # a failed attempt of that event alone, retried like any other, so the rest of
+            # the batch goes ahead instead of the whole claim failing again and again.
+            unreadable = ClaimedEvent(
+                row_id=row.id,
+                event_id=row.event_id,
+                type=row.type,
+                created=row.stripe_created_at,
+                attempts=row.attempts,
+                lease_token=token,
+                payload={},
+            )
+            logger.error("webhook event %s: stored payload unreadable: %s", row.id, exc)
+            fail(session, unreadable, f"The stored payload could not be read: {exc}")
+    return claimed
 
 
 def _claimed(row: Any, token: str) -> ClaimedEvent:

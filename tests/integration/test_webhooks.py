@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -466,6 +467,40 @@ def test_an_outage_is_waited_out_for_days_not_given_up_after_five_tries(
     session.execute(update(StripeEvent).values(attempts=inbox.MAX_TEMPORARY_ATTEMPTS - 1))
     failed = due_then_process()
     assert failed.status == "failed" and type(outage).__name__ in failed.last_error
+
+
+def test_an_unreadable_payload_fails_alone_and_the_rest_of_its_batch_is_applied(
+    hook, session, monkeypatch
+):
+    applied = []
+    monkeypatch.setitem(
+        handlers._REGISTRY,
+        "test.ok",
+        lambda s, e: applied.append(e.event_id) or handlers.HandlerResult(),
+    )
+    post(hook, event_body("test.ok", {"id": "x"}, created=T0, event_id="evt_sealed_elsewhere"))
+    post(hook, event_body("test.ok", {"id": "y"}, created=T0 + 1, event_id="evt_readable"))
+    # Sealed under a key this worker does not have (a rotation half rolled out, say).
+    other_key = crypto.generate_key()
+    session.execute(
+        update(StripeEvent)
+        .where(StripeEvent.event_id == "evt_sealed_elsewhere")
+        .values(
+            payload_enc=crypto.encrypt(
+                "{}",
+                purpose=crypto.Purpose.EVENT_PAYLOAD,
+                keys=(base64.urlsafe_b64decode(other_key),),
+            )
+        )
+    )
+    session.commit()
+    result = processor.process_batch()
+    assert applied == ["evt_readable"] and result.done == 1
+    sealed, readable = events(session)
+    assert readable.status == "done"
+    assert (sealed.status, sealed.attempts, sealed.locked_by) == ("pending", 1, None)
+    assert "could not be read" in sealed.last_error
+    assert sealed.next_attempt_at > datetime.now(UTC)  # retried later, like any failure
 
 
 def test_database_unavailable_gives_503_and_the_retry_is_applied(
