@@ -211,7 +211,17 @@ async def run(stop: asyncio.Event | None = None) -> None:
     quick_deaths = 0
     while stop is None or not stop.is_set():
         started = time.monotonic()
-        child = await asyncio.to_thread(ProcessorProcess.start)
+        try:
+            child = await asyncio.to_thread(ProcessorProcess.start)
+        except Exception:
+            # Could not start one (no memory, no process slots, no descriptors): try again,
+            # backing off as after a quick death, rather than let this task end and the
+            # worker go on acknowledging events nobody applies.
+            quick_deaths += 1
+            delay = min(RESTART_SECONDS * 2 ** (quick_deaths - 1), MAX_RESTART_SECONDS)
+            logger.exception("could not start the webhook processor; trying again in %.0f s", delay)
+            await pause(delay, stop)
+            continue
         _current = child
         try:
             while child.running() and (stop is None or not stop.is_set()):

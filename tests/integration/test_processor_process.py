@@ -156,6 +156,31 @@ def test_a_processor_that_keeps_dying_is_restarted_less_and_less_often(monkeypat
     assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
 
 
+def test_a_processor_that_cannot_be_started_is_tried_again_not_given_up(monkeypatch):
+    # fork or exec failing (no memory, no process slots): the task must not end, or the
+    # worker would go on acknowledging events that nobody applies.
+    waits: list[float] = []
+    started: list[_RunsUntilStopped] = []
+    stop = asyncio.Event()
+
+    def start():
+        if len(waits) < 3:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        child = _RunsUntilStopped()
+        started.append(child)
+        stop.set()
+        return child
+
+    async def pause(seconds: float, _stop) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr(processor_process.ProcessorProcess, "start", start)
+    monkeypatch.setattr(processor_process, "pause", pause)
+    asyncio.run(processor_process.run(stop))
+    assert waits == [1.0, 2.0, 4.0]  # backing off, as after quick deaths
+    assert len(started) == 1  # and then started
+
+
 class _RunsUntilStopped:
     """A processor process that runs until stopped, noting what its worker did and where."""
 
