@@ -55,6 +55,11 @@ class AuthState(rx.State):
     # HttpOnly cookie the browser sends with the websocket handshake. Every event that reads
     # or changes account or billing data re-checks that session in the database first.
     _auth_session_id: str = ""
+    # Backend-only: the websocket connection that login was made or last checked on. The
+    # tab's Reflex token is no credential (page scripts can read it, and it travels in the
+    # websocket's URL): another connection presenting it gets the login only from its own
+    # cookie, not from this state.
+    _auth_connection: str = ""
     # Backend-only: this tab has been logged in at some point, so its states may hold that
     # person's data (subscription, messages, invoices). Leaving the login starts it afresh.
     _was_logged_in: bool = False
@@ -68,13 +73,21 @@ class AuthState(rx.State):
         return self.user_email != ""
 
     def _session_ref(self) -> str:
-        if self._auth_session_id:
+        if self._auth_session_id and self._auth_connection == self.router.session.session_id:
             return self._auth_session_id
+        # A new connection (a reload, a reconnect, or someone else holding this tab's token):
+        # whatever login its own handshake's cookie proves.
         token = session_cookie.token_from_cookie_header(self.router.headers.cookie)
         return accounts.session_id_for_token(token) or "" if token else ""
 
+    def _remember(self, session_id: str, email: str) -> None:
+        """This tab is logged in as `email` by `session_id`, on this connection."""
+        self._auth_session_id, self.user_email = session_id, email
+        self._auth_connection = self.router.session.session_id
+        self.auth_checked = self._was_logged_in = True
+
     def _forget(self) -> None:
-        self._auth_session_id, self.user_email = "", ""
+        self._auth_session_id, self.user_email, self._auth_connection = "", "", ""
         self.auth_checked = True
 
     async def _refresh_user(self) -> None:
@@ -83,9 +96,7 @@ class AuthState(rx.State):
         if found is None:
             self._forget()
         else:
-            self._auth_session_id, self.user_email = found
-            self._was_logged_in = True
-        self.auth_checked = True
+            self._remember(*found)
 
     async def _run_as_user(self, fn: Callable[[Session, User], T]) -> T:
         """Run a blocking service call for this tab's user, after re-checking the session.
@@ -146,8 +157,7 @@ class AuthState(rx.State):
 
     def _apply_login(self, issued: accounts.IssuedToken):
         """Remember the login here and have the page store the HttpOnly cookie."""
-        self._auth_session_id, self.user_email = issued.session_id, issued.email
-        self.auth_checked = self._was_logged_in = True
+        self._remember(issued.session_id, issued.email)
         handoff = session_cookie.make_handoff(issued.token)
         return rx.call_script(
             _fetch_js("POST", routes.API_BROWSER_SESSION, {"handoff": handoff}),

@@ -14,7 +14,7 @@ import pytest
 from reflex.istate.data import RouterData
 from reflex.state import State
 
-from subscription_app import accounts, changes, ratelimit, routes
+from subscription_app import accounts, changes, ratelimit, routes, session_cookie
 from subscription_app.billing import service
 from subscription_app.billing.errors import BillingError
 from subscription_app.billing.views import DashboardView, InvoiceView, SubscriptionView
@@ -151,6 +151,45 @@ async def test_a_logged_out_tab_is_sent_to_login_and_runs_nothing(signed_in, ses
     updates = await _run(DashboardState.confirm_cancel, dash, CANCEL_AT_PERIOD_END)
     assert ran == [] and auth.user_email == "" and dash._working is False
     assert any("/login" in str(update) for update in updates)
+
+
+async def test_a_tabs_login_is_not_lent_to_another_connection_holding_its_token(
+    db_engine, session, monkeypatch
+):
+    """The Reflex token is no credential: a connection presenting it needs its own cookie."""
+    user = accounts.register_user(session=session, email="t@example.com", password="s3cret-pass")
+    issued = accounts.issue_token(session=session, user=user)
+    session.commit()
+    cancels: list[dict] = []
+    monkeypatch.setattr(
+        service,
+        "cancel_subscription",
+        lambda **kwargs: cancels.append(kwargs) or service.CancelResult(None, "Cancelled."),
+    )
+
+    def connection(sid: str, cookie: str = "") -> RouterData:
+        headers = {"cookie": cookie} if cookie else {}
+        return RouterData.from_router_data(
+            {"sid": sid, "headers": headers, "pathname": routes.DASHBOARD}
+        )
+
+    root = State(_reflex_internal_init=True)
+    root.router = connection("the-owners-socket")
+    auth = _substate(root, AuthState)
+    auth._remember(issued.session_id, issued.email)  # logged in on the owner's connection
+    dash = _substate(root, DashboardState)
+
+    # The owner's tab closed; someone who read its token connects with it, and no cookie.
+    root.router = connection("someone-elses-socket")
+    await _run(DashboardState.confirm_cancel, dash, CANCEL_AT_PERIOD_END)
+    assert cancels == [] and auth.logged_in is False
+
+    # The owner's own reconnect carries their cookie: their login goes on.
+    auth._remember(issued.session_id, issued.email)
+    cookie = f"{session_cookie.cookie_name()}={issued.token}"
+    root.router = connection("the-owners-new-socket", cookie)
+    await _run(DashboardState.confirm_cancel, dash, CANCEL_AT_PERIOD_END)
+    assert len(cancels) == 1 and cancels[0]["user"].email == "t@example.com"
 
 
 async def test_checkout_unexpected_error_leaves_subscribe_usable(signed_in, monkeypatch):
