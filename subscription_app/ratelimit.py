@@ -12,7 +12,8 @@ Login (see README, "Login limits"):
   address do not lock the owner out of theirs;
 - per account from every address: past `rate_limit_account_failure_ceiling` failures in a
   window the account slows down to one attempt every `ACCOUNT_SLOW_SECONDS` seconds. Guessing
-  from many addresses gets nowhere, and the owner still gets in.
+  from many addresses gets nowhere, and the owner still gets in: not at all slowed from an
+  address they logged in from in the last 30 days, and elsewhere one attempt per few seconds.
 
 Card testing (README, "Card testing"), per `rate_limit_card_window_seconds` (an hour):
 - card attempts (subscribe calls, and card checks the browser reports as failed) per account
@@ -36,6 +37,9 @@ from subscription_app.errors import AppError
 from subscription_app.settings import get_settings
 
 ACCOUNT_SLOW_SECONDS = 5
+# How long an address the owner logged in from stays known to the account (each login there
+# renews it): the slowdown of an account under attack does not apply there.
+KNOWN_ADDRESS_SECONDS = 30 * 24 * 3600
 
 
 class RateLimited(AppError):
@@ -105,7 +109,11 @@ def before_login(*, account: str, client_address: str | None) -> None:
     if client_address:
         _take(_window(settings.rate_limit_attempts_per_address), "addr", client_address)
     ceiling = _window(settings.rate_limit_account_failure_ceiling)
-    if not _limiter().test(ceiling, "account-failures", _id(account)):
+    if not _limiter().test(ceiling, "account-failures", _id(account)) and not _known(
+        account, client_address
+    ):
+        # Attackers from many addresses could otherwise take every slot, the owner's too;
+        # from an address the owner has logged in from, the per-address limits still hold.
         slow = RateLimitItemPerSecond(1, ACCOUNT_SLOW_SECONDS)
         _take(slow, "account-slow", account)
     _take(
@@ -125,10 +133,27 @@ def login_failed(*, account: str) -> None:
     )
 
 
+def _known_item() -> RateLimitItem:
+    return RateLimitItemPerSecond(1, KNOWN_ADDRESS_SECONDS)
+
+
+def _known(account: str, client_address: str | None) -> bool:
+    """Whether the owner has logged in from this address lately (`login_succeeded`)."""
+    if not client_address:
+        return False
+    return not _limiter().test(_known_item(), "known", _id(account), _id(client_address))
+
+
 def login_succeeded(*, account: str, client_address: str | None) -> None:
-    """The owner got in from this address: their attempts there start afresh."""
+    """The owner got in from this address: their attempts there start afresh, and the
+    address is known to the account for `KNOWN_ADDRESS_SECONDS` from now."""
+    limiter = _limiter()
     item = _window(get_settings().rate_limit_login_failures_per_account)
-    _limiter().clear(item, "account-addr", _id(account), _id(client_address or "-"))
+    limiter.clear(item, "account-addr", _id(account), _id(client_address or "-"))
+    if client_address:
+        ids = ("known", _id(account), _id(client_address))
+        limiter.clear(_known_item(), *ids)  # a fresh window: known for the full period again
+        limiter.hit(_known_item(), *ids)
 
 
 def check_register(*, account: str, client_address: str | None) -> None:

@@ -97,6 +97,20 @@ def test_guessing_from_many_addresses_slows_the_account_but_never_locks_the_owne
     assert int(slowed.headers["Retry-After"]) <= ratelimit.ACCOUNT_SLOW_SECONDS
 
 
+def test_attackers_taking_every_slow_slot_do_not_keep_the_owner_out_where_they_log_in(limits):
+    register(client())
+    home = client("203.0.113.7")
+    assert login(home, "victim@example.com").status_code == 200  # the owner's usual address
+    for i in range(8):  # the ceiling, spread over many addresses
+        assert login(client(f"192.0.2.{i}"), "victim@example.com", "wrong").status_code == 401
+    # An attacker takes the account's one slot of these few seconds ...
+    assert login(client("192.0.2.98"), "victim@example.com", "wrong").status_code == 401
+    assert login(client("192.0.2.99"), "victim@example.com", "wrong").status_code == 429
+    # ... and the owner, at home, gets in all the same; a new address still waits its turn.
+    assert login(home, "victim@example.com").status_code == 200
+    assert login(client("198.51.100.77"), "victim@example.com").status_code == 429
+
+
 def test_attempts_per_address_are_limited(limits):
     noisy, quiet = client("198.51.100.2"), client("198.51.100.3")
     for i in range(12):
