@@ -25,6 +25,7 @@ Card testing (README, "Card testing"), per `rate_limit_card_window_seconds` (an 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
 import time
 from functools import lru_cache
@@ -87,6 +88,25 @@ def _id(subject: str) -> str:
     return hashlib.sha256(subject.encode()).hexdigest()[:32]
 
 
+def _network(client_address: str | None) -> str | None:
+    """What a client address is counted as: itself for IPv4, its /64 for IPv6.
+
+    One IPv6 subscriber usually holds a whole /64 and could take a fresh address for every
+    attempt, each with a fresh budget.
+    """
+    if not client_address:
+        return client_address
+    try:
+        address = ipaddress.ip_address(client_address)
+    except ValueError:
+        return client_address
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
 def _window(amount: int) -> RateLimitItem:
     return RateLimitItemPerSecond(amount, get_settings().rate_limit_window_seconds)
 
@@ -105,6 +125,7 @@ def before_login(*, account: str, client_address: str | None) -> None:
 
     `account` is the email as login normalizes it. Raises `RateLimited`.
     """
+    client_address = _network(client_address)
     settings = get_settings()
     if client_address:
         _take(_window(settings.rate_limit_attempts_per_address), "addr", client_address)
@@ -147,6 +168,7 @@ def _known(account: str, client_address: str | None) -> bool:
 def login_succeeded(*, account: str, client_address: str | None) -> None:
     """The owner got in from this address: their attempts there start afresh, and the
     address is known to the account for `KNOWN_ADDRESS_SECONDS` from now."""
+    client_address = _network(client_address)
     limiter = _limiter()
     item = _window(get_settings().rate_limit_login_failures_per_account)
     limiter.clear(item, "account-addr", _id(account), _id(client_address or "-"))
@@ -158,6 +180,7 @@ def login_succeeded(*, account: str, client_address: str | None) -> None:
 
 def check_register(*, account: str, client_address: str | None) -> None:
     """Count a registration attempt; raise `RateLimited` when over a limit."""
+    client_address = _network(client_address)
     settings = get_settings()
     if client_address:
         _take(_window(settings.rate_limit_attempts_per_address), "addr", client_address)
@@ -197,6 +220,7 @@ def before_card_attempt(*, account: str, client_address: str | None) -> None:
 
     `account` names the person (not their email: any stable id). Raises `RateLimited`.
     """
+    client_address = _network(client_address)
     settings = get_settings()
     _take_per_account_and_address(
         "card",
@@ -212,6 +236,7 @@ def check_card_attempts_left(*, account: str, client_address: str | None) -> Non
 
     Such a person gets no card form: it would only lead to the same refusal.
     """
+    client_address = _network(client_address)
     settings = get_settings()
     _refuse_if_spent(
         _card_window(settings.rate_limit_card_attempts_per_account), "card-account", account
@@ -227,6 +252,7 @@ def before_setup_intent(*, account: str, client_address: str | None) -> None:
 
     A person (or address) with no card attempts left gets none (`check_card_attempts_left`).
     """
+    client_address = _network(client_address)
     settings = get_settings()
     check_card_attempts_left(account=account, client_address=client_address)
     _take_per_account_and_address(

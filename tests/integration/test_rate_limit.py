@@ -119,6 +119,15 @@ def test_attempts_per_address_are_limited(limits):
     assert login(quiet, "user-new@example.com").status_code == 401
 
 
+def test_an_ipv6_client_is_counted_by_its_64_not_by_each_address_it_takes(limits):
+    # Password spraying: one guess per account, a fresh address of the same /64 each time.
+    for i in range(12):
+        answer = login(client(f"2001:db8:1:2::{i + 1:x}"), f"user{i}@example.com")
+        assert answer.status_code == 401
+    assert login(client("2001:db8:1:2:ffff::9"), "user-new@example.com").status_code == 429
+    assert login(client("2001:db8:1:3::1"), "user-new@example.com").status_code == 401
+
+
 def test_registrations_per_account_are_limited(limits):
     api = client("198.51.100.4")
     body = {"email": "spam@example.com", "password": "s3cret-pass"}
