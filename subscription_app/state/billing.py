@@ -569,6 +569,16 @@ class DashboardState(AuthState):
         async with self:
             self.invoices = invoices
 
+    async def _connection_for(self, ref: str, connection: str) -> str | None:
+        """The tab's connection, if it still shows the login `ref` the watcher reads for;
+        else None (call it under `async with self`). Another connection holding the tab's
+        token (a reconnect, or someone else) gets the watcher's updates only for the login
+        it proved itself."""
+        current = self.router.session.session_id
+        if current == connection or (await self.get_state(AuthState))._session_ref() == ref:
+            return current
+        return None
+
     @rx.event(background=True)
     async def watch(self):
         """Follow changes (webhooks, other tabs, API calls) while the dashboard is open.
@@ -583,6 +593,7 @@ class DashboardState(AuthState):
                 return
             self._watching, self._watch_requested = True, False
             ref = (await self.get_state(AuthState))._session_ref()
+            connection = self.router.session.session_id
         try:
             user_id = await asyncio.to_thread(call_as_user, ref, lambda s, u: u.id)
             async with self:
@@ -607,6 +618,10 @@ class DashboardState(AuthState):
                     if not await listener.wait(IDLE_RECHECK_SECONDS):
                         continue
                     async with self:
+                        still = await self._connection_for(ref, connection)
+                        if still is None:
+                            return  # (`finally` marks the watcher stopped)
+                        connection = still
                         if self._working:
                             # This tab's own cancel or undo is answering with the page as it
                             # is after its change; reading it here too would only delay that
@@ -625,6 +640,8 @@ class DashboardState(AuthState):
                         continue
                     refresh_invoices, held_back = held_back, False
                     async with self:
+                        if await self._connection_for(ref, connection) is None:
+                            return
                         # Compared with what the page shows now (an action of the tab may
                         # have shown this very version meanwhile).
                         if data.version != self._seen_version:

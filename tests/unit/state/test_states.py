@@ -153,6 +153,14 @@ async def test_a_logged_out_tab_is_sent_to_login_and_runs_nothing(signed_in, ses
     assert any("/login" in str(update) for update in updates)
 
 
+def _connection(sid: str, cookie: str = "") -> RouterData:
+    """What Reflex tells a state of the websocket connection an event came on."""
+    headers = {"cookie": cookie} if cookie else {}
+    return RouterData.from_router_data(
+        {"sid": sid, "headers": headers, "pathname": routes.DASHBOARD, "asPath": routes.DASHBOARD}
+    )
+
+
 async def test_a_tabs_login_is_not_lent_to_another_connection_holding_its_token(
     db_engine, session, monkeypatch
 ):
@@ -167,27 +175,21 @@ async def test_a_tabs_login_is_not_lent_to_another_connection_holding_its_token(
         lambda **kwargs: cancels.append(kwargs) or service.CancelResult(None, "Cancelled."),
     )
 
-    def connection(sid: str, cookie: str = "") -> RouterData:
-        headers = {"cookie": cookie} if cookie else {}
-        return RouterData.from_router_data(
-            {"sid": sid, "headers": headers, "pathname": routes.DASHBOARD}
-        )
-
     root = State(_reflex_internal_init=True)
-    root.router = connection("the-owners-socket")
+    root.router = _connection("the-owners-socket")
     auth = _substate(root, AuthState)
     auth._remember(issued.session_id, issued.email)  # logged in on the owner's connection
     dash = _substate(root, DashboardState)
 
     # The owner's tab closed; someone who read its token connects with it, and no cookie.
-    root.router = connection("someone-elses-socket")
+    root.router = _connection("someone-elses-socket")
     await _run(DashboardState.confirm_cancel, dash, CANCEL_AT_PERIOD_END)
     assert cancels == [] and auth.logged_in is False
 
     # The owner's own reconnect carries their cookie: their login goes on.
     auth._remember(issued.session_id, issued.email)
     cookie = f"{session_cookie.cookie_name()}={issued.token}"
-    root.router = connection("the-owners-new-socket", cookie)
+    root.router = _connection("the-owners-new-socket", cookie)
     await _run(DashboardState.confirm_cancel, dash, CANCEL_AT_PERIOD_END)
     assert len(cancels) == 1 and cancels[0]["user"].email == "t@example.com"
 
@@ -501,3 +503,30 @@ async def test_the_watcher_leaves_the_tabs_own_cancel_to_answer_then_looks_again
         assert reads_while_acting == [True, False]
     finally:
         watcher.cancel()
+
+
+async def test_the_watcher_feeds_no_other_connection_than_the_login_it_reads_for(
+    db_engine, session, monkeypatch
+):
+    """The owner's tab closed with the dashboard open; its token is used elsewhere."""
+    user = accounts.register_user(session=session, email="w@example.com", password="s3cret-pass")
+    issued = accounts.issue_token(session=session, user=user)
+    session.commit()
+    reads: list[int] = []
+    monkeypatch.setattr(
+        service,
+        "dashboard",
+        lambda *, session, user: reads.append(1) or DashboardView(_view(), ["Yours."], "v2"),
+    )
+    root = State(_reflex_internal_init=True)
+    root.router = _connection("the-owners-socket")
+    _substate(root, AuthState)._remember(issued.session_id, issued.email)
+    dash = _substate(root, DashboardState)
+    dash._watch_requested = True
+    watcher = asyncio.create_task(_run(DashboardState.watch, dash))
+    await _until(lambda: user.id in changes._waiters, "the watcher to listen")
+
+    root.router = _connection("someone-elses-socket")  # no cookie: nothing proven
+    changes.wake_here([user.id])  # a change of the owner's
+    await asyncio.wait_for(watcher, 5)
+    assert reads == [] and dash.messages == [] and dash._watching is False
