@@ -120,11 +120,10 @@ class AuthState(rx.State):
         """
         if not self._was_logged_in:
             return rx.redirect(url)
-        # (`rx.redirect(..., is_external=True)` would open a new tab: a plain navigation.)
-        return [
-            rx.clear_session_storage(),
-            rx.call_script(f"window.location.assign({json.dumps(url)})"),
-        ]
+        # One script: Reflex's own `rx.clear_session_storage()` would also hydrate the page
+        # again on the old token, whose ended login sends it off once more, and so on; and
+        # `rx.redirect(..., is_external=True)` would open a new tab.
+        return rx.call_script(f"sessionStorage.clear(); window.location.assign({json.dumps(url)})")
 
     def _to_login(self):
         """Where a tab goes once its session has ended: the login page, then back here."""
