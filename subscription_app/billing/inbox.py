@@ -32,9 +32,11 @@ logger = logging.getLogger(__name__)
 LEASE = timedelta(seconds=60)
 MAX_ATTEMPTS = 5
 # A temporary failure (Stripe or the database unreachable, rate limited, a lock not got in
-# time) says nothing about the event: it is retried, at the backoff's 5-minute cap, for as
-# long as Stripe itself retries a delivery (3 days), not given up after `MAX_ATTEMPTS`.
-MAX_TEMPORARY_ATTEMPTS = 900
+# time) says nothing about the event: it does not count towards `MAX_ATTEMPTS`, and the
+# event is retried for as long as Stripe itself retries a delivery (3 days from receipt),
+# less often the longer the outage has lasted (a tenth of the event's age, 2 s to 5 min).
+OUTAGE_GIVE_UP = timedelta(days=3)
+OUTAGE_RETRY_MIN, OUTAGE_RETRY_MAX = timedelta(seconds=2), timedelta(minutes=5)
 ERROR_MAX_CHARS = 2000
 
 
@@ -151,6 +153,7 @@ class ClaimedEvent:
     lease_token: str
     payload: dict
     locked_until: datetime | None = None  # when the lease runs out (unless renewed)
+    received_at: datetime | None = None
 
 
 def _events_table() -> Table:
@@ -206,6 +209,7 @@ def claim(session: Session, *, limit: int = 20) -> list[ClaimedEvent]:
                 table.c.attempts,
                 table.c.payload_enc,
                 table.c.locked_until,
+                table.c.received_at,
             )
         )
         .all()
@@ -228,9 +232,19 @@ def claim(session: Session, *, limit: int = 20) -> list[ClaimedEvent]:
                 attempts=row.attempts,
                 lease_token=token,
                 payload={},
+                received_at=row.received_at,
             )
             logger.error("webhook event %s: stored payload unreadable: %s", row.id, exc)
-            fail(session, unreadable, f"The stored payload could not be read: {exc}")
+            # A key this worker lacks (a rotation half rolled out) is waited out like an
+            # outage, as a worker that has it may read the event; a payload that decrypts
+            # but is not JSON never will be.
+            temporary = isinstance(exc, crypto.DecryptionError)
+            fail(
+                session,
+                unreadable,
+                f"The stored payload could not be read: {exc}",
+                temporary=temporary,
+            )
     return claimed
 
 
@@ -244,6 +258,7 @@ def _claimed(row: Any, token: str) -> ClaimedEvent:
         lease_token=token,
         payload=json.loads(crypto.decrypt(row.payload_enc, purpose=crypto.Purpose.EVENT_PAYLOAD)),
         locked_until=row.locked_until,
+        received_at=row.received_at,
     )
 
 
@@ -336,10 +351,21 @@ def finish(session: Session, event: ClaimedEvent, status: EventStatus, note: str
 def fail(
     session: Session, event: ClaimedEvent, error: str, *, temporary: bool = False
 ) -> EventStatus:
-    """Record a failed attempt: retry later with backoff, or give up after MAX_ATTEMPTS
-    (MAX_TEMPORARY_ATTEMPTS when the failure was `temporary`: an outage, not the event)."""
-    attempts = event.attempts + 1
-    give_up = attempts >= (MAX_TEMPORARY_ATTEMPTS if temporary else MAX_ATTEMPTS)
+    """Record a failed attempt: retry later with backoff, or give up after MAX_ATTEMPTS.
+
+    A `temporary` failure (an outage, not the event's fault) is not counted: the event is
+    retried until `OUTAGE_GIVE_UP` after its receipt, a tenth of its age later each time.
+    """
+    now = utcnow()
+    if temporary:
+        age = now - (event.received_at or now)
+        attempts = event.attempts
+        give_up = age >= OUTAGE_GIVE_UP
+        delay = min(OUTAGE_RETRY_MAX, max(OUTAGE_RETRY_MIN, age / 10))
+    else:
+        attempts = event.attempts + 1
+        give_up = attempts >= MAX_ATTEMPTS
+        delay = backoff(attempts)
     status = EventStatus.FAILED if give_up else EventStatus.PENDING
     session.exec(
         update(StripeEvent)
@@ -347,11 +373,11 @@ def fail(
         .values(
             status=status.value,
             attempts=attempts,
-            next_attempt_at=utcnow() + backoff(attempts),
+            next_attempt_at=now + delay,
             locked_by=None,
             locked_until=None,
             last_error=error[:ERROR_MAX_CHARS],
-            processed_at=utcnow() if give_up else None,
+            processed_at=now if give_up else None,
         )
     )
     session.commit()

@@ -73,8 +73,11 @@ TEMPORARY_ERRORS: tuple[type[BaseException], ...] = (
     stripe.APIConnectionError,
     stripe.RateLimitError,
     stripe.APIError,
+    # A secret key revoked or rotated: every event fails until the operator sets the new one.
+    stripe.AuthenticationError,
     locks.LockTimeout,
     sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.TimeoutError,  # no pooled connection free in time
 )
 
 
@@ -82,6 +85,8 @@ def is_temporary(exc: BaseException) -> bool:
     """Whether `exc` is an outage worth waiting out rather than a fault of the event."""
     if isinstance(exc, TEMPORARY_ERRORS):
         return True
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+        return True  # the connection broke under the statement
     # Stripe answering 5xx through another error class (an overloaded API, say).
     status = getattr(exc, "http_status", None)
     return isinstance(exc, stripe.StripeError) and isinstance(status, int) and status >= 500
