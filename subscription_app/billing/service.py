@@ -16,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 import stripe
@@ -297,6 +298,10 @@ def _attempt_key(session: Session, user: User, customer_id: str) -> str:
     return hashlib.sha256(f"subscribe:{user.id}:{customer_id}:{attempt}".encode()).hexdigest()
 
 
+# How long Stripe is sure to keep an idempotency key (it keeps them at least 24 hours).
+IDEMPOTENCY_KEYS_KEPT = timedelta(hours=23)
+
+
 def _adopt_unrecorded(
     session: Session, user: User, customer_id: str, *, except_attempt: str | None = None
 ) -> None:
@@ -310,12 +315,22 @@ def _adopt_unrecorded(
     first request would have.
     """
     listed = get_client().v1.subscriptions.list(params={"customer": customer_id, "status": "all"})
+    kept_since = time.time() - IDEMPOTENCY_KEYS_KEPT.total_seconds()
     for item in listed.auto_paging_iter():
         metadata = item.metadata.to_dict() if item.metadata else {}
-        if except_attempt and metadata.get("attempt") == except_attempt:
-            continue
+        if (
+            except_attempt
+            and metadata.get("attempt") == except_attempt
+            and item.created > kept_since
+        ):
+            continue  # (older: Stripe may have forgotten the key, and the retry would not)
         if repository.user_id_for_subscription(session, item.id) is None:
-            sync.sync_subscription(session=session, subscription_id=item.id, user_id=user.id)
+            try:
+                sync.sync_subscription(session=session, subscription_id=item.id, user_id=user.id)
+            except repository.SecondOpenSubscription:
+                # Open beside one we have recorded (made in the Stripe dashboard, say): the
+                # person has a subscription already.
+                raise AlreadySubscribed() from None
 
 
 def _start_locked(

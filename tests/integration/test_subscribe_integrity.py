@@ -152,3 +152,39 @@ def test_subscribing_again_after_cancelling_with_the_same_card_starts_a_new_subs
     subs, paid = stripe_state(session, stripe_client, "again@example.com")
     assert sorted(s.status for s in subs) == ["active", "canceled"]
     assert len(paid) == 2
+
+
+def test_a_retry_after_stripe_may_have_forgotten_the_key_adopts_instead_of_charging_again(
+    api, make_payment_method, stripe_client, session, recording_dies_once, monkeypatch
+):
+    # Stripe keeps an idempotency key for 24 hours: a retry later than that must not rely on
+    # it. (Here: as if the first request were that old.)
+    from datetime import timedelta
+
+    from subscription_app.billing import service
+
+    monkeypatch.setattr(service, "IDEMPOTENCY_KEYS_KEPT", timedelta(0))
+    headers = auth_headers(api, "late-retry@example.com")
+    card = make_payment_method("tok_visa")
+    assert subscribe(api, headers, card).status_code == 500
+    retry = subscribe(api, headers, card)
+    assert retry.status_code == 409, retry.text  # recorded from Stripe, not made again
+    subs, paid = stripe_state(session, stripe_client, "late-retry@example.com")
+    assert len(subs) == 1 and len(paid) == 1
+    me = api.get("/api/v1/subscriptions/me", headers=headers).json()["subscription"]
+    assert me["status"] == "active"
+
+
+def test_a_second_open_subscription_made_in_stripe_is_a_conflict_not_an_error(
+    api, make_payment_method, stripe_client, session, stripe_env
+):
+    headers = auth_headers(api, "two-open@example.com")
+    assert subscribe(api, headers, make_payment_method()).status_code == 200
+    customer = stripe_client.v1.customers.list(params={"email": "two-open@example.com"}).data[0]
+    # One more, made in the Stripe dashboard (never recorded here), on the same card.
+    stripe_client.v1.subscriptions.create(
+        params={"customer": customer.id, "items": [{"price": stripe_env["price_id"]}]}
+    )
+    again = subscribe(api, headers, make_payment_method())
+    assert again.status_code == 409, again.text
+    assert "already have an active subscription" in again.json()["detail"]
