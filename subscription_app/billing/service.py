@@ -257,7 +257,41 @@ def _settle_open_attempts(client: stripe.StripeClient, session: Session, user: U
         payment = _payment_of(client, snapshot)
         if payment and payment.status in ("processing", "succeeded"):
             raise BillingError(STILL_PROCESSING, kind="conflict")
-        _abandon(session, user, snapshot.id)
+        if not _void_first_invoice(client, snapshot):
+            # Paid after all, between our read and now (3-D Secure finished in another tab):
+            # recorded as Stripe has it, and this new attempt refused.
+            synced = sync.sync_subscription(
+                session=session, subscription_id=current.id, user_id=_id(user)
+            )
+            if SubscriptionStatus(synced.snapshot.status).is_live:
+                raise AlreadySubscribed()
+            raise BillingError(STILL_PROCESSING, kind="conflict")
+        # A voided first invoice may have ended the attempt already (incomplete_expired).
+        after = sync.sync_subscription(
+            session=session, subscription_id=current.id, user_id=_id(user)
+        )
+        if after.snapshot.status == "incomplete":
+            _abandon(session, user, snapshot.id)
+
+
+def _void_first_invoice(client: stripe.StripeClient, snapshot: SubscriptionSnapshot) -> bool:
+    """Void an abandoned attempt's open first invoice; False if it was paid meanwhile.
+
+    Voided, its payment can no longer complete, so cancelling the attempt after it can never
+    cancel a subscription that was just paid for (Stripe refuses to void a paid invoice).
+    """
+    if not snapshot.latest_invoice_id:
+        return True
+    try:
+        client.v1.invoices.void_invoice(snapshot.latest_invoice_id)
+        return True
+    except stripe.InvalidRequestError:
+        status = client.v1.invoices.retrieve(snapshot.latest_invoice_id).status
+        if status == "paid":
+            return False
+        if status in ("void", "uncollectible"):
+            return True  # nothing left to pay on it
+        raise
 
 
 def _outcome(

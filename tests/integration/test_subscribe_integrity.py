@@ -188,3 +188,40 @@ def test_a_second_open_subscription_made_in_stripe_is_a_conflict_not_an_error(
     again = subscribe(api, headers, make_payment_method())
     assert again.status_code == 409, again.text
     assert "already have an active subscription" in again.json()["detail"]
+
+
+def test_a_3ds_payment_finished_right_after_our_read_is_kept_not_cancelled(
+    api, make_payment_method, stripe_client, session, monkeypatch
+):
+    """A second card while the first waits for 3-D Secure, which finishes in the other tab
+    just after we read it as pending: the paid subscription stays, the second card is not
+    charged."""
+    from subscription_app.billing import service
+
+    headers = auth_headers(api, "raced@example.com")
+    first = subscribe(api, headers, make_payment_method("tok_threeDSecure2Required"))
+    assert first.json()["status"] == "requires_action"
+    secret = first.json()["client_secret"]
+    read_payment = service._payment_of
+    finished: list[bool] = []
+
+    def then_finished_elsewhere(client, snapshot):
+        payment = read_payment(client, snapshot)  # still waiting for the bank, as read
+        if not finished:
+            finished.append(True)
+            stripe_client.raw_request(
+                "post",
+                f"/v1/payment_intents/{secret.split('_secret_')[0]}/_authenticate",
+                client_secret=secret,
+                success="true",
+            )
+        return payment
+
+    monkeypatch.setattr(service, "_payment_of", then_finished_elsewhere)
+    second = subscribe(api, headers, make_payment_method("tok_visa"))
+    assert second.status_code == 409, second.text
+    assert "already have an active subscription" in second.json()["detail"]
+    subs, paid = stripe_state(session, stripe_client, "raced@example.com")
+    assert [s.status for s in subs] == ["active"] and len(paid) == 1
+    me = api.get("/api/v1/subscriptions/me", headers=headers).json()["subscription"]
+    assert me["status"] == "active"
