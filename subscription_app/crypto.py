@@ -51,6 +51,11 @@ class DecryptionError(Exception):
     """A ciphertext could not be decrypted with any configured key, for this purpose."""
 
 
+class UnknownKeyError(DecryptionError):
+    """A well-formed ciphertext made with a key this process is not configured with (one
+    added elsewhere first, in a rotation being rolled out): another process may read it."""
+
+
 def generate_key() -> str:
     """A new random key in the format `APP_ENCRYPTION_KEYS` and `APP_BLIND_INDEX_KEY` expect."""
     return base64.urlsafe_b64encode(os.urandom(32)).decode()
@@ -112,7 +117,7 @@ def decrypt(token: str, *, purpose: Purpose, keys: tuple[bytes, ...] | None = No
             return aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], aad).decode()
         except InvalidTag as exc:
             raise DecryptionError("ciphertext failed authentication") from exc
-    raise DecryptionError(f"no configured key has id {kid!r}")
+    raise UnknownKeyError(f"no configured key has id {kid!r}")
 
 
 def needs_rotation(token: str, *, keys: tuple[bytes, ...] | None = None) -> bool:

@@ -236,9 +236,9 @@ def claim(session: Session, *, limit: int = 20) -> list[ClaimedEvent]:
             )
             logger.error("webhook event %s: stored payload unreadable: %s", row.id, exc)
             # A key this worker lacks (a rotation half rolled out) is waited out like an
-            # outage, as a worker that has it may read the event; a payload that decrypts
-            # but is not JSON never will be.
-            temporary = isinstance(exc, crypto.DecryptionError)
+            # outage, as a worker that has it may read the event; a tampered or malformed
+            # payload, or one that decrypts but is not JSON, never will be read.
+            temporary = isinstance(exc, crypto.UnknownKeyError)
             fail(
                 session,
                 unreadable,

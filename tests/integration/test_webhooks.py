@@ -519,6 +519,19 @@ def test_an_unreadable_payload_fails_alone_and_the_rest_of_its_batch_is_applied(
     assert sealed.next_attempt_at > datetime.now(UTC)
 
 
+def test_a_tampered_payload_is_a_fault_of_the_event_and_counted(hook, session):
+    post(hook, event_body("test.ok", {"id": "x"}, created=T0, event_id="evt_tampered"))
+    [row] = events(session)
+    version, kid, body = row.payload_enc.split(".", 2)
+    flipped = body[:-3] + ("A" if body[-3] != "A" else "B") + body[-2:]
+    session.execute(update(StripeEvent).values(payload_enc=f"{version}.{kid}.{flipped}"))
+    session.commit()
+    processor.process_batch()
+    [row] = events(session)
+    assert (row.status, row.attempts) == ("pending", 1)  # five tries, not three days
+    assert "could not be read" in row.last_error
+
+
 def test_database_unavailable_gives_503_and_the_retry_is_applied(
     stripe_hook, session, stripe_client, monkeypatch
 ):
