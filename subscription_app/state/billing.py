@@ -558,7 +558,7 @@ class DashboardState(AuthState):
             self.opening_portal = False
         return rx.redirect(url)
 
-    async def _refresh_invoices(self, ref: str) -> None:
+    async def _refresh_invoices(self, ref: str, connection: str) -> None:
         """Re-read the invoices from the background watcher (which holds no state lock)."""
         try:
             invoices = await asyncio.to_thread(
@@ -567,7 +567,8 @@ class DashboardState(AuthState):
         except AppError:
             return  # keep showing the last list; the next change tries again
         async with self:
-            self.invoices = invoices
+            if await self._connection_for(ref, connection) is not None:
+                self.invoices = invoices
 
     async def _connection_for(self, ref: str, connection: str) -> str | None:
         """The tab's connection, if it still shows the login `ref` the watcher reads for;
@@ -575,7 +576,12 @@ class DashboardState(AuthState):
         token (a reconnect, or someone else) gets the watcher's updates only for the login
         it proved itself."""
         current = self.router.session.session_id
-        if current == connection or (await self.get_state(AuthState))._session_ref() == ref:
+        if current == connection:
+            return current
+        # A new connection counts only once an event of its own has proved the login
+        # (`_remember`): never by the request headers the old connection left behind.
+        auth = await self.get_state(AuthState)
+        if auth._auth_connection == current and auth._auth_session_id == ref:
             return current
         return None
 
@@ -649,7 +655,7 @@ class DashboardState(AuthState):
                             # Something changed (a payment, say): the invoices may have too.
                             refresh_invoices = True
                     if refresh_invoices and invoices_shown:
-                        await self._refresh_invoices(ref)
+                        await self._refresh_invoices(ref, connection)
         except SessionEnded:
             async with self:
                 self._watching = False

@@ -505,10 +505,13 @@ async def test_the_watcher_leaves_the_tabs_own_cancel_to_answer_then_looks_again
         watcher.cancel()
 
 
+@pytest.mark.parametrize("headers_left", ["no cookie", "the owner's old cookie"])
 async def test_the_watcher_feeds_no_other_connection_than_the_login_it_reads_for(
-    db_engine, session, monkeypatch
+    db_engine, session, monkeypatch, headers_left
 ):
-    """The owner's tab closed with the dashboard open; its token is used elsewhere."""
+    """The owner's tab closed with the dashboard open; its token is used elsewhere. Reflex
+    may keep the old connection's request headers (the owner's cookie) for the new one until
+    that one sends an event of its own: they prove nothing."""
     user = accounts.register_user(session=session, email="w@example.com", password="s3cret-pass")
     issued = accounts.issue_token(session=session, user=user)
     session.commit()
@@ -518,15 +521,44 @@ async def test_the_watcher_feeds_no_other_connection_than_the_login_it_reads_for
         "dashboard",
         lambda *, session, user: reads.append(1) or DashboardView(_view(), ["Yours."], "v2"),
     )
+    cookie = f"{session_cookie.cookie_name()}={issued.token}"
     root = State(_reflex_internal_init=True)
-    root.router = _connection("the-owners-socket")
+    root.router = _connection("the-owners-socket", cookie)
     _substate(root, AuthState)._remember(issued.session_id, issued.email)
     dash = _substate(root, DashboardState)
     dash._watch_requested = True
     watcher = asyncio.create_task(_run(DashboardState.watch, dash))
     await _until(lambda: user.id in changes._waiters, "the watcher to listen")
 
-    root.router = _connection("someone-elses-socket")  # no cookie: nothing proven
+    left = cookie if headers_left == "the owner's old cookie" else ""
+    root.router = _connection("someone-elses-socket", left)
     changes.wake_here([user.id])  # a change of the owner's
     await asyncio.wait_for(watcher, 5)
     assert reads == [] and dash.messages == [] and dash._watching is False
+
+
+async def test_the_watcher_goes_on_for_the_owners_own_reconnect(db_engine, session, monkeypatch):
+    user = accounts.register_user(session=session, email="r@example.com", password="s3cret-pass")
+    issued = accounts.issue_token(session=session, user=user)
+    session.commit()
+    monkeypatch.setattr(
+        service, "dashboard", lambda *, session, user: DashboardView(_view(), ["New."], "v2")
+    )
+    cookie = f"{session_cookie.cookie_name()}={issued.token}"
+    root = State(_reflex_internal_init=True)
+    root.router = _connection("the-owners-socket", cookie)
+    auth = _substate(root, AuthState)
+    auth._remember(issued.session_id, issued.email)
+    dash = _substate(root, DashboardState)
+    dash._watch_requested = True
+    watcher = asyncio.create_task(_run(DashboardState.watch, dash))
+    try:
+        await _until(lambda: user.id in changes._waiters, "the watcher to listen")
+        # A network blip: the tab reconnects, and its page load proves the login again.
+        root.router = _connection("the-owners-new-socket", cookie)
+        auth._remember(issued.session_id, issued.email)
+        changes.wake_here([user.id])
+        await _until(lambda: dash.messages == ["New."], "the change to reach the page")
+        assert dash._watching is True
+    finally:
+        watcher.cancel()
