@@ -376,9 +376,14 @@ def _start_locked(
     # return page not loaded, its webhook not yet applied) is recorded, and refuses this
     # attempt below instead of being charged beside it.
     _expire_open_checkouts(client, customer_id)
-    attempt = _attempt_key(session, user, customer_id)  # before recording changes the count
-    _adopt_unrecorded(session, user, customer_id, except_attempt=attempt)
+    # The key a previous request of this same attempt created its subscription under: that
+    # one is left to this retry's idempotency key. Anything else adopted is recorded, which
+    # makes this a new attempt with a new key.
+    _adopt_unrecorded(
+        session, user, customer_id, except_attempt=_attempt_key(session, user, customer_id)
+    )
     _settle_open_attempts(client, session, user)
+    attempt = _attempt_key(session, user, customer_id)
     payment_method = client.v1.payment_methods.retrieve(payment_method_id)
     owner = payment_method.customer
     owner_id = owner if isinstance(owner, str) or owner is None else owner.id

@@ -225,3 +225,28 @@ def test_a_3ds_payment_finished_right_after_our_read_is_kept_not_cancelled(
     assert [s.status for s in subs] == ["active"] and len(paid) == 1
     me = api.get("/api/v1/subscriptions/me", headers=headers).json()["subscription"]
     assert me["status"] == "active"
+
+
+def test_a_late_retry_whose_first_attempt_expired_makes_a_new_attempt_not_a_replay(
+    api, make_payment_method, stripe_client, session, recording_dies_once, monkeypatch
+):
+    """The first request died after Stripe made an attempt needing 3-D Secure, which then
+    expired; the person retries a day later with the same card. The expired attempt is
+    recorded, and the retry is a new attempt under a new key: not Stripe's replay of the
+    expired one (which Stripe may keep a little longer than the 23 hours we count on)."""
+    from datetime import timedelta
+
+    from subscription_app.billing import service
+
+    headers = auth_headers(api, "expired-attempt@example.com")
+    card = make_payment_method("tok_threeDSecure2Required")
+    assert subscribe(api, headers, card).status_code == 500
+    [first] = stripe_state(session, stripe_client, "expired-attempt@example.com")[0]
+    stripe_client.v1.invoices.void_invoice(first.latest_invoice)  # it expires unpaid
+    monkeypatch.setattr(service, "IDEMPOTENCY_KEYS_KEPT", timedelta(0))  # a day later
+    retry = subscribe(api, headers, card)
+    assert retry.status_code == 200, retry.text
+    assert retry.json()["status"] == "requires_action"
+    subs, paid = stripe_state(session, stripe_client, "expired-attempt@example.com")
+    assert sorted(s.status for s in subs) == ["incomplete", "incomplete_expired"]
+    assert paid == []
