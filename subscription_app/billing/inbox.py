@@ -219,36 +219,28 @@ def claim(session: Session, *, limit: int = 20) -> list[ClaimedEvent]:
     # RETURNING keeps no order: the oldest Stripe events first, as picked.
     for row in sorted(rows, key=lambda r: (r.stripe_created_at, r.id)):
         try:
-            claimed.append(_claimed(row, token))
-        except (crypto.DecryptionError, ValueError) as exc:
-            # A payload this worker cannot read (sealed under a key it does not have, say):
-            # a failed attempt of that event alone, retried like any other, so the rest of
-            # the batch goes ahead instead of the whole claim failing again and again.
-            unreadable = ClaimedEvent(
-                row_id=row.id,
-                event_id=row.event_id,
-                type=row.type,
-                created=row.stripe_created_at,
-                attempts=row.attempts,
-                lease_token=token,
-                payload={},
-                received_at=row.received_at,
+            payload = json.loads(
+                crypto.decrypt(row.payload_enc, purpose=crypto.Purpose.EVENT_PAYLOAD)
             )
-            logger.error("webhook event %s: stored payload unreadable: %s", row.id, exc)
+        except (crypto.DecryptionError, ValueError) as exc:
+            # A payload this worker cannot read: a failed attempt of that event alone, so the
+            # rest of the batch goes ahead instead of the whole claim failing again and again.
             # A key this worker lacks (a rotation half rolled out) is waited out like an
             # outage, as a worker that has it may read the event; a tampered or malformed
             # payload, or one that decrypts but is not JSON, never will be read.
-            temporary = isinstance(exc, crypto.UnknownKeyError)
+            logger.error("webhook event %s: stored payload unreadable: %s", row.id, exc)
             fail(
                 session,
-                unreadable,
+                _claimed(row, token, {}),
                 f"The stored payload could not be read: {exc}",
-                temporary=temporary,
+                temporary=isinstance(exc, crypto.UnknownKeyError),
             )
+            continue
+        claimed.append(_claimed(row, token, payload))
     return claimed
 
 
-def _claimed(row: Any, token: str) -> ClaimedEvent:
+def _claimed(row: Any, token: str, payload: dict) -> ClaimedEvent:
     return ClaimedEvent(
         row_id=row.id,
         event_id=row.event_id,
@@ -256,7 +248,7 @@ def _claimed(row: Any, token: str) -> ClaimedEvent:
         created=row.stripe_created_at,
         attempts=row.attempts,
         lease_token=token,
-        payload=json.loads(crypto.decrypt(row.payload_enc, purpose=crypto.Purpose.EVENT_PAYLOAD)),
+        payload=payload,
         locked_until=row.locked_until,
         received_at=row.received_at,
     )

@@ -153,6 +153,14 @@ async def test_a_logged_out_tab_is_sent_to_login_and_runs_nothing(signed_in, ses
     assert any("/login" in str(update) for update in updates)
 
 
+def _login(session, email: str) -> tuple:
+    """A registered person and a login session of theirs (committed)."""
+    user = accounts.register_user(session=session, email=email, password="s3cret-pass")
+    issued = accounts.issue_token(session=session, user=user)
+    session.commit()
+    return user, issued
+
+
 def _connection(sid: str, cookie: str = "") -> RouterData:
     """What Reflex tells a state of the websocket connection an event came on."""
     headers = {"cookie": cookie} if cookie else {}
@@ -165,9 +173,7 @@ async def test_a_tabs_login_is_not_lent_to_another_connection_holding_its_token(
     db_engine, session, monkeypatch
 ):
     """The Reflex token is no credential: a connection presenting it needs its own cookie."""
-    user = accounts.register_user(session=session, email="t@example.com", password="s3cret-pass")
-    issued = accounts.issue_token(session=session, user=user)
-    session.commit()
+    _, issued = _login(session, "t@example.com")
     cancels: list[dict] = []
     monkeypatch.setattr(
         service,
@@ -512,9 +518,7 @@ async def test_the_watcher_feeds_no_other_connection_than_the_login_it_reads_for
     """The owner's tab closed with the dashboard open; its token is used elsewhere. Reflex
     may keep the old connection's request headers (the owner's cookie) for the new one until
     that one sends an event of its own: they prove nothing."""
-    user = accounts.register_user(session=session, email="w@example.com", password="s3cret-pass")
-    issued = accounts.issue_token(session=session, user=user)
-    session.commit()
+    user, issued = _login(session, "w@example.com")
     reads: list[int] = []
     monkeypatch.setattr(
         service,
@@ -538,9 +542,7 @@ async def test_the_watcher_feeds_no_other_connection_than_the_login_it_reads_for
 
 
 async def test_the_watcher_goes_on_for_the_owners_own_reconnect(db_engine, session, monkeypatch):
-    user = accounts.register_user(session=session, email="r@example.com", password="s3cret-pass")
-    issued = accounts.issue_token(session=session, user=user)
-    session.commit()
+    user, issued = _login(session, "r@example.com")
     monkeypatch.setattr(
         service, "dashboard", lambda *, session, user: DashboardView(_view(), ["New."], "v2")
     )
