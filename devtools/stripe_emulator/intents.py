@@ -36,6 +36,17 @@ def _allowed_types(data: dict) -> None:
 
 
 def _setup_intent_create(cls, **data):
+    customer = data.get("customer")
+    if customer is not None:
+        try:
+            ls.Customer._api_retrieve(customer)
+        except UserError:
+            # As Stripe answers for a customer that does not exist (or was deleted).
+            raise UserError(
+                400,
+                f"No such customer: '{customer}'",
+                {"code": "resource_missing", "param": "customer"},
+            ) from None
     pm_id = data.pop("payment_method", None)
     confirm = _as_bool(data.pop("confirm", None), "confirm")
     description = data.pop("description", None)

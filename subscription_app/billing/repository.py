@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam
+from sqlalchemy import bindparam, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
@@ -65,6 +65,26 @@ def save_customer(session: Session, user_id: int, customer_id: str) -> str:
             raise
         return existing
     return customer_id
+
+
+def replace_customer(session: Session, user_id: int, old_id: str, new_id: str) -> str:
+    """Link `new_id` to the user in place of `old_id` (gone from Stripe); the linked id after.
+
+    Only if `old_id` is still the linked one: of two requests replacing it at once, the
+    second keeps the first's new customer. The caller commits.
+    """
+    session.exec(
+        update(BillingCustomer)
+        .where(
+            col(BillingCustomer.user_id) == user_id,
+            col(BillingCustomer.stripe_customer_id_hash).in_(crypto.blind_indexes(old_id)),
+        )
+        .values(
+            stripe_customer_id_enc=_seal(new_id),
+            stripe_customer_id_hash=crypto.blind_index(new_id),
+        )
+    )
+    return customer_id_for_user(session, user_id) or new_id
 
 
 # Subscriptions -----------------------------------------------------------------

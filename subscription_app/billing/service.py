@@ -160,6 +160,37 @@ def ensure_customer(
     return saved
 
 
+def _replaced_if_gone(session: Session, user: User, exc: stripe.InvalidRequestError) -> bool:
+    """After Stripe said something is missing: if it is the person's customer (deleted in the
+    Stripe dashboard, say), link a new customer in its place and say so (the caller retries
+    once); otherwise False, and the error stands.
+
+    Without this, every later attempt of that person failed for good, with a message about
+    a payment method.
+    """
+    if exc.code != "resource_missing":
+        return False
+    customer_id = repository.customer_id_for_user(session, _id(user))
+    if customer_id is None:
+        return False
+    client = get_client()
+    try:
+        gone = bool(getattr(client.v1.customers.retrieve(customer_id), "deleted", False))
+    except stripe.InvalidRequestError as missing:
+        gone = missing.code == "resource_missing"
+    if not gone:
+        return False
+    logger.warning("a person's Stripe customer was deleted; linking a new one")
+    created = client.v1.customers.create(
+        params={"email": user.email, "metadata": {"user_id": str(user.id)}},
+        # Not the first customer's key: Stripe would hand back the deleted customer.
+        options={"idempotency_key": f"customer-{user.id}-after-{customer_id}"},
+    )
+    repository.replace_customer(session, _id(user), customer_id, created.id)
+    session.commit()
+    return True
+
+
 def _limit(check: Callable[..., None], user: User, client_address: str | None) -> None:
     """Count a card-testing limit for `user` (and their address); a `BillingError` when over."""
     try:
@@ -189,16 +220,24 @@ def create_setup_intent(
         _limit(ratelimit.check_card_attempts_left, user, client_address)
         return reuse
     _limit(ratelimit.before_setup_intent, user, client_address)
-    customer_id = ensure_customer(session=session, user=user)
-    try:
-        intent = get_client().v1.setup_intents.create(
+
+    def create() -> stripe.SetupIntent:
+        return get_client().v1.setup_intents.create(
             params={
-                "customer": customer_id,
+                "customer": ensure_customer(session=session, user=user),
                 "usage": "off_session",
                 # `payment_method_types` in API versions before 2026-10 (the emulator takes both).
                 "allowed_payment_method_types": ["card"],
             }
         )
+
+    try:
+        try:
+            intent = create()
+        except stripe.InvalidRequestError as exc:
+            if not _replaced_if_gone(session, user, exc):
+                raise
+            intent = create()
     except stripe.StripeError as exc:
         raise _translate(exc) from exc
     if not intent.client_secret:  # Stripe always returns one on create
@@ -456,7 +495,12 @@ def start_subscription(
     session.commit()  # hold no transaction while waiting for the lock
     try:
         with sync.subscriber_lock(_id(user)):
-            return _start_locked(session, user, payment_method_id)
+            try:
+                return _start_locked(session, user, payment_method_id)
+            except stripe.InvalidRequestError as exc:
+                if not _replaced_if_gone(session, user, exc):
+                    raise
+                return _start_locked(session, user, payment_method_id)
     except locks.LockTimeout as exc:
         raise BillingError(ATTEMPT_IN_PROGRESS, kind="conflict") from exc
     except stripe.StripeError as exc:
@@ -679,7 +723,12 @@ def start_checkout(*, session: Session, user: User) -> str:
     session.commit()  # hold no transaction while waiting for the lock
     try:
         with sync.subscriber_lock(_id(user)):
-            return _start_checkout_locked(session, user)
+            try:
+                return _start_checkout_locked(session, user)
+            except stripe.InvalidRequestError as exc:
+                if not _replaced_if_gone(session, user, exc):
+                    raise
+                return _start_checkout_locked(session, user)
     except locks.LockTimeout as exc:
         raise BillingError(ATTEMPT_IN_PROGRESS, kind="conflict") from exc
     except stripe.StripeError as exc:

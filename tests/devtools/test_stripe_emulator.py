@@ -121,6 +121,15 @@ def test_missing_price_is_resource_missing(client):
     assert excinfo.value.code == "resource_missing"
 
 
+def test_a_setup_intent_for_a_deleted_customer_is_refused_as_stripe_does(client):
+    customer = client.v1.customers.create(params={"email": "gone@example.com"})
+    client.v1.customers.delete(customer.id)
+    with pytest.raises(stripe.InvalidRequestError) as excinfo:
+        client.v1.setup_intents.create(params={"customer": customer.id})
+    assert excinfo.value.http_status == 400
+    assert (excinfo.value.code, excinfo.value.param) == ("resource_missing", "customer")
+
+
 def test_subscription_with_price_and_default_payment_method_is_active(client):
     price = _price(client, 900)
     customer, pm = _customer_with_card(client)

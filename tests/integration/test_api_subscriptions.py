@@ -174,3 +174,30 @@ def test_a_missing_price_is_a_clear_424(api, make_payment_method, settings_env, 
     assert response.status_code == 424, response.text
     assert "payments are not set up" in response.json()["detail"]
     assert count(session, Subscription) == 0
+
+
+@pytest.mark.parametrize("path", ["card form", "subscribe", "checkout"])
+def test_a_customer_deleted_in_stripe_is_replaced_not_a_dead_end(
+    api, make_payment_method, stripe_client, path
+):
+    """Support deleted the person's customer in the Stripe dashboard: their next card form,
+    subscribe or Checkout links a new customer and goes ahead, instead of failing for good
+    with a message about a payment method."""
+    email = f"deleted-customer-{path.replace(' ', '-')}@example.com"
+    headers = auth_headers(api, email)
+    assert api.post("/api/v1/subscriptions/setup-intent", headers=headers).status_code == 200
+    [deleted] = stripe_client.v1.customers.list(params={"email": email}).data
+    stripe_client.v1.customers.delete(deleted.id)
+
+    if path == "card form":
+        answer = api.post("/api/v1/subscriptions/setup-intent", headers=headers)
+        assert answer.status_code == 200, answer.text
+    elif path == "subscribe":
+        answer = subscribe(api, headers, make_payment_method())
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["status"] == "active"
+    else:
+        answer = api.post("/api/v1/subscriptions/checkout-session", headers=headers)
+        assert answer.status_code == 201, answer.text
+    [linked] = stripe_client.v1.customers.list(params={"email": email}).data
+    assert linked.id != deleted.id
