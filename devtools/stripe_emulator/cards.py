@@ -305,6 +305,24 @@ def _forget(pm: ls.PaymentMethod) -> None:
 # --------------------------------------------------------------------------
 
 _orig_customer_update = ls.Customer._api_update.__func__
+_orig_customer_delete = ls.Customer._api_delete.__func__
+# Store keys remembering deleted customers (a type no listing scans).
+_DELETED_CUSTOMER = "deleted_customer:"
+
+
+def _customer_delete(cls, id):
+    deleted = _orig_customer_delete(cls, id)
+    ls.store[_DELETED_CUSTOMER + id] = True
+    return deleted
+
+
+@_route("GET", "/v1/customers/{id}")
+async def _retrieve_customer(request: web.Request, id: str) -> web.Response:
+    """As Stripe answers: a deleted customer is still found, as ``{"deleted": true}``."""
+    if ls.store.get(_DELETED_CUSTOMER + id):
+        return ls_server.json_response({"id": id, "object": "customer", "deleted": True})
+    data = ls_server.unflatten_data(request.query) or {}
+    return _json(ls.Customer._api_retrieve(id), data.pop("expand", None))
 
 
 def _customer_update(cls, id, **data):

@@ -34,6 +34,7 @@ import devtools.stripe_emulator.portal
 import devtools.stripe_emulator.prices  # noqa: F401
 from devtools.stripe_emulator.cards import (
     _canonical_pm,
+    _customer_delete,
     _customer_update,
     _pm_api_attach,
     _pm_charging_is_declined,
@@ -166,6 +167,7 @@ def install(
     ls.SetupIntent._attach_pm = _seti_attach_pm
     ls.PaymentMethod._api_list_all = classmethod(_pm_list)
     ls.Customer._api_update = classmethod(_customer_update)
+    ls.Customer._api_delete = classmethod(_customer_delete)
     ls.SetupIntent._api_create = classmethod(_setup_intent_create)
     ls.SetupIntent.last_setup_error = None
     ls.SetupIntent.description = None

@@ -162,7 +162,7 @@ def ensure_customer(
 
 def _replaced_if_gone(session: Session, user: User, exc: stripe.InvalidRequestError) -> bool:
     """After Stripe said something is missing: if it is the person's customer (deleted in the
-    Stripe dashboard, say), link a new customer in its place and say so (the caller retries
+    Stripe dashboard), link a new customer in its place and say so (the caller retries
     once); otherwise False, and the error stands.
 
     Without this, every later attempt of that person failed for good, with a message about
@@ -174,11 +174,14 @@ def _replaced_if_gone(session: Session, user: User, exc: stripe.InvalidRequestEr
     if customer_id is None:
         return False
     client = get_client()
+    # Stripe still finds a deleted customer, as `{"deleted": true}`. One it does not find at
+    # all belongs to another account or mode (a wrong key deployed): never replaced, or
+    # every person would be moved to a new customer until the right key is back.
     try:
-        gone = bool(getattr(client.v1.customers.retrieve(customer_id), "deleted", False))
-    except stripe.InvalidRequestError as missing:
-        gone = missing.code == "resource_missing"
-    if not gone:
+        if not getattr(client.v1.customers.retrieve(customer_id), "deleted", False):
+            return False
+    except stripe.InvalidRequestError:
+        logger.error("a person's Stripe customer is unknown to this Stripe account (its key?)")
         return False
     logger.warning("a person's Stripe customer was deleted; linking a new one")
     created = client.v1.customers.create(
@@ -779,16 +782,25 @@ def open_billing_portal(*, session: Session, user: User) -> str:
     Raises:
         BillingError: conflict when the person has no Stripe customer yet.
     """
-    customer_id = repository.customer_id_for_user(session, _id(user))
-    if customer_id is None:
-        raise BillingError(
-            "You have no billing account yet. Subscribe first, then manage billing here.",
-            kind="conflict",
-        )
-    try:
-        portal = get_client().v1.billing_portal.sessions.create(
+
+    def create() -> stripe.billing_portal.Session:
+        customer_id = repository.customer_id_for_user(session, _id(user))
+        if customer_id is None:
+            raise BillingError(
+                "You have no billing account yet. Subscribe first, then manage billing here.",
+                kind="conflict",
+            )
+        return get_client().v1.billing_portal.sessions.create(
             params={"customer": customer_id, "return_url": _app_url(routes.DASHBOARD)}
         )
+
+    try:
+        try:
+            portal = create()
+        except stripe.InvalidRequestError as exc:
+            if not _replaced_if_gone(session, user, exc):
+                raise
+            portal = create()
     except stripe.StripeError as exc:
         raise _translate(exc) from exc
     return portal.url

@@ -128,6 +128,9 @@ def test_a_setup_intent_for_a_deleted_customer_is_refused_as_stripe_does(client)
         client.v1.setup_intents.create(params={"customer": customer.id})
     assert excinfo.value.http_status == 400
     assert (excinfo.value.code, excinfo.value.param) == ("resource_missing", "customer")
+    # Still found, as Stripe finds it: `{"id": ..., "deleted": true}`.
+    found = client.v1.customers.retrieve(customer.id)
+    assert (found.id, found.deleted) == (customer.id, True)
 
 
 def test_subscription_with_price_and_default_payment_method_is_active(client):

@@ -4,8 +4,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import func, select
 
+from subscription_app import crypto
 from subscription_app.api import create_api
-from subscription_app.models import Subscription
+from subscription_app.billing import repository
+from subscription_app.models import BillingCustomer, Subscription, User
 from tests.integration.conftest import auth_headers, subscribe
 
 
@@ -176,28 +178,90 @@ def test_a_missing_price_is_a_clear_424(api, make_payment_method, settings_env, 
     assert count(session, Subscription) == 0
 
 
-@pytest.mark.parametrize("path", ["card form", "subscribe", "checkout"])
+@pytest.mark.parametrize("path", ["card form", "subscribe", "checkout", "portal"])
 def test_a_customer_deleted_in_stripe_is_replaced_not_a_dead_end(
-    api, make_payment_method, stripe_client, path
+    api, make_payment_method, stripe_client, session, path
 ):
     """Support deleted the person's customer in the Stripe dashboard: their next card form,
-    subscribe or Checkout links a new customer and goes ahead, instead of failing for good
-    with a message about a payment method."""
+    subscribe, Checkout or billing portal links a new customer and goes ahead, instead of
+    failing for good with a message about a payment method."""
     email = f"deleted-customer-{path.replace(' ', '-')}@example.com"
     headers = auth_headers(api, email)
     assert api.post("/api/v1/subscriptions/setup-intent", headers=headers).status_code == 200
     [deleted] = stripe_client.v1.customers.list(params={"email": email}).data
     stripe_client.v1.customers.delete(deleted.id)
 
-    if path == "card form":
-        answer = api.post("/api/v1/subscriptions/setup-intent", headers=headers)
-        assert answer.status_code == 200, answer.text
-    elif path == "subscribe":
-        answer = subscribe(api, headers, make_payment_method())
-        assert answer.status_code == 200, answer.text
-        assert answer.json()["status"] == "active"
-    else:
-        answer = api.post("/api/v1/subscriptions/checkout-session", headers=headers)
-        assert answer.status_code == 201, answer.text
+    def go():
+        if path == "card form":
+            return api.post("/api/v1/subscriptions/setup-intent", headers=headers)
+        if path == "subscribe":
+            return subscribe(api, headers, make_payment_method())
+        if path == "checkout":
+            return api.post("/api/v1/subscriptions/checkout-session", headers=headers)
+        return api.post("/api/v1/subscriptions/portal-session", headers=headers)
+
+    answer = go()
+    assert answer.status_code in (200, 201), answer.text
     [linked] = stripe_client.v1.customers.list(params={"email": email}).data
     assert linked.id != deleted.id
+    assert linked_customer(session, email) == linked.id
+    if path != "subscribe":  # and the next request uses it: no further customer
+        assert go().status_code in (200, 201)
+        assert [c.id for c in stripe_client.v1.customers.list(params={"email": email}).data] == [
+            linked.id
+        ]
+
+
+def test_a_customer_stripe_does_not_know_is_not_replaced(api, make_payment_method, session):
+    """An id this Stripe account has never seen (a key of another account deployed): the
+    error stands and the person's customer link is left alone."""
+    headers = auth_headers(api, "other-account@example.com")
+    assert api.post("/api/v1/subscriptions/setup-intent", headers=headers).status_code == 200
+    foreign = "cus_OfAnotherAccount1"
+    relink(session, "other-account@example.com", foreign)
+    answer = subscribe(api, headers, make_payment_method())
+    assert answer.status_code == 422, answer.text
+    assert linked_customer(session, "other-account@example.com") == foreign
+
+
+def test_a_missing_payment_method_leaves_the_customer_alone(api, stripe_client, session):
+    headers = auth_headers(api, "bad-card@example.com")
+    assert api.post("/api/v1/subscriptions/setup-intent", headers=headers).status_code == 200
+    before = linked_customer(session, "bad-card@example.com")
+    answer = subscribe(api, headers, "pm_doesnotexist1234")
+    assert answer.status_code == 422
+    assert answer.json()["detail"] == "That payment method was not found."
+    assert linked_customer(session, "bad-card@example.com") == before
+
+
+def linked_customer(session, email: str) -> str | None:
+    session.rollback()
+    user = session.exec(select(User).where(User.email == email)).one()
+    return repository.customer_id_for_user(session, user.id)
+
+
+def relink(session, email: str, customer_id: str) -> None:
+    session.rollback()
+    user = session.exec(select(User).where(User.email == email)).one()
+    row = session.exec(select(BillingCustomer).where(BillingCustomer.user_id == user.id)).one()
+    row.stripe_customer_id_enc = crypto.encrypt(customer_id, purpose=crypto.Purpose.STRIPE_ID)
+    row.stripe_customer_id_hash = crypto.blind_index(customer_id)
+    session.add(row)
+    session.commit()
+
+
+def test_replacing_a_customer_only_replaces_the_one_still_linked(api, session):
+    """Of two requests replacing a deleted customer at once, the second keeps the first's."""
+    headers = auth_headers(api, "replaced-twice@example.com")
+    assert api.post("/api/v1/subscriptions/setup-intent", headers=headers).status_code == 200
+    first = linked_customer(session, "replaced-twice@example.com")
+    user = session.exec(select(User).where(User.email == "replaced-twice@example.com")).one()
+    assert repository.replace_customer(session, user.id, first, "cus_NewOne000001") == (
+        "cus_NewOne000001"
+    )
+    # The second still thinks `first` is linked: nothing changes, the first's new one stays.
+    assert repository.replace_customer(session, user.id, first, "cus_NewTwo000002") == (
+        "cus_NewOne000001"
+    )
+    session.commit()
+    assert linked_customer(session, "replaced-twice@example.com") == "cus_NewOne000001"
