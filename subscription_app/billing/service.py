@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, TypeVar
 
 import stripe
 from sqlmodel import Session
@@ -48,6 +48,7 @@ from subscription_app.models import SubscriptionStatus, User
 from subscription_app.settings import get_settings
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PAYMENT_METHOD_ID = re.compile(r"pm_[A-Za-z0-9_]{1,200}")  # whole string: fullmatch
 # Expansions of the subscription's first invoice, in today's API shape.
@@ -194,6 +195,17 @@ def _replaced_if_gone(session: Session, user: User, exc: stripe.InvalidRequestEr
     return True
 
 
+def _with_customer_replaced_if_gone(session: Session, user: User, call: Callable[[], T]) -> T:
+    """Run `call`; if Stripe says something is missing because the person's customer was
+    deleted (`_replaced_if_gone` links a new one), run it once more."""
+    try:
+        return call()
+    except stripe.InvalidRequestError as exc:
+        if not _replaced_if_gone(session, user, exc):
+            raise
+        return call()
+
+
 def _limit(check: Callable[..., None], user: User, client_address: str | None) -> None:
     """Count a card-testing limit for `user` (and their address); a `BillingError` when over."""
     try:
@@ -235,12 +247,7 @@ def create_setup_intent(
         )
 
     try:
-        try:
-            intent = create()
-        except stripe.InvalidRequestError as exc:
-            if not _replaced_if_gone(session, user, exc):
-                raise
-            intent = create()
+        intent = _with_customer_replaced_if_gone(session, user, create)
     except stripe.StripeError as exc:
         raise _translate(exc) from exc
     if not intent.client_secret:  # Stripe always returns one on create
@@ -299,20 +306,17 @@ def _settle_open_attempts(client: stripe.StripeClient, session: Session, user: U
         payment = _payment_of(client, snapshot)
         if payment and payment.status in ("processing", "succeeded"):
             raise BillingError(STILL_PROCESSING, kind="conflict")
-        if not _void_first_invoice(client, snapshot):
-            # Paid after all, between our read and now (3-D Secure finished in another tab):
-            # recorded as Stripe has it, and this new attempt refused.
-            synced = sync.sync_subscription(
-                session=session, subscription_id=current.id, user_id=_id(user)
-            )
-            if SubscriptionStatus(synced.snapshot.status).is_live:
-                raise AlreadySubscribed()
-            raise BillingError(STILL_PROCESSING, kind="conflict")
-        # A voided first invoice may have ended the attempt already (incomplete_expired).
+        voided = _void_first_invoice(client, snapshot)
+        # Recorded as Stripe has it now: paid after all, between our read and the void
+        # (3-D Secure finished in another tab), or ended by the void (incomplete_expired).
         after = sync.sync_subscription(
             session=session, subscription_id=current.id, user_id=_id(user)
-        )
-        if after.snapshot.status == "incomplete":
+        ).snapshot
+        if not voided:
+            if SubscriptionStatus(after.status).is_live:
+                raise AlreadySubscribed()
+            raise BillingError(STILL_PROCESSING, kind="conflict")
+        if after.status == "incomplete":
             _abandon(session, user, snapshot.id)
 
 
@@ -498,12 +502,9 @@ def start_subscription(
     session.commit()  # hold no transaction while waiting for the lock
     try:
         with sync.subscriber_lock(_id(user)):
-            try:
-                return _start_locked(session, user, payment_method_id)
-            except stripe.InvalidRequestError as exc:
-                if not _replaced_if_gone(session, user, exc):
-                    raise
-                return _start_locked(session, user, payment_method_id)
+            return _with_customer_replaced_if_gone(
+                session, user, lambda: _start_locked(session, user, payment_method_id)
+            )
     except locks.LockTimeout as exc:
         raise BillingError(ATTEMPT_IN_PROGRESS, kind="conflict") from exc
     except stripe.StripeError as exc:
@@ -726,12 +727,9 @@ def start_checkout(*, session: Session, user: User) -> str:
     session.commit()  # hold no transaction while waiting for the lock
     try:
         with sync.subscriber_lock(_id(user)):
-            try:
-                return _start_checkout_locked(session, user)
-            except stripe.InvalidRequestError as exc:
-                if not _replaced_if_gone(session, user, exc):
-                    raise
-                return _start_checkout_locked(session, user)
+            return _with_customer_replaced_if_gone(
+                session, user, lambda: _start_checkout_locked(session, user)
+            )
     except locks.LockTimeout as exc:
         raise BillingError(ATTEMPT_IN_PROGRESS, kind="conflict") from exc
     except stripe.StripeError as exc:
@@ -795,12 +793,7 @@ def open_billing_portal(*, session: Session, user: User) -> str:
         )
 
     try:
-        try:
-            portal = create()
-        except stripe.InvalidRequestError as exc:
-            if not _replaced_if_gone(session, user, exc):
-                raise
-            portal = create()
+        portal = _with_customer_replaced_if_gone(session, user, create)
     except stripe.StripeError as exc:
         raise _translate(exc) from exc
     return portal.url
