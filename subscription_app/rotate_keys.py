@@ -21,7 +21,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlmodel import SQLModel, col, select
+from sqlalchemy import Update, update
+from sqlmodel import Session, SQLModel, col, select
 
 from subscription_app import crypto
 from subscription_app.crypto import Purpose
@@ -55,37 +56,88 @@ ENCRYPTED_COLUMNS: list[tuple[type[SQLModel], tuple[Sealed, ...]]] = [
 ]
 
 
-def _rekey(row: SQLModel, sealed: Sealed) -> bool:
-    """Bring one value (and its index) under the current keys. True if anything changed."""
-    stored = getattr(row, sealed.column)
-    if not stored:
-        return False
-    changed = False
-    plain: str | None = None
-    if crypto.needs_rotation(stored):
-        plain = crypto.decrypt(stored, purpose=sealed.purpose)
-        setattr(row, sealed.column, crypto.encrypt(plain, purpose=sealed.purpose))
-        changed = True
-    if sealed.index_column:
-        if plain is None:
+def _rekeyed(row: SQLModel, columns: tuple[Sealed, ...]) -> dict[str, str]:
+    """The row's values brought under the current keys: column -> new value, only those that
+    change (empty if the row is already current)."""
+    changes: dict[str, str] = {}
+    for sealed in columns:
+        stored = getattr(row, sealed.column)
+        if not stored:
+            continue
+        plain: str | None = None
+        if crypto.needs_rotation(stored):
             plain = crypto.decrypt(stored, purpose=sealed.purpose)
-        current = crypto.blind_index(plain)
-        if getattr(row, sealed.index_column) != current:
-            setattr(row, sealed.index_column, current)
-            changed = True
-    return changed
+            changes[sealed.column] = crypto.encrypt(plain, purpose=sealed.purpose)
+        if sealed.index_column:
+            if plain is None:
+                plain = crypto.decrypt(stored, purpose=sealed.purpose)
+            current = crypto.blind_index(plain)
+            if getattr(row, sealed.index_column) != current:
+                changes[sealed.index_column] = current
+    return changes
+
+
+def _guarded_update(model: type[SQLModel], row: SQLModel, columns: tuple[Sealed, ...]) -> Update:
+    """An UPDATE of `row` that matches only while its sealed columns still hold what was read.
+
+    The app may rewrite a row between this command reading and writing it (a deleted Stripe
+    customer replaced by a new one, say). A plain update would then put back the re-keyed
+    old value; this one changes nothing, and the row is read again.
+    """
+    table = model.__table__  # type: ignore[attr-defined]  # every listed model is a table
+    guard = [table.c.id == row.id]  # type: ignore[attr-defined]  # every listed model has an id
+    for sealed in columns:
+        for name in filter(None, (sealed.column, sealed.index_column)):
+            value = getattr(row, name)
+            guard.append(table.c[name].is_(None) if value is None else table.c[name] == value)
+    return update(table).where(*guard)
+
+
+# How often one row is read again after the app changed it under us, before it is left for
+# the next run (a row the app rewrites is normally under the current keys already).
+MAX_ROW_RETRIES = 5
+
+
+def _write(
+    session: Session, model: type[SQLModel], row: SQLModel, columns: tuple[Sealed, ...]
+) -> bool | None:
+    """Write `row`'s re-keyed values if it still holds what was read: True if written, False
+    if the app changed it meanwhile, None if it needs nothing."""
+    changes = _rekeyed(row, columns)
+    if not changes:
+        return None
+    result = session.execute(_guarded_update(model, row, columns).values(**changes))
+    return result.rowcount == 1  # type: ignore[attr-defined]  # an UPDATE's result
+
+
+def _retry_row(model: type[SQLModel], row_id: int, columns: tuple[Sealed, ...]) -> bool:
+    """Read one row the app changed under us again and re-key it; True if it was changed."""
+    for _ in range(MAX_ROW_RETRIES):
+        with session_scope() as session:
+            row = session.get(model, row_id)
+            if row is None:
+                return False  # deleted meanwhile: nothing to re-key
+            written = _write(session, model, row, columns)
+            if written is not False:
+                return bool(written)
+    return False
 
 
 def rotate(
     *, batch_size: int = 200, progress: Callable[[str, int, int], None] | None = None
 ) -> dict[str, int]:
-    """Re-key what is not under the current keys; returns rows changed per table."""
+    """Re-key what is not under the current keys; returns rows changed per table.
+
+    Each row is written only if it still holds what was read (see `_guarded_update`), so a
+    value the app writes meanwhile is never overwritten with an older one.
+    """
     counts: dict[str, int] = {}
     for model, columns in ENCRYPTED_COLUMNS:
         name = str(model.__tablename__)
         counts[name] = 0
         last_id = 0
         while True:
+            changed_meanwhile: list[int] = []
             with session_scope() as session:
                 # ENCRYPTED_COLUMNS lists table models as type[SQLModel], which declares no
                 # `id`; every model listed there has an integer primary key `id`.
@@ -98,11 +150,15 @@ def rotate(
                 if not rows:
                     break
                 for row in rows:
-                    changes = [_rekey(row, sealed) for sealed in columns]
-                    if any(changes):
+                    written = _write(session, model, row, columns)
+                    if written:
                         counts[name] += 1
-                        session.add(row)
+                    elif written is False:
+                        changed_meanwhile.append(row.id)  # type: ignore[attr-defined]
                 last_id = rows[-1].id  # type: ignore[attr-defined]  # every listed model has an id
+            for row_id in changed_meanwhile:
+                if _retry_row(model, row_id, columns):
+                    counts[name] += 1
             if progress:
                 progress(name, last_id, counts[name])
     return counts

@@ -182,3 +182,47 @@ def test_rotation_rewrites_first_release_ciphertexts_with_their_purpose(
     assert crypto.decrypt(rewritten, purpose=crypto.Purpose.STRIPE_ID) == sub_id
     with pytest.raises(crypto.DecryptionError):
         crypto.decrypt(rewritten, purpose=crypto.Purpose.LOGIN_HANDOFF)
+
+
+@pytest.mark.parametrize("rotated", ["APP_ENCRYPTION_KEYS", "APP_BLIND_INDEX_KEY"])
+def test_rotation_never_puts_back_a_customer_the_app_replaced_meanwhile(
+    api, make_payment_method, session, settings_env, db_engine, monkeypatch, rotated
+):
+    """The app replaces a deleted customer between rotation reading the row and writing it:
+    the new customer stays linked, under the new keys, and is found by its id."""
+    from sqlmodel import Session
+
+    from subscription_app import rotate_keys
+
+    row, _, old_customer = subscribed(api, make_payment_method, session, f"{rotated}@example.com")
+    user_id = row.user_id
+    old_key = (
+        crypto.get_settings().app_encryption_keys
+        if rotated == "APP_ENCRYPTION_KEYS"
+        else crypto.get_settings().app_blind_index_key
+    ).get_secret_value()
+    settings_env(**{rotated: f"{crypto.generate_key()},{old_key}"})
+
+    real_rekeyed = rotate_keys._rekeyed
+    replaced = []
+
+    def app_writes_meanwhile(stored_row, columns):
+        changes = real_rekeyed(stored_row, columns)
+        if isinstance(stored_row, BillingCustomer) and not replaced:
+            # The app, on its own connection, links a new customer (under the new keys).
+            with Session(db_engine) as app_session:
+                repository.replace_customer(app_session, user_id, old_customer, "cus_NEW")
+                app_session.commit()
+            replaced.append(True)
+        return changes
+
+    monkeypatch.setattr(rotate_keys, "_rekeyed", app_writes_meanwhile)
+    rotate()
+    assert replaced
+
+    session.rollback()
+    assert repository.customer_id_for_user(session, user_id) == "cus_NEW"
+    assert repository.user_id_for_customer(session, "cus_NEW") == user_id
+    customer = session.exec(sa.select(BillingCustomer)).scalars().one()
+    assert not crypto.needs_rotation(customer.stripe_customer_id_enc)
+    assert customer.stripe_customer_id_hash == crypto.blind_index("cus_NEW")
