@@ -154,7 +154,7 @@ def rotate(
                     if written:
                         counts[name] += 1
                     elif written is False:
-                        changed_meanwhile.append(row.id)  # type: ignore[attr-defined]
+                        changed_meanwhile.append(row.id)  # type: ignore[attr-defined]  # as `last_id`
                 last_id = rows[-1].id  # type: ignore[attr-defined]  # every listed model has an id
             for row_id in changed_meanwhile:
                 if _retry_row(model, row_id, columns):
