@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from subscription_app.api.deps import CurrentUser, SessionDep, client_address
 from subscription_app.billing import service
@@ -82,10 +82,34 @@ def subscribe(
     )
 
 
+class ConfirmIn(BaseModel):
+    """Which payment the browser just confirmed (optional, recommended)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    payment_intent_id: str | None = Field(
+        default=None,
+        max_length=255,
+        pattern=r"^pi_[A-Za-z0-9]+$",
+        description=(
+            "The PaymentIntent of `client_secret` (the part before `_secret_`). Given, an "
+            "attempt replaced meanwhile by a newer one (another tab) is answered 409 and the "
+            "newer one is left alone; without it the open attempt is settled, whichever it is."
+        ),
+        examples=["pi_1Abc..."],
+    )
+
+
 @router.post("/confirm", response_model=SubscribeOut)
-def confirm(session: SessionDep, user: CurrentUser) -> SubscribeOut:
-    """After 3-D Secure in the browser: settle the pending subscription."""
-    result = service.confirm_subscription(session=session, user=user)
+def confirm(session: SessionDep, user: CurrentUser, body: ConfirmIn | None = None) -> SubscribeOut:
+    """After 3-D Secure in the browser: settle the pending subscription.
+
+    200 as `/subscribe`; 402 authentication failed (the attempt is undone); 409 nothing
+    waiting for confirmation, or the attempt was replaced by a newer one.
+    """
+    result = service.confirm_subscription(
+        session=session, user=user, payment_intent_id=body.payment_intent_id if body else None
+    )
     return SubscribeOut(status=result.status, subscription=to_out(result.subscription))
 
 
@@ -106,7 +130,8 @@ class CancelIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    at_period_end: bool = Field(
+    # Strict: "no", "off", 0 would otherwise read as false and end the subscription now.
+    at_period_end: StrictBool = Field(
         default=True,
         description="true: keep access until the renewal date (default); false: end now.",
     )
@@ -120,10 +145,13 @@ class CancelOut(BaseModel):
 
 
 @router.post("/cancel", response_model=CancelOut)
-def cancel(body: CancelIn, session: SessionDep, user: CurrentUser) -> CancelOut:
-    """Cancel at the end of the period (default) or now. 409 if there is nothing to cancel."""
+def cancel(session: SessionDep, user: CurrentUser, body: CancelIn | None = None) -> CancelOut:
+    """Cancel at the end of the period (default, also with no body) or now.
+
+    409 if there is nothing to cancel.
+    """
     result = service.cancel_subscription(
-        session=session, user=user, at_period_end=body.at_period_end
+        session=session, user=user, at_period_end=body.at_period_end if body else True
     )
     return CancelOut(message=result.message, subscription=to_out(result.subscription))
 

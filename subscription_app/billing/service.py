@@ -81,6 +81,10 @@ ATTEMPT_IN_PROGRESS = (
 STILL_PROCESSING = (
     "Your previous payment is still being processed. Check your dashboard in a minute."
 )
+ATTEMPT_REPLACED = (
+    "This attempt was replaced by a newer one started in another window. "
+    "Finish that one, or check your dashboard."
+)
 
 
 @dataclass(frozen=True)
@@ -269,17 +273,31 @@ def _payment_of(client: stripe.StripeClient, snapshot: SubscriptionSnapshot):
     return payment
 
 
-def _abandon(session: Session, user: User, subscription_id: str) -> None:
-    """Cancel an attempt whose first payment did not go through, and record what Stripe says.
+def _abandon(
+    client: stripe.StripeClient, session: Session, user: User, snapshot: SubscriptionSnapshot
+) -> SubscriptionSnapshot | None:
+    """Undo an attempt whose first payment has not gone through; record what Stripe says.
 
-    Cancelling voids its invoice, so completing that payment later cannot charge anyone.
+    Its open first invoice is voided first, so the payment can no longer complete: only then
+    is the attempt cancelled, which can therefore never end a subscription paid for between
+    our read and the cancel (3-D Secure finished in another tab, say). Returns None once
+    undone (or ended by the void), or Stripe's state now if the invoice was paid meanwhile,
+    when nothing is undone.
     """
-    sync.change_subscription(
-        session=session,
-        subscription_id=subscription_id,
-        user_id=_id(user),
-        call=lambda client: client.v1.subscriptions.cancel(subscription_id),
-    )
+    voided = _void_first_invoice(client, snapshot)
+    after = sync.sync_subscription(
+        session=session, subscription_id=snapshot.id, user_id=_id(user), expand=SUBSCRIPTION_EXPAND
+    ).snapshot
+    if not voided:
+        return after
+    if after.status == "incomplete":
+        sync.change_subscription(
+            session=session,
+            subscription_id=snapshot.id,
+            user_id=_id(user),
+            call=lambda client: client.v1.subscriptions.cancel(snapshot.id),
+        )
+    return None
 
 
 def _settle_open_attempts(client: stripe.StripeClient, session: Session, user: User) -> None:
@@ -306,18 +324,11 @@ def _settle_open_attempts(client: stripe.StripeClient, session: Session, user: U
         payment = _payment_of(client, snapshot)
         if payment and payment.status in ("processing", "succeeded"):
             raise BillingError(STILL_PROCESSING, kind="conflict")
-        voided = _void_first_invoice(client, snapshot)
-        # Recorded as Stripe has it now: paid after all, between our read and the void
-        # (3-D Secure finished in another tab), or ended by the void (incomplete_expired).
-        after = sync.sync_subscription(
-            session=session, subscription_id=current.id, user_id=_id(user)
-        ).snapshot
-        if not voided:
-            if SubscriptionStatus(after.status).is_live:
+        paid_meanwhile = _abandon(client, session, user, snapshot)
+        if paid_meanwhile is not None:  # 3-D Secure finished in another tab after our read
+            if SubscriptionStatus(paid_meanwhile.status).is_live:
                 raise AlreadySubscribed()
             raise BillingError(STILL_PROCESSING, kind="conflict")
-        if after.status == "incomplete":
-            _abandon(session, user, snapshot.id)
 
 
 def _void_first_invoice(client: stripe.StripeClient, snapshot: SubscriptionSnapshot) -> bool:
@@ -360,10 +371,13 @@ def _outcome(
                 subscription=repository.current_subscription(session, _id(user)),
             )
         try:
-            _abandon(session, user, snapshot.id)
+            paid_meanwhile = _abandon(client, session, user, snapshot)
         except (stripe.StripeError, locks.LockTimeout):
             # The row stays `incomplete`; the next attempt cancels it before starting.
             logger.warning("could not cancel a declined first attempt; the next one will")
+        else:
+            if paid_meanwhile is not None and paid_meanwhile.status != "incomplete":
+                return _outcome(client, session, user, paid_meanwhile)
         raise BillingError(
             _card_message(payment.error_code if payment else None, None), kind="card"
         )
@@ -511,10 +525,14 @@ def start_subscription(
         raise _translate(exc) from exc
 
 
-def confirm_subscription(*, session: Session, user: User) -> SubscribeResult:
+def confirm_subscription(
+    *, session: Session, user: User, payment_intent_id: str | None = None
+) -> SubscribeResult:
     """After the browser finished 3-D Secure: re-read the subscription and settle it.
 
-    Applies what Stripe says; a subscription Stripe calls live is never undone here.
+    Applies what Stripe says; a subscription Stripe calls live is never undone here. With
+    `payment_intent_id` (the PaymentIntent the browser confirmed), an attempt whose payment
+    is another one (a newer attempt from another tab) is left alone and the answer is a 409.
     """
     session.commit()  # hold no transaction while waiting for the lock
     try:
@@ -538,8 +556,17 @@ def confirm_subscription(*, session: Session, user: User) -> SubscribeResult:
                 payment = _payment_of(client, snapshot)
                 if payment and payment.status in ("processing", "succeeded"):
                     return _outcome(client, session, user, snapshot)
-                # Authentication failed or was abandoned: undo the attempt in Stripe.
-                _abandon(session, user, snapshot.id)
+                if payment_intent_id and (
+                    payment is None or payment.payment_intent_id != payment_intent_id
+                ):
+                    # The attempt this page confirmed was replaced by one started elsewhere
+                    # (another tab), whose bank check may still be under way: leave it be.
+                    raise BillingError(ATTEMPT_REPLACED, kind="conflict")
+                # Authentication failed or was abandoned: undo the attempt in Stripe, unless
+                # it was paid after all between our read and the undo.
+                paid_meanwhile = _abandon(client, session, user, snapshot)
+                if paid_meanwhile is not None:
+                    return _outcome(client, session, user, paid_meanwhile)
             raise BillingError(AUTHENTICATION_FAILED, kind="card")
     except locks.LockTimeout as exc:
         raise BillingError(ATTEMPT_IN_PROGRESS, kind="conflict") from exc

@@ -126,6 +126,9 @@ class CheckoutState(AuthState):
     # reused, unconfirmed, only for that login), and whether a card answer is being handled.
     _setup_owner: str = ""
     _submitting: bool = False
+    # The PaymentIntent whose 3-D Secure check this page opened: only that attempt is
+    # settled when the check ends (another tab may have started a newer one meanwhile).
+    _confirming: str = ""
 
     @rx.var
     def card_ready(self) -> bool:
@@ -339,6 +342,7 @@ class CheckoutState(AuthState):
     def _settle(self, outcome: service.SubscribeResult):
         """Show the outcome; a script to run when the bank asks for 3-D Secure, else None."""
         if outcome.status == "requires_action" and outcome.client_secret:
+            self._confirming = outcome.client_secret.partition("_secret_")[0]
             return rx.call_script(
                 _js_call("confirmPayment", outcome.client_secret),
                 callback=CheckoutState.payment_confirmed,
@@ -353,11 +357,15 @@ class CheckoutState(AuthState):
         async with self:
             ref, address = await self._who()
             target = self._to_login()
+            intent = self._confirming or None
         answer: Callable[[], Any] | None = None
         try:
             try:
                 outcome = await self._as_user(
-                    ref, lambda s, u: service.confirm_subscription(session=s, user=u)
+                    ref,
+                    lambda s, u: service.confirm_subscription(
+                        session=s, user=u, payment_intent_id=intent
+                    ),
                 )
             except AppError as exc:
                 message, secret = await self._after_failure(ref, address, exc)

@@ -73,6 +73,12 @@ def test_default_is_at_period_end(api, subscribed):
     assert response.json()["subscription"]["cancel_at_period_end"] is True
 
 
+def test_no_body_at_all_is_at_period_end_too(api, subscribed):
+    response = api.post("/api/v1/subscriptions/cancel", headers=subscribed)
+    assert response.status_code == 200, response.text
+    assert response.json()["subscription"]["cancel_at_period_end"] is True
+
+
 def test_cancel_without_subscription_and_other_users_are_untouched(api, subscribed):
     other = auth_headers(api, "other@example.com")
     response = cancel(api, other, at_period_end=False)
@@ -83,7 +89,18 @@ def test_cancel_without_subscription_and_other_users_are_untouched(api, subscrib
 
 
 @pytest.mark.parametrize(
-    "body", [{"at_period_end": "soon"}, {"at_period_end": None}, {"when": "now"}, [1]]
+    "body",
+    [
+        {"at_period_end": "soon"},
+        {"at_period_end": None},
+        {"when": "now"},
+        [1],
+        # Not a JSON boolean: refused, never read as "false" (which would end it now).
+        {"at_period_end": "no"},
+        {"at_period_end": "false"},
+        {"at_period_end": 0},
+        {"at_period_end": 0.0},
+    ],
 )
 def test_bad_cancel_bodies_are_422_and_change_nothing(api, subscribed, body):
     response = api.post("/api/v1/subscriptions/cancel", json=body, headers=subscribed)

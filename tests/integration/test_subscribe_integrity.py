@@ -250,3 +250,82 @@ def test_a_late_retry_whose_first_attempt_expired_makes_a_new_attempt_not_a_repl
     subs, paid = stripe_state(session, stripe_client, "expired-attempt@example.com")
     assert sorted(s.status for s in subs) == ["incomplete", "incomplete_expired"]
     assert paid == []
+
+
+def _authenticate(stripe_client, secret: str) -> None:
+    """The person finishes the bank's 3-D Secure check for `secret` (in some tab)."""
+    stripe_client.raw_request(
+        "post",
+        f"/v1/payment_intents/{secret.split('_secret_')[0]}/_authenticate",
+        client_secret=secret,
+        success="true",
+    )
+
+
+def test_confirm_keeps_a_payment_finished_between_its_read_and_the_undo(
+    api, make_payment_method, stripe_client, session, monkeypatch
+):
+    """`/confirm` reads the payment as still waiting for the bank, which then finishes: the
+    paid subscription is kept and reported active, never cancelled after payment."""
+    from subscription_app.billing import service
+
+    headers = auth_headers(api, "confirm-raced@example.com")
+    first = subscribe(api, headers, make_payment_method("tok_threeDSecure2Required"))
+    assert first.json()["status"] == "requires_action"
+    read_payment = service._payment_of
+
+    def then_finished(client, snapshot):
+        payment = read_payment(client, snapshot)  # still waiting for the bank, as read
+        if payment is not None and payment.status == "requires_action":
+            _authenticate(stripe_client, first.json()["client_secret"])
+        return payment
+
+    monkeypatch.setattr(service, "_payment_of", then_finished)
+    confirmed = api.post("/api/v1/subscriptions/confirm", headers=headers)
+    assert confirmed.status_code == 200, confirmed.text
+    assert confirmed.json()["status"] == "active"
+    subs, paid = stripe_state(session, stripe_client, "confirm-raced@example.com")
+    assert [s.status for s in subs] == ["active"] and len(paid) == 1
+
+
+def test_confirm_of_a_replaced_attempt_leaves_the_newer_one_alone(
+    api, make_payment_method, stripe_client, session
+):
+    """Tab A's bank check ends after tab B started a newer attempt: A's confirm is a 409 and
+    B's attempt, its bank check still open, is not undone; B then completes."""
+    headers = auth_headers(api, "two-tabs-3ds@example.com")
+    tab_a = subscribe(api, headers, make_payment_method("tok_threeDSecure2Required")).json()
+    tab_b = subscribe(api, headers, make_payment_method("tok_threeDSecure2Required")).json()
+    assert tab_a["status"] == tab_b["status"] == "requires_action"
+
+    late = api.post(
+        "/api/v1/subscriptions/confirm",
+        json={"payment_intent_id": tab_a["client_secret"].split("_secret_")[0]},
+        headers=headers,
+    )
+    assert late.status_code == 409, late.text
+    assert "replaced by a newer one" in late.json()["detail"]
+    subs, _ = stripe_state(session, stripe_client, "two-tabs-3ds@example.com")
+    assert sorted(s.status for s in subs) == ["incomplete", "incomplete_expired"]
+
+    _authenticate(stripe_client, tab_b["client_secret"])
+    done = api.post(
+        "/api/v1/subscriptions/confirm",
+        json={"payment_intent_id": tab_b["client_secret"].split("_secret_")[0]},
+        headers=headers,
+    )
+    assert done.status_code == 200, done.text
+    assert done.json()["status"] == "active"
+    subs, paid = stripe_state(session, stripe_client, "two-tabs-3ds@example.com")
+    assert len(live(subs)) == 1 and len(paid) == 1
+
+
+@pytest.mark.parametrize("payment_intent_id", ["seti_123", "pi_" + "a" * 300, 7, "pi_1'; --"])
+def test_confirm_refuses_a_malformed_payment_intent_id(api, payment_intent_id):
+    headers = auth_headers(api, f"bad-pi-{abs(hash(str(payment_intent_id)))}@example.com")
+    answer = api.post(
+        "/api/v1/subscriptions/confirm",
+        json={"payment_intent_id": payment_intent_id},
+        headers=headers,
+    )
+    assert answer.status_code == 422, answer.text

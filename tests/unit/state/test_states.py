@@ -218,20 +218,24 @@ async def test_checkout_keeps_busy_only_while_the_bank_checks(signed_in, monkeyp
     monkeypatch.setattr(
         service,
         "start_subscription",
-        lambda **_: service.SubscribeResult("requires_action", None, "pi_secret_123"),
+        lambda **_: service.SubscribeResult("requires_action", None, "pi_123_secret_456"),
     )
     checkout = _substate(signed_in, CheckoutState)
     updates = await _run(CheckoutState.card_confirmed, checkout, {"payment_method_id": "pm_123"})
     assert checkout.processing is True  # 3-D Secure is open in the page
     assert checkout.attempt == 0  # the press is not over
     assert "confirmPayment" in str(updates)
-    monkeypatch.setattr(
-        service,
-        "confirm_subscription",
-        lambda **_: service.SubscribeResult("active", _view()),
-    )
+    confirmed = []
+
+    def confirm(**kwargs):
+        confirmed.append(kwargs["payment_intent_id"])
+        return service.SubscribeResult("active", _view())
+
+    monkeypatch.setattr(service, "confirm_subscription", confirm)
     await _run(CheckoutState.payment_confirmed, checkout, {})
     assert checkout.processing is False and checkout.succeeded is True
+    # Only the attempt this page's bank check was for is settled (not a newer tab's).
+    assert confirmed == ["pi_123"]
 
 
 async def test_a_refused_card_shows_stripes_words_and_frees_the_button(signed_in):
