@@ -238,6 +238,12 @@ def _subscription_update(cls, id, **data):
 
 def _subscription_delete(cls, id):
     sub = cls._api_retrieve(id)
+    if sub.status in ("canceled", "incomplete_expired"):
+        # As Stripe answers a cancel of a subscription that has already ended (it can still
+        # be retrieved): apps must not take this for a missing payment method.
+        raise UserError(
+            404, f"No such subscription: '{id}'", {"code": "resource_missing", "param": "id"}
+        )
     # Set before localstripe snapshots the object into its "deleted" event.
     sub.canceled_at = int(time.time())
     sub.cancellation_details = {

@@ -81,6 +81,10 @@ ATTEMPT_IN_PROGRESS = (
 STILL_PROCESSING = (
     "Your previous payment is still being processed. Check your dashboard in a minute."
 )
+CHANGED_MEANWHILE = (
+    "Your subscription was changed meanwhile (in another window or the billing portal). "
+    "It is shown as it is now: please try again if you still want to."
+)
 ATTEMPT_REPLACED = (
     "This attempt was replaced by a newer one started in another window. "
     "Finish that one, or check your dashboard."
@@ -592,24 +596,63 @@ def _live(session: Session, user: User, nothing_to_do: str) -> repository.LiveSu
 def _change(
     session: Session,
     user: User,
-    live: repository.LiveSubscription,
-    call: Callable[[stripe.StripeClient], stripe.Subscription],
+    nothing_to_do: str,
+    check: Callable[[repository.LiveSubscription], None],
+    call: Callable[[repository.LiveSubscription, stripe.StripeClient], stripe.Subscription],
     kind: str,
     message: Callable[[SubscriptionSnapshot], str],
 ) -> CancelResult:
-    """Change the subscription in Stripe, record Stripe's answer and tell the person."""
+    """Change the live subscription in Stripe, record Stripe's answer and tell the person.
+
+    `check` refuses (raises) when there is nothing to do. It runs on what we have stored,
+    before the lock and again under it, so the second press of a double click finds the
+    first one's change and is refused instead of repeated.
+    """
     user_id = _id(user)
+    live = _live(session, user, nothing_to_do)
+    check(live)
+
+    def still() -> None:
+        now = _live(session, user, nothing_to_do)
+        if now.id != live.id:
+            raise BillingError(nothing_to_do, kind="conflict")
+        check(now)
+
     try:
         synced = sync.change_subscription(
-            session=session, subscription_id=live.id, user_id=user_id, call=call
+            session=session,
+            subscription_id=live.id,
+            user_id=user_id,
+            call=lambda client: call(live, client),
+            check=still,
         )
     except locks.LockTimeout as exc:
         raise BillingError(ATTEMPT_IN_PROGRESS, kind="conflict") from exc
+    except stripe.InvalidRequestError as exc:
+        raise _refused_change(session, user, live, exc) from exc
     except stripe.StripeError as exc:
         raise _translate(exc) from exc
     text = message(synced.snapshot)
     notifications.tell(session, user_id=user_id, kind=kind, text=text)
     return CancelResult(repository.current_subscription(session, user_id), text)
+
+
+def _refused_change(
+    session: Session, user: User, live: repository.LiveSubscription, exc: stripe.StripeError
+) -> BillingError:
+    """Stripe refused a change we thought possible: the subscription changed there meanwhile
+    (ended, or cancelled in the customer portal, before its webhook reached us). Record what
+    Stripe has now, and say so."""
+    try:
+        snapshot = sync.sync_subscription(
+            session=session, subscription_id=live.id, user_id=_id(user)
+        ).snapshot
+    except (stripe.StripeError, locks.LockTimeout):
+        return _translate(exc)
+    logger.info("Stripe refused a subscription change (%s); re-read it", exc.code or "no code")
+    if not SubscriptionStatus(snapshot.status).is_live:
+        return BillingError("Your subscription has already ended.", kind="conflict")
+    return BillingError(CHANGED_MEANWHILE, kind="conflict")
 
 
 def _period_end(value: datetime | None) -> str:
@@ -622,19 +665,25 @@ def cancel_subscription(*, session: Session, user: User, at_period_end: bool) ->
     Raises:
         BillingError: (conflict) no live subscription, or already set to end at period end.
     """
-    live = _live(session, user, "You have no active subscription to cancel.")
-    if at_period_end and live.view.cancel_at_period_end:
-        raise BillingError(
-            "Your subscription is already set to end on "
-            f"{_period_end(live.view.current_period_end)}.",
-            kind="conflict",
-        )
+
+    def not_yet_ending(live: repository.LiveSubscription) -> None:
+        if at_period_end and live.view.cancel_at_period_end:
+            raise BillingError(
+                "Your subscription is already set to end on "
+                f"{_period_end(live.view.current_period_end)}.",
+                kind="conflict",
+            )
+
+    nothing = "You have no active subscription to cancel."
     if at_period_end:
         return _change(
             session,
             user,
-            live,
-            lambda c: c.v1.subscriptions.update(live.id, params={"cancel_at_period_end": True}),
+            nothing,
+            not_yet_ending,
+            lambda live, c: c.v1.subscriptions.update(
+                live.id, params={"cancel_at_period_end": True}
+            ),
             "canceled",
             lambda snapshot: (
                 "Your subscription is cancelled. You keep access until "
@@ -644,8 +693,9 @@ def cancel_subscription(*, session: Session, user: User, at_period_end: bool) ->
     return _change(
         session,
         user,
-        live,
-        lambda c: c.v1.subscriptions.cancel(live.id),
+        nothing,
+        not_yet_ending,
+        lambda live, c: c.v1.subscriptions.cancel(live.id),
         "canceled",
         lambda _: "Your subscription is cancelled and has ended.",
     )
@@ -658,14 +708,17 @@ def resume_subscription(*, session: Session, user: User) -> CancelResult:
         BillingError: (conflict) nothing to undo.
     """
     nothing = "Your subscription is not set to end, so there is nothing to undo."
-    live = _live(session, user, nothing)
-    if not live.view.cancel_at_period_end:
-        raise BillingError(nothing, kind="conflict")
+
+    def ending(live: repository.LiveSubscription) -> None:
+        if not live.view.cancel_at_period_end:
+            raise BillingError(nothing, kind="conflict")
+
     return _change(
         session,
         user,
-        live,
-        lambda c: c.v1.subscriptions.update(live.id, params={"cancel_at_period_end": False}),
+        nothing,
+        ending,
+        lambda live, c: c.v1.subscriptions.update(live.id, params={"cancel_at_period_end": False}),
         "resumed",
         lambda _: "Your subscription will renew as usual.",
     )

@@ -311,14 +311,19 @@ def change_subscription(
     subscription_id: str,
     user_id: int,
     call: Callable[[stripe.StripeClient], Any],
+    check: Callable[[], None] | None = None,
 ) -> Synced:
     """Change a subscription in Stripe (`call`) and apply Stripe's answer, under its lock.
 
     Any event about a later change waits for the lock and then reads a later state, so our
-    answer can never overwrite it. Commits.
+    answer can never overwrite it. `check`, if given, runs first under the lock (in a fresh
+    transaction) and may raise to refuse: a precondition read before the lock may have been
+    changed by a request that held it meanwhile (the first of a double click). Commits.
     """
     session.commit()
     with subscription_lock(subscription_id, session):
+        if check is not None:
+            check()
         updated = call(get_client())
         return _apply(session, read_subscription(updated), user_id, only_if_new=False)
 

@@ -125,3 +125,57 @@ def test_unreachable_smtp_does_not_break_cancelling(api, subscribed, settings_en
         queued = session.exec(select(OutboxEmail)).one()
         assert (queued.status, queued.attempts, queued.sent_at) == ("pending", 1, None)
     assert notifications.deliver_due().retrying == 0  # not due again yet
+
+
+def _stripe_subscription_id(session) -> str:
+    from subscription_app import crypto
+    from subscription_app.models import Subscription
+
+    session.rollback()
+    row = session.exec(select(Subscription)).one()
+    return crypto.decrypt(row.stripe_subscription_id_enc, purpose=crypto.Purpose.STRIPE_ID)
+
+
+@pytest.mark.parametrize("at_period_end", [False, True])
+def test_cancel_of_a_subscription_stripe_already_ended_says_so_and_records_it(
+    api, subscribed, session, stripe_client, at_period_end
+):
+    """Ended in Stripe (the dashboard, the portal, dunning) before its webhook reached us:
+    a cancel is answered 'already ended' (not a payment-method error) and the row is
+    brought up to date at once."""
+    stripe_client.v1.subscriptions.cancel(_stripe_subscription_id(session))
+    response = cancel(api, subscribed, at_period_end=at_period_end)
+    assert response.status_code == 409, response.text
+    assert response.json()["detail"] == "Your subscription has already ended."
+    mine = api.get("/api/v1/subscriptions/me", headers=subscribed).json()["subscription"]
+    assert mine["status"] == "canceled"
+
+
+def test_a_second_press_that_read_before_the_first_committed_is_refused(
+    api, subscribed, session, monkeypatch
+):
+    """A double click: the second request read the subscription before the first one's change
+    was recorded. Under the lock it sees that change and is refused; the person is told
+    once, not twice."""
+    from dataclasses import replace
+
+    from subscription_app.billing import repository
+
+    assert cancel(api, subscribed, at_period_end=True).status_code == 200
+    real = repository.live_subscription
+    reads = []
+
+    def read_before_the_first_committed(session, user_id):
+        live = real(session, user_id)
+        reads.append(live)
+        if len(reads) == 1:  # the read before the lock: as it was before the first press
+            return replace(live, view=replace(live.view, cancel_at_period_end=False))
+        return live
+
+    monkeypatch.setattr(repository, "live_subscription", read_before_the_first_committed)
+    again = cancel(api, subscribed, at_period_end=True)
+    assert again.status_code == 409, again.text
+    assert "already set to end" in again.json()["detail"]
+    session.rollback()
+    told = session.exec(select(Notification).where(Notification.kind == "canceled")).all()
+    assert len(told) == 1
