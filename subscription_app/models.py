@@ -172,6 +172,9 @@ class Subscription(SQLModel, table=True):
     started_at: datetime | None = _ts()
     current_period_end: datetime | None = _ts()
     cancel_at_period_end: bool = Field(default=False)
+    # When a subscription set to end will end (Stripe's `cancel_at`): in flexible billing
+    # mode the customer portal sets only this, leaving `cancel_at_period_end` false.
+    cancel_at: datetime | None = _ts()
     canceled_at: datetime | None = _ts()
     ended_at: datetime | None = _ts()
     # When Stripe's state was last applied. Informational only: Stripe's clock (whole seconds)

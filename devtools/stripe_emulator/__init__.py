@@ -19,7 +19,9 @@ What is added on top of localstripe 1.15.10:
 * ``POST /v1/subscriptions`` with ``items[][price]``, ``default_payment_method``,
   ``payment_behavior`` (all four values), ``payment_settings``, trials;
   ``cancel_at_period_end`` / cancel set ``cancel_at``, ``canceled_at`` and
-  ``cancellation_details``; ``customer.subscription.updated`` events;
+  ``cancellation_details``; ``cancel_at`` on update (a timestamp, ``min_period_end``,
+  or ``""`` to undo), which the customer portal uses as in flexible billing mode;
+  ``customer.subscription.updated`` events;
 * ``Idempotency-Key`` on POSTs (localstripe ignores it);
 * confirming a SetupIntent attaches its payment method to its customer;
 * confirming a PaymentIntent with ``payment_method`` (invoices of

@@ -194,7 +194,7 @@ def _subscription_html(session: BillingPortalSession, sub: ls.Subscription) -> s
     else:
         when = f"Renews on {_date(sub.current_period_end)}"
     base = f"{_home(session)}/subscriptions/{sub.id}"
-    if sub.cancel_at_period_end:
+    if sub.cancel_at_period_end or sub.cancel_at:
         action = (
             f'<form method="post" action="{_esc(base)}/renew">'
             '<button type="submit">Don\'t cancel</button></form>'
@@ -294,9 +294,11 @@ async def _cancel_route(request: web.Request, id: str, sub: str) -> web.Response
     subscription = _own_subscription(session, sub)
     if subscription is None:
         return _error_page("Subscription not found", "This subscription cannot be changed here.")
-    if not subscription.cancel_at_period_end:
-        # Sends customer.subscription.updated (see subscriptions._subscription_update).
-        ls.Subscription._api_update(subscription.id, cancel_at_period_end=True)
+    if not (subscription.cancel_at_period_end or subscription.cancel_at):
+        # As Stripe's portal does for a subscription in flexible billing mode (the default
+        # for new ones): the end is scheduled through cancel_at, cancel_at_period_end stays
+        # false. Sends customer.subscription.updated (subscriptions._subscription_update).
+        ls.Subscription._api_update(subscription.id, cancel_at="min_period_end")
     return _see_other(f"{_home(session)}?done=canceled")
 
 
@@ -308,8 +310,8 @@ async def _renew_route(request: web.Request, id: str, sub: str) -> web.Response:
     subscription = _own_subscription(session, sub)
     if subscription is None:
         return _error_page("Subscription not found", "This subscription cannot be changed here.")
-    if subscription.cancel_at_period_end:
-        ls.Subscription._api_update(subscription.id, cancel_at_period_end=False)
+    if subscription.cancel_at_period_end or subscription.cancel_at:
+        ls.Subscription._api_update(subscription.id, cancel_at="")
     return _see_other(f"{_home(session)}?done=renewed")
 
 

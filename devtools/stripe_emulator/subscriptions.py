@@ -97,11 +97,42 @@ def _apply_cancel_at_period_end(sub: ls.Subscription, value: bool | None) -> Non
             "feedback": None,
             "reason": "cancellation_requested",
         }
-    elif value is False:
+    elif value is False and sub.cancel_at_period_end:
+        # Undoes what `True` scheduled; an end set through cancel_at alone stays (unset it
+        # with cancel_at="").
         sub.cancel_at_period_end = False
         sub.cancel_at = None
         sub.canceled_at = None
         sub.cancellation_details = {"comment": None, "feedback": None, "reason": None}
+
+
+def _apply_cancel_at(sub: ls.Subscription, value: Any) -> None:
+    # Flexible billing mode (the default for new subscriptions since 2025-09-30): the
+    # customer portal schedules the end through cancel_at alone, cancel_at_period_end false.
+    # "" unsets it (the cancellation is undone); the enum values name the period's end.
+    if value is None:
+        return
+    if value == "":
+        sub.cancel_at_period_end = True  # so that the next line undoes either way of ending
+        _apply_cancel_at_period_end(sub, False)
+        return
+    if value in ("min_period_end", "max_period_end"):
+        moment = sub.current_period_end
+    else:
+        try:
+            moment = int(value)
+        except (TypeError, ValueError):
+            raise _invalid("Invalid cancel_at: must be a timestamp or ''", "cancel_at") from None
+        if moment <= int(time.time()):
+            raise _invalid("cancel_at must be in the future", "cancel_at")
+    sub.cancel_at_period_end = False
+    sub.cancel_at = moment
+    sub.canceled_at = int(time.time())
+    sub.cancellation_details = {
+        "comment": None,
+        "feedback": None,
+        "reason": "cancellation_requested",
+    }
 
 
 def _subscription_create(cls, **data):
@@ -212,6 +243,12 @@ def _subscription_update(cls, id, **data):
     if data.pop("proration_behavior", None) == "none":
         data.setdefault("prorate", False)
     cancel_at_period_end = _as_bool(data.pop("cancel_at_period_end", None), "cancel_at_period_end")
+    cancel_at = data.pop("cancel_at", None)
+    if cancel_at not in (None, "") and cancel_at_period_end:
+        raise _invalid(
+            "You may only specify one of these parameters: cancel_at, cancel_at_period_end.",
+            "cancel_at",
+        )
     cancellation_details = data.pop("cancellation_details", None)
     description = data.pop("description", sub.description)
     for ignored in ("payment_behavior", "off_session", "payment_settings"):
@@ -227,6 +264,7 @@ def _subscription_update(cls, id, **data):
         ls.Customer._api_retrieve(sub.customer).invoice_settings["default_payment_method"] = pm_id
     sub.description = description
     _apply_cancel_at_period_end(sub, cancel_at_period_end)
+    _apply_cancel_at(sub, cancel_at)
     if isinstance(cancellation_details, dict):
         sub.cancellation_details = {**sub.cancellation_details, **cancellation_details}
 

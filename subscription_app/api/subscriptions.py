@@ -34,7 +34,12 @@ class SubscriptionOut(BaseModel):
     status: str
     started_at: datetime | None
     current_period_end: datetime | None
-    cancel_at_period_end: bool
+    cancel_at_period_end: bool = Field(
+        description="Set to end: it ends at `cancel_at` (usually the period's end), not renewing."
+    )
+    cancel_at: datetime | None = Field(
+        default=None, description="When a subscription set to end ends; null otherwise."
+    )
     canceled_at: datetime | None
     ended_at: datetime | None
 

@@ -237,6 +237,7 @@ def apply_snapshot(
         "started_at": snapshot.started_at,
         "current_period_end": snapshot.current_period_end,
         "cancel_at_period_end": snapshot.cancel_at_period_end,
+        "cancel_at": snapshot.cancel_at,
         "canceled_at": snapshot.canceled_at,
         "ended_at": snapshot.ended_at,
         "activated": bool(row and row.activated) or status.is_live,

@@ -187,6 +187,7 @@ def _would_change(session: Session, snapshot: SubscriptionSnapshot) -> bool:
         row.started_at,
         row.current_period_end,
         row.cancel_at_period_end,
+        row.cancel_at,
         row.canceled_at,
         row.ended_at,
     )
@@ -197,6 +198,7 @@ def _would_change(session: Session, snapshot: SubscriptionSnapshot) -> bool:
         snapshot.started_at,
         snapshot.current_period_end,
         snapshot.cancel_at_period_end,
+        snapshot.cancel_at,
         snapshot.canceled_at,
         snapshot.ended_at,
     )

@@ -670,7 +670,7 @@ def cancel_subscription(*, session: Session, user: User, at_period_end: bool) ->
         if at_period_end and live.view.cancel_at_period_end:
             raise BillingError(
                 "Your subscription is already set to end on "
-                f"{_period_end(live.view.current_period_end)}.",
+                f"{_period_end(live.view.cancel_at or live.view.current_period_end)}.",
                 kind="conflict",
             )
 
@@ -718,7 +718,14 @@ def resume_subscription(*, session: Session, user: User) -> CancelResult:
         user,
         nothing,
         ending,
-        lambda live, c: c.v1.subscriptions.update(live.id, params={"cancel_at_period_end": False}),
+        # Set to end by the portal in flexible billing mode: only `cancel_at` is set, and
+        # unsetting it is what undoes that (cancel_at_period_end is already false).
+        lambda live, c: c.v1.subscriptions.update(
+            live.id,
+            params={"cancel_at": ""}
+            if live.view.ends_by_cancel_at
+            else {"cancel_at_period_end": False},
+        ),
         "resumed",
         lambda _: "Your subscription will renew as usual.",
     )

@@ -44,7 +44,10 @@ class SubscriptionView:
     status: str = ""
     started_at: datetime | None = None
     current_period_end: datetime | None = None
+    # Set to end: at the period's end (`cancel_at_period_end` in Stripe) or at `cancel_at`
+    # (what the customer portal sets in flexible billing mode). Either way it ends then.
     cancel_at_period_end: bool = False
+    cancel_at: datetime | None = None
     canceled_at: datetime | None = None
     ended_at: datetime | None = None
     plan: str = DEFAULT_PLAN.name
@@ -55,27 +58,34 @@ class SubscriptionView:
     # Display strings, derived from the fields above by `view_of`.
     status_label: str = ""
     started_on: str = ""
-    renews_on: str = ""
+    renews_on: str = ""  # the next renewal, or the day it ends if it is set to end
     canceled_on: str = ""
     is_live: bool = False
     past_due: bool = False
+    # Set to end through `cancel_at` only: undoing it unsets that (`resume_subscription`).
+    ends_by_cancel_at: bool = False
 
 
 def view_of(row: Subscription) -> SubscriptionView:
     """The one mapping of a stored subscription to what people see."""
+    is_live = SubscriptionStatus(row.status).is_live
+    ends_by_cancel_at = is_live and row.cancel_at is not None and not row.cancel_at_period_end
+    ending = row.cancel_at_period_end or ends_by_cancel_at
     return SubscriptionView(
         status=row.status,
         started_at=row.started_at,
         current_period_end=row.current_period_end,
-        cancel_at_period_end=row.cancel_at_period_end,
+        cancel_at_period_end=ending,
+        cancel_at=row.cancel_at if ending else None,
         canceled_at=row.canceled_at,
         ended_at=row.ended_at,
         status_label=status_label(row.status),
         started_on=format_date(row.started_at),
-        renews_on=format_date(row.current_period_end),
+        renews_on=format_date((row.cancel_at if ending else None) or row.current_period_end),
         canceled_on=format_date(row.canceled_at),
-        is_live=SubscriptionStatus(row.status).is_live,
+        is_live=is_live,
         past_due=row.status in ("past_due", "unpaid"),
+        ends_by_cancel_at=ends_by_cancel_at,
     )
 
 

@@ -454,21 +454,25 @@ def test_portal_session_shows_the_plan_and_cancels_and_undoes(client, price, htt
     marker = _newest_event(client)
     page = _follow(http, page, submit(http, page, "Cancel subscription"))
     canceled = client.v1.subscriptions.retrieve(sub.id)
-    assert canceled.cancel_at_period_end is True
+    # As Stripe's portal does in flexible billing mode (new subscriptions' default): the end
+    # is scheduled through cancel_at alone, at the period's end.
+    assert canceled.cancel_at_period_end is False
+    assert canceled.cancel_at == canceled.items.data[0].current_period_end
     assert "Cancels on" in page.text
     assert "Don't cancel" in page.buttons()
     assert "Cancel subscription" not in page.buttons()
     [updated] = _events_since(client, marker)
     assert updated.type == "customer.subscription.updated"
-    assert updated.data.previous_attributes.cancel_at_period_end is False
+    assert updated.data.previous_attributes.cancel_at is None
 
     marker = _newest_event(client)
     page = _follow(http, page, submit(http, page, "Don't cancel"))
-    assert client.v1.subscriptions.retrieve(sub.id).cancel_at_period_end is False
+    renewing = client.v1.subscriptions.retrieve(sub.id)
+    assert renewing.cancel_at is None and renewing.cancel_at_period_end is False
     assert "Renews on" in page.text
     [undone] = _events_since(client, marker)
     assert undone.type == "customer.subscription.updated"
-    assert undone.data.object.cancel_at_period_end is False
+    assert undone.data.object.cancel_at is None
 
 
 def test_portal_updates_the_payment_method(client, price, http, emulator):

@@ -179,3 +179,33 @@ def test_a_second_press_that_read_before_the_first_committed_is_refused(
     session.rollback()
     told = session.exec(select(Notification).where(Notification.kind == "canceled")).all()
     assert len(told) == 1
+
+
+def test_a_cancellation_made_in_the_portal_in_flexible_billing_mode_shows_and_can_be_undone(
+    api, subscribed, session, stripe_client
+):
+    """Stripe's portal, for a subscription in flexible billing mode (the default for new
+    ones since 2025-09-30), schedules the end with `cancel_at` alone: `cancel_at_period_end`
+    stays false. It is still set to end: shown so, with its date, and undone by /resume."""
+    from subscription_app.billing import sync
+    from subscription_app.models import Subscription
+
+    sub_id = _stripe_subscription_id(session)
+    user_id = session.exec(select(Subscription)).one().user_id
+    ending = stripe_client.v1.subscriptions.update(sub_id, params={"cancel_at": "min_period_end"})
+    assert ending.cancel_at_period_end is False and ending.cancel_at is not None
+    # What the webhook about it does (it re-reads the subscription from Stripe).
+    sync.sync_subscription(session=session, subscription_id=sub_id, user_id=user_id)
+
+    mine = api.get("/api/v1/subscriptions/me", headers=subscribed).json()["subscription"]
+    assert mine["status"] == "active" and mine["cancel_at_period_end"] is True
+    assert mine["cancel_at"] is not None
+    again = cancel(api, subscribed, at_period_end=True)
+    assert again.status_code == 409 and "already set to end" in again.json()["detail"]
+
+    resumed = api.post("/api/v1/subscriptions/resume", headers=subscribed)
+    assert resumed.status_code == 200, resumed.text
+    assert resumed.json()["subscription"]["cancel_at_period_end"] is False
+    assert resumed.json()["subscription"]["cancel_at"] is None
+    renewing = stripe_client.v1.subscriptions.retrieve(sub_id)
+    assert renewing.cancel_at is None and renewing.cancel_at_period_end is False

@@ -35,6 +35,7 @@ def test_migrations_apply_to_an_empty_database_and_round_trip(empty_database_url
         "started_at",
         "current_period_end",
         "cancel_at_period_end",
+        "cancel_at",
         "canceled_at",
         "stripe_updated_at",
     } <= columns
@@ -48,7 +49,7 @@ def test_migrations_apply_to_an_empty_database_and_round_trip(empty_database_url
     assert (EXPECTED_TABLES - {"alembic_version"}) & remaining == set()
     upgrade(empty_database_url)  # and back up again
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0006"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0007"
     engine.dispose()
 
 

@@ -32,6 +32,7 @@ API_FIELDS = {
     "started_at",
     "current_period_end",
     "cancel_at_period_end",
+    "cancel_at",
     "canceled_at",
     "ended_at",
 }
@@ -54,6 +55,21 @@ def _row(status: str = "active", **fields) -> Subscription:
     }
     values.update(fields)
     return Subscription(**values)
+
+
+def test_a_subscription_set_to_end_by_cancel_at_alone_is_shown_as_ending_then():
+    """Stripe's portal in flexible billing mode sets `cancel_at`, not `cancel_at_period_end`."""
+    ends = datetime(2026, 12, 10, tzinfo=UTC)
+    view = view_of(_row("active", cancel_at=ends, cancel_at_period_end=False))
+    assert view.cancel_at_period_end is True and view.cancel_at == ends
+    assert view.renews_on == "December 10, 2026"  # shown as "Access ends"
+    assert view.ends_by_cancel_at is True
+    # Classic: cancel_at_period_end (Stripe also sets cancel_at to the period's end).
+    classic = view_of(_row("active", cancel_at=RENEWS, cancel_at_period_end=True))
+    assert classic.cancel_at_period_end is True and classic.ends_by_cancel_at is False
+    # Ended, or never set to end: no end date shown as one to come.
+    assert view_of(_row("canceled", cancel_at=ends)).cancel_at is None
+    assert view_of(_row("active")).cancel_at_period_end is False
 
 
 def test_view_of_maps_every_field_of_the_row():
@@ -151,6 +167,7 @@ def test_the_api_model_carries_exactly_the_documented_fields():
         "started_at": STARTED,
         "current_period_end": RENEWS,
         "cancel_at_period_end": False,
+        "cancel_at": None,
         "canceled_at": CANCELED,
         "ended_at": ENDED,
     }
