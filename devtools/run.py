@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dotenv import dotenv_values
+
 from subscription_app.billing import catalog
 from subscription_app.crypto import generate_key, legacy_index_key
 from subscription_app.migrate import upgrade
@@ -29,8 +31,6 @@ LOCAL_DIR = ROOT / ".local"
 DEV_SECRETS = Path(os.environ.get("DEV_SECRETS_FILE", LOCAL_DIR / "dev-secrets.env"))
 # The emulator's data lives next to the SQLite file's, so both survive a restart together.
 EMULATOR_STATE = Path(os.environ.get("STRIPE_EMULATOR_STATE", LOCAL_DIR / "stripe-emulator.pickle"))
-EMULATOR_PORT = int(os.environ.get("STRIPE_EMULATOR_PORT", "8420"))
-APP_PORT = int(os.environ.get("APP_PORT", "3000"))
 # Top-level modules of requirements-emulator.txt (and what they pull in) that the emulator
 # imports: missing, they mean that file was not installed.
 EMULATOR_PACKAGES = frozenset({"localstripe", "aiohttp", "dateutil"})
@@ -44,14 +44,18 @@ Test cards (any future expiry date, any CVC, any postal code):
 
 
 def _read_env_file(path: Path) -> dict[str, str]:
-    values: dict[str, str] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            line = line.strip()
-            if line and not line.startswith("#") and "=" in line:
-                key, _, value = line.partition("=")
-                values[key.strip()] = value.strip()
-    return values
+    """KEY=value pairs of a .env file, read as the app's settings read it (python-dotenv:
+    quotes, `export`, inline comments), so `make run` and the app never disagree."""
+    if not path.exists():
+        return {}
+    return {key: value for key, value in dotenv_values(path).items() if value is not None}
+
+
+def _ports() -> tuple[int, int]:
+    """The app's and the emulator's ports (read after `.env` is loaded: either may set them)."""
+    return int(os.environ.get("APP_PORT", "3000")), int(
+        os.environ.get("STRIPE_EMULATOR_PORT", "8420")
+    )
 
 
 def _dev_secrets() -> dict[str, str]:
@@ -102,7 +106,8 @@ def main() -> None:
     for key, value in _read_env_file(ROOT / ".env").items():
         if value and not os.environ.get(key):  # an empty `KEY=` means "not set"
             os.environ[key] = value
-    os.environ.setdefault("APP_URL", f"http://localhost:{APP_PORT}")
+    app_port, emulator_port = _ports()
+    os.environ.setdefault("APP_URL", f"http://localhost:{app_port}")
 
     local_stripe = not os.environ.get("STRIPE_SECRET_KEY")
     if os.environ.get("APP_ENV", "development") == "development":
@@ -134,10 +139,10 @@ def main() -> None:
                 )
 
             print(
-                f"No STRIPE_SECRET_KEY set: starting the local Stripe emulator on {EMULATOR_PORT}"
+                f"No STRIPE_SECRET_KEY set: starting the local Stripe emulator on {emulator_port}"
             )
             EMULATOR_STATE.parent.mkdir(parents=True, exist_ok=True)
-            emulator = start_in_background(EMULATOR_PORT, state_file=EMULATOR_STATE)
+            emulator = start_in_background(emulator_port, state_file=EMULATOR_STATE)
             started.append(emulator)
             os.environ.update(
                 STRIPE_SECRET_KEY="sk_test_local_emulator",
@@ -154,7 +159,7 @@ def main() -> None:
         if local_stripe:
             price_id = catalog.ensure_default_price()
             os.environ["STRIPE_PRICE_ID"] = price_id
-            webhook_url = f"http://127.0.0.1:{APP_PORT}/api/v1/webhooks/stripe"
+            webhook_url = f"http://127.0.0.1:{app_port}/api/v1/webhooks/stripe"
             register_webhook(
                 emulator.url, webhook_url, settings.stripe_webhook_secret.get_secret_value()
             )
@@ -172,7 +177,7 @@ def main() -> None:
         print("Applying database migrations...")
         upgrade()
 
-        print(f"\nStarting the app. Open http://localhost:{APP_PORT}/ when it says it is running.")
+        print(f"\nStarting the app. Open http://localhost:{app_port}/ when it says it is running.")
         if local_stripe:
             print(TEST_CARDS)
         print("Press Ctrl-C to stop.\n", flush=True)
@@ -186,7 +191,7 @@ def main() -> None:
                 "prod",
                 "--single-port",
                 "--frontend-port",
-                str(APP_PORT),
+                str(app_port),
             ],
             cwd=ROOT,
             start_new_session=True,  # its own process group, so we can stop all of it
