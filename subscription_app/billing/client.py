@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -14,6 +15,10 @@ import stripe
 
 from subscription_app.billing.errors import NotSetUp
 from subscription_app.settings import Settings, get_settings
+
+# The SDK logs every request at INFO with its URL, which names Stripe ids in clear
+# (`/v1/subscriptions/sub_...`); our processes log at INFO. Its warnings and errors still show.
+logging.getLogger("stripe").setLevel(logging.WARNING)
 
 # Seconds to wait for Stripe before giving up on one attempt (the SDK retries on top).
 STRIPE_TIMEOUT_SECONDS = 20

@@ -226,3 +226,20 @@ def test_rotation_never_puts_back_a_customer_the_app_replaced_meanwhile(
     customer = session.exec(sa.select(BillingCustomer)).scalars().one()
     assert not crypto.needs_rotation(customer.stripe_customer_id_enc)
     assert customer.stripe_customer_id_hash == crypto.blind_index("cus_NEW")
+
+
+def test_no_stripe_id_reaches_the_logs_at_info(api, make_payment_method, caplog):
+    """Our processes log at INFO; the Stripe SDK logs each request's URL at INFO, and those
+    URLs name subscriptions and customers."""
+    import logging
+
+    caplog.set_level(logging.INFO)  # as the app's processes run (the root logger)
+    headers = auth_headers(api, "quiet-logs@example.com")
+    assert subscribe(api, headers, make_payment_method()).status_code == 200
+    cancelled = api.post(
+        "/api/v1/subscriptions/cancel", json={"at_period_end": False}, headers=headers
+    )
+    assert cancelled.status_code == 200
+    assert caplog.records, "nothing was logged at all: the check would prove nothing"
+    for marker in ("cus_", "sub_", "pm_", "in_", "pi_"):
+        assert marker not in caplog.text, f"{marker!r} logged"
