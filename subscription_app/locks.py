@@ -3,9 +3,10 @@
 Billing writes that must not interleave (two subscribe attempts of one person; two workers
 applying what Stripe says about one subscription) run inside `hold(name)`:
 
-- PostgreSQL: a transaction-scoped advisory lock (`pg_advisory_xact_lock`) on a connection of
-  its own, so the work inside may commit as often as it needs while the lock stays held. If the
-  process dies, PostgreSQL ends the transaction and the lock goes with it.
+- PostgreSQL: a transaction-scoped advisory lock (`pg_try_advisory_xact_lock`) on a connection
+  of its own, so the work inside may commit as often as it needs while the lock stays held. If
+  the process dies, PostgreSQL ends the transaction and the lock goes with it. A waiter holds
+  no connection between its tries (see `_hold_postgresql`).
 - SQLite: an exclusive `flock` on a file named after the lock, in a directory beside the
   database file (`<database>-locks/`). SQLite serves one machine, so an operating-system lock
   spans every process that can open the database; it costs a system call instead of two write
@@ -62,22 +63,37 @@ def _advisory_key(name: str) -> int:
 @contextmanager
 def _hold_postgresql(engine: Engine, name: str, timeout: float) -> Iterator[None]:
     key = _advisory_key(name)
-    with engine.connect() as conn:
-        # Mostly nobody else holds it: one statement takes it without waiting (a lock is
-        # taken for every webhook event applied, so a round trip saved here counts). Only if
-        # it is held do we wait, and a blocked wait ends with an error after `timeout` (SET
-        # LOCAL: this transaction only).
-        if not conn.execute(sa.select(sa.func.pg_try_advisory_xact_lock(key))).scalar_one():
-            conn.execute(sa.text(f"SET LOCAL lock_timeout = '{int(timeout * 1000)}ms'"))
-            try:
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
-            except sa.exc.OperationalError as exc:
-                conn.rollback()
-                raise LockTimeout(name) from exc
+    deadline = time.monotonic() + timeout
+    pause = _POLL_FIRST
+    while True:
+        # Mostly nobody else holds it: one statement takes it (a lock is taken for every
+        # webhook event applied, so a round trip saved here counts). If it is held, the
+        # connection goes back to the pool while we wait, and we try again: a waiter that
+        # kept its connection blocked in pg_advisory_xact_lock would take it from the
+        # engine's pool for as long as it waits, and a dozen requests waiting for one
+        # person's lock (one account's double clicks, say) would leave the holder and every
+        # other request of the worker without a connection until the pool timed out.
+        conn = engine.connect()
         try:
-            yield
-        finally:
+            taken = conn.execute(sa.select(sa.func.pg_try_advisory_xact_lock(key))).scalar_one()
+        except BaseException:
+            conn.close()
+            raise
+        if taken:
+            break
+        conn.rollback()
+        conn.close()
+        if time.monotonic() >= deadline:
+            raise LockTimeout(name)
+        time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
+        pause = min(_POLL_MAX, pause * 2)
+    try:
+        yield
+    finally:
+        try:
             conn.rollback()  # ends the transaction, which releases the lock
+        finally:
+            conn.close()
 
 
 def _try_lease(engine: Engine, name: str, holder: str) -> bool:

@@ -14,6 +14,7 @@ latest state whatever order events arrive in, and however many workers run:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -25,7 +26,7 @@ from urllib.parse import quote
 import stripe
 from sqlmodel import Session
 
-from subscription_app import crypto, locks
+from subscription_app import locks
 from subscription_app.billing import catalog, repository
 from subscription_app.billing.client import get_client
 from subscription_app.billing.reader import (
@@ -46,13 +47,15 @@ NESTED_LOCK_TIMEOUT_SECONDS = 5.0
 def subscription_lock(
     subscription_id: str, session: Session, *, timeout: float | None = None
 ) -> Iterator[None]:
-    """Hold the lock of one Stripe subscription (named by its blind index, not its id).
+    """Hold the lock of one Stripe subscription (named by a hash of its id, not the id).
 
     If the block fails, `session`'s transaction is rolled back before the lock is released:
     the next holder must not find our half-done write, and on SQLite our open write
     transaction would otherwise block the release of the lease itself ("database is locked").
     """
-    name = f"subscription:{crypto.blind_index(subscription_id)}"
+    # Named by a plain hash of the id, not by its blind index: that is keyed, and processes
+    # of a rolling key rotation (old and new index key first) must take the same lock.
+    name = f"subscription:{hashlib.sha256(subscription_id.encode()).hexdigest()}"
     with locks.hold(name, **({"timeout": timeout} if timeout else {})):
         try:
             yield

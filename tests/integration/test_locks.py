@@ -47,21 +47,9 @@ def test_the_holder_can_commit_inside_without_releasing(db_engine, session):
 
 
 def _wait_until_blocked(engine, waiting: threading.Event) -> None:
-    """Return once another thread is waiting for a lock (not merely about to ask for one)."""
-    if engine.dialect.name != "postgresql":  # SQLite: the flock loop has paused to retry
-        assert waiting.wait(timeout=30)
-        return
-    query = sa.text(
-        "SELECT count(*) FROM pg_stat_activity"
-        " WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'"
-        " AND datname = current_database()"
-    )
-    with engine.connect() as conn:
-        for _ in range(3000):  # bounded: 30 s of 10 ms polls
-            if conn.execute(query).scalar_one():
-                return
-            waiting.wait(timeout=0.01)
-    raise AssertionError("the waiter never waited for the lock")
+    """Return once another thread is waiting for a lock (not merely about to ask for one):
+    on either database its loop has found the lock held and paused to try again."""
+    assert waiting.wait(timeout=30), "the waiter never waited for the lock"
 
 
 def test_a_waiter_gets_the_lock_when_the_holder_lets_go(db_engine, monkeypatch):
@@ -161,3 +149,74 @@ def test_a_sqlite_lock_directory_removed_while_running_is_made_again(sqlite_engi
     with locks.hold("subscriber:9", timeout=1):
         pass
     assert try_in_other_thread("subscriber:9", timeout=1) is None
+
+
+def test_many_waiters_hold_no_connection_so_the_worker_keeps_serving(db_engine, monkeypatch):
+    """More requests wait for one lock than the engine's pool has connections (one account's
+    burst of clicks): the holder and everyone else still get connections, and each waiter
+    gets the lock in turn."""
+    waiters = db_engine.pool.size() + db_engine.pool._max_overflow + 5
+    paused: set[int] = set()
+    all_waiting = threading.Condition()
+    pause = locks.time.sleep
+
+    def noting_sleep(seconds: float) -> None:
+        with all_waiting:
+            paused.add(threading.get_ident())
+            all_waiting.notify_all()
+        pause(seconds)
+
+    monkeypatch.setattr(locks.time, "sleep", noting_sleep)
+    got: list[int] = []
+    failures: list[BaseException] = []
+
+    def waiter(number: int) -> None:
+        try:
+            with locks.hold("subscriber:crowd", timeout=60):
+                got.append(number)
+        except BaseException as exc:
+            failures.append(exc)
+
+    with locks.hold("subscriber:crowd"):
+        threads = [threading.Thread(target=waiter, args=(n,)) for n in range(waiters)]
+        for thread in threads:
+            thread.start()
+        with all_waiting:
+            assert all_waiting.wait_for(lambda: len(paused) >= waiters, timeout=30), (
+                f"only {len(paused)} of {waiters} waiters are waiting without a connection"
+            )
+        # Every waiter is waiting: the pool still serves this worker's other requests.
+        with db_engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT 1")).scalar_one() == 1
+    for thread in threads:
+        thread.join(timeout=90)
+    assert failures == [] and sorted(got) == list(range(waiters))
+
+
+def test_a_subscription_lock_is_the_same_lock_whatever_the_index_key(db_engine, settings_env):
+    """During a rolling key rotation old processes (old index key first) and new ones (new
+    key first) must exclude each other on one subscription."""
+    from subscription_app import crypto
+    from subscription_app.billing import sync
+
+    old, new = crypto.generate_key(), crypto.generate_key()
+    settings_env(APP_BLIND_INDEX_KEY=f"{old},{new}")
+    outcome: list[BaseException | None] = []
+    with (
+        db_engine.connect() as conn,
+        sa.orm.Session(bind=conn) as session,
+        sync.subscription_lock("sub_rolling", session),
+    ):
+        settings_env(APP_BLIND_INDEX_KEY=f"{new},{old}")  # a process already rotated
+
+        def other_process() -> None:
+            try:
+                with sync.subscription_lock("sub_rolling", session, timeout=0.3):
+                    outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=other_process)
+        thread.start()
+        thread.join(timeout=30)
+    assert isinstance(outcome[0], locks.LockTimeout)
