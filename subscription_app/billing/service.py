@@ -85,6 +85,9 @@ CHANGED_MEANWHILE = (
     "Your subscription was changed meanwhile (in another window or the billing portal). "
     "It is shown as it is now: please try again if you still want to."
 )
+CHECKOUT_ENDED = (
+    "The subscription from that checkout has already ended. See your dashboard, or subscribe again."
+)
 ATTEMPT_REPLACED = (
     "This attempt was replaced by a newer one started in another window. "
     "Finish that one, or check your dashboard."
@@ -857,8 +860,15 @@ def complete_checkout(*, session: Session, user: User, checkout_session_id: str)
     if fulfilled.duplicate:
         raise AlreadySubscribed()
     current = repository.current_subscription(session, _id(user))
-    live = SubscriptionStatus(fulfilled.synced.snapshot.status).is_live
-    return SubscribeResult(status="active" if live else "processing", subscription=current)
+    status = fulfilled.synced.snapshot.status
+    if SubscriptionStatus(status).is_live:
+        return SubscribeResult(status="active", subscription=current)
+    if status == "incomplete":  # paid, the payment still settling: its webhook activates it
+        return SubscribeResult(status="processing", subscription=current)
+    # Ended since (cancelled, or never paid): "processing" would have a client wait forever.
+    if current is not None and current.is_live:
+        raise AlreadySubscribed()
+    raise BillingError(CHECKOUT_ENDED, kind="conflict")
 
 
 def open_billing_portal(*, session: Session, user: User) -> str:

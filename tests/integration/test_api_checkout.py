@@ -301,3 +301,18 @@ def test_an_expired_checkout_is_replaced_not_handed_out_again(api, stripe_client
         urls.append(url)
         stripe_client.v1.checkout.sessions.expire(cs_id)
     assert pay_checkout(urls[-1]).status_code not in (302, 303)  # the expired one takes nothing
+
+
+def test_a_return_page_revisited_after_its_subscription_ended_says_so(api, session, stripe_client):
+    """Not "processing" (which a client would wait on for ever): a clear 409."""
+    headers = auth_headers(api, "ended-checkout@example.com")
+    session_id = paid_session_id(api, headers)
+    assert complete(api, headers, session_id).json()["status"] == "active"
+    checkout = stripe_client.v1.checkout.sessions.retrieve(session_id)
+    stripe_client.v1.subscriptions.cancel(checkout.subscription)
+
+    again = complete(api, headers, session_id)
+    assert again.status_code == 409, again.text
+    assert "already ended" in again.json()["detail"]
+    me = api.get("/api/v1/subscriptions/me", headers=headers).json()["subscription"]
+    assert me["status"] == "canceled"
