@@ -2,6 +2,7 @@
 
 import hashlib
 from pathlib import Path
+from urllib.parse import quote
 
 LANDING = "/"
 REGISTER = "/register"
@@ -44,6 +45,13 @@ CHECKOUT_SCRIPT_URL = (
 
 # Where a user lands after logging in when no (safe) `next` was given.
 AFTER_LOGIN = DASHBOARD
+
+
+def login_then(path: str, query: str = "") -> str:
+    """The login page, sending the person back to `path` (with its `query`) afterwards."""
+    target = f"{path}?{query}" if query else path
+    # Slashes stay readable (`?next=/checkout`); the inner query is escaped whole.
+    return f"{LOGIN}?next={quote(target, safe='/')}"
 
 
 def safe_next(value: str | None, default: str = AFTER_LOGIN) -> str:

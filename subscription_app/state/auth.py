@@ -126,8 +126,12 @@ class AuthState(rx.State):
         return rx.call_script(f"sessionStorage.clear(); window.location.assign({json.dumps(url)})")
 
     def _to_login(self):
-        """Where a tab goes once its session has ended: the login page, then back here."""
-        return self._leave(f"{routes.LOGIN}?next={self.router.url.path}")
+        """Where a tab goes once its session has ended: the login page, then back here.
+
+        Back to the same address, query included: the Checkout return page's session id is
+        in it, and without it a person who paid would be told the checkout is not theirs.
+        """
+        return self._leave(routes.login_then(self.router.url.path, self.router.url.query))
 
     @rx.event
     async def check_session(self):
@@ -275,7 +279,16 @@ def require_login(
         guarded = rx.cond(
             shown,
             page(),
-            rx.center(rx.spinner(size="3"), aria_label="Loading", padding="3rem 0"),
+            # A live region with words: a bare spinner has no name screen readers announce.
+            rx.center(
+                rx.spinner(size="3", aria_hidden="true"),
+                rx.text("Checking your login…", size="2", color_scheme="gray"),
+                role="status",
+                aria_live="polite",
+                direction="column",
+                gap="2",
+                padding="3rem 0",
+            ),
         )
         return rx.fragment(ahead(), guarded) if ahead is not None else guarded
 

@@ -34,3 +34,14 @@ def test_the_card_field_is_shown_while_the_login_is_checked_and_left_to_stripe()
     # leaves alone (Stripe's inputs are not React's).
     assert '"data-publishable-key":' in field and '"data-js-url":' in field
     assert 'dangerouslySetInnerHTML:({ ["__html"] : "" })' in field
+
+
+def test_the_login_check_is_announced_in_words():
+    """While the login is checked, a protected page is a status region with words in it
+    (a bare spinner has no name a screen reader announces)."""
+    from subscription_app.pages.dashboard import dashboard
+
+    page = str(dashboard())
+    words = page.index("Checking your login")
+    region = page[page.rindex("jsx(RadixThemesFlex", 0, words) : words]
+    assert 'role:"status"' in region and '"aria-live":"polite"' in region

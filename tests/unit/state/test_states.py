@@ -568,3 +568,16 @@ async def test_the_watcher_goes_on_for_the_owners_own_reconnect(db_engine, sessi
         assert dash._watching is True
     finally:
         watcher.cancel()
+
+
+async def test_a_logged_out_checkout_return_is_sent_to_login_keeping_its_session_id(
+    signed_in, session
+):
+    auth = _substate(signed_in, AuthState)
+    assert accounts.revoke_session(session=session, session_id=auth._auth_session_id)
+    session.commit()
+    auth.router = RouterData.from_router_data(
+        {"sid": "s1", "headers": {}, "asPath": "/checkout/complete?session_id=cs_test_1"}
+    )
+    updates = await _run(AuthState.require_login, auth)
+    assert "/login?next=/checkout/complete%3Fsession_id%3Dcs_test_1" in str(updates)
