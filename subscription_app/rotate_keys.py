@@ -21,6 +21,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings
 from sqlalchemy import Update, update
 from sqlmodel import Session, SQLModel, col, select
 
@@ -28,7 +30,7 @@ from subscription_app import crypto
 from subscription_app.crypto import Purpose
 from subscription_app.db import session_scope
 from subscription_app.models import BillingCustomer, StripeEvent, Subscription
-from subscription_app.settings import get_settings
+from subscription_app.settings import DEV_SECRET_KEY, Settings
 
 
 @dataclass(frozen=True)
@@ -164,11 +166,21 @@ def rotate(
     return counts
 
 
+class _SecretKeyOnly(BaseSettings):
+    """APP_SECRET_KEY, read from the same places as `Settings`, without its other checks."""
+
+    model_config = Settings.model_config
+    app_secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     args = sys.argv[1:] if argv is None else argv
     if args == ["--print-legacy-index-key"]:
-        print(crypto.legacy_index_key(get_settings().app_secret_key.get_secret_value()))
+        # Only APP_SECRET_KEY is read: in production the full settings refuse to load until
+        # APP_BLIND_INDEX_KEY is set, and this prints what goes into it.
+        secret = _SecretKeyOnly().app_secret_key.get_secret_value()
+        print(crypto.legacy_index_key(secret))
         return 0
     if args:
         print("usage: python -m subscription_app.rotate_keys [--print-legacy-index-key]")

@@ -119,3 +119,19 @@ def test_the_legacy_index_key_reproduces_the_first_release_index(settings_env):
     expected = hmac.new(derived, b"sub_1", hashlib.sha256).hexdigest()
     settings_env(APP_BLIND_INDEX_KEY=crypto.legacy_index_key(secret))
     assert crypto.blind_index("sub_1") == expected
+
+
+def test_the_legacy_index_key_prints_under_a_production_config_missing_that_key(
+    monkeypatch, capsys
+):
+    """The upgrade step's command runs where the app itself would refuse to start: in
+    production without APP_BLIND_INDEX_KEY, which is what it prints the value for."""
+    from subscription_app import rotate_keys
+
+    secret = "s" * 48
+    monkeypatch.setenv("APP_ENV", "production")
+    monkeypatch.setenv("APP_URL", "https://billing.example.org")
+    monkeypatch.setenv("APP_SECRET_KEY", secret)
+    monkeypatch.delenv("APP_BLIND_INDEX_KEY", raising=False)
+    assert rotate_keys.main(["--print-legacy-index-key"]) == 0
+    assert capsys.readouterr().out.strip() == crypto.legacy_index_key(secret)
