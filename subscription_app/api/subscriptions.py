@@ -237,13 +237,19 @@ class InvoiceOut(BaseModel):
 
 
 class InvoicesOut(BaseModel):
-    """The caller's invoices, newest first (drafts are not shown)."""
+    """The caller's latest invoices, newest first (drafts are not shown)."""
 
     invoices: list[InvoiceOut]
+    has_more: bool = Field(
+        description="Older invoices exist than those listed: the customer portal lists them all."
+    )
 
 
 @router.get("/invoices", response_model=InvoicesOut)
 def invoices(session: SessionDep, user: CurrentUser) -> InvoicesOut:
-    """The caller's own invoices, newest first; drafts are left out."""
-    shown = service.list_invoices(session=session, user=user)
-    return InvoicesOut(invoices=[InvoiceOut.model_validate(view) for view in shown])
+    """The caller's own latest invoices (up to 24), newest first; drafts are left out."""
+    history = service.list_invoices(session=session, user=user)
+    return InvoicesOut(
+        invoices=[InvoiceOut.model_validate(view) for view in history.invoices],
+        has_more=history.has_more,
+    )

@@ -39,7 +39,7 @@ from subscription_app.billing.reader import (
 from subscription_app.billing.views import (
     PERIOD_END_FALLBACK,
     DashboardView,
-    InvoiceView,
+    InvoiceHistory,
     SubscriptionView,
     format_date,
     invoice_view_of,
@@ -899,11 +899,13 @@ def open_billing_portal(*, session: Session, user: User) -> str:
 INVOICE_HISTORY_LIMIT = 24
 
 
-def list_invoices(*, session: Session, user: User) -> list[InvoiceView]:
-    """The person's invoices, newest first, drafts left out (they are not bills yet)."""
+def list_invoices(*, session: Session, user: User) -> InvoiceHistory:
+    """The person's `INVOICE_HISTORY_LIMIT` latest invoices, newest first, drafts left out
+    (they are not bills yet); `has_more` when Stripe holds older ones (the portal lists
+    them all)."""
     customer_id = repository.customer_id_for_user(session, _id(user))
     if customer_id is None:
-        return []
+        return InvoiceHistory([])
     try:
         listed = get_client().v1.invoices.list(
             params={"customer": customer_id, "limit": INVOICE_HISTORY_LIMIT}
@@ -913,7 +915,7 @@ def list_invoices(*, session: Session, user: User) -> list[InvoiceView]:
     records = [read_invoice_record(item) for item in listed.data]
     shown = [r for r in records if r.status and r.status != "draft"]
     shown.sort(key=lambda r: r.created.timestamp() if r.created else 0, reverse=True)
-    return [invoice_view_of(r) for r in shown]
+    return InvoiceHistory([invoice_view_of(r) for r in shown], bool(listed.has_more))
 
 
 def publishable_config() -> dict[str, str]:

@@ -135,6 +135,15 @@ class InvoiceView:
     status_label: str = ""
 
 
+@dataclass(frozen=True)
+class InvoiceHistory:
+    """The most recent invoices, and whether Stripe holds older ones not listed here (they
+    are in the customer portal)."""
+
+    invoices: list[InvoiceView]
+    has_more: bool = False
+
+
 def invoice_view_of(record: InvoiceRecord) -> InvoiceView:
     """The one mapping of a Stripe invoice to a row of the invoice history."""
     status = record.status or ""

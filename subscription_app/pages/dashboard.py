@@ -221,6 +221,11 @@ def _invoices() -> rx.Component:
                     color_scheme="gray",
                 ),
             ),
+            rx.cond(
+                DashboardState.invoices_more,
+                rx.text("Older invoices are in Manage billing.", size="2", color_scheme="gray"),
+                rx.fragment(),
+            ),
             spacing="3",
             align="start",
             width="100%",

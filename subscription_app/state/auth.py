@@ -111,6 +111,22 @@ class AuthState(rx.State):
             auth._forget()
             raise
 
+    async def _as_user(self, ref: str, fn: Callable[[Session, User], T]) -> T:
+        """From a background event: run a blocking service call for the login `ref` (read
+        under the state lock, `_session_ref`), holding no state lock meanwhile.
+
+        The session is re-checked in the database first (`call_as_user`).
+
+        Raises:
+            SessionEnded: logged out or expired; this tab then forgets the login.
+        """
+        try:
+            return await asyncio.to_thread(call_as_user, ref, fn)
+        except SessionEnded:
+            async with self:
+                (await self.get_state(AuthState))._forget()
+            raise
+
     def _leave(self, url: str):
         """Go to `url`; a tab that was logged in is started afresh on the way.
 
@@ -178,7 +194,10 @@ class AuthState(rx.State):
         `sign_in` gets a database session and the client address; an `AppError` it raises
         is shown on the form.
         """
-        if self.submitting:
+        # A second press queued behind the first (a double click, Enter twice) finds the tab
+        # logged in by then: nothing to do (it would log in again, or say the new account
+        # "already exists" just before the page moves on).
+        if self.submitting or self.logged_in:
             return
         self.submitting, self.form_error = True, ""
         yield

@@ -21,6 +21,7 @@ from subscription_app.billing import service
 from subscription_app.billing.views import (
     NO_SUBSCRIPTION,
     DashboardView,
+    InvoiceHistory,
     InvoiceView,
     SubscriptionView,
 )
@@ -156,21 +157,6 @@ class CheckoutState(AuthState):
     def _reusable_secret(self, ref: str) -> str:
         """The unconfirmed SetupIntent made for this very login, if any."""
         return self.setup_client_secret if ref and self._setup_owner == ref else ""
-
-    async def _as_user(self, ref: str, fn: Callable[[Session, User], T]) -> T:
-        """Run a blocking service call for the user, holding no state lock meanwhile.
-
-        The session is re-checked in the database first (`call_as_user`).
-
-        Raises:
-            SessionEnded: logged out or expired; this tab then forgets the login.
-        """
-        try:
-            return await asyncio.to_thread(call_as_user, ref, fn)
-        except SessionEnded:
-            async with self:
-                (await self.get_state(AuthState))._forget()
-            raise
 
     @rx.event(background=True)
     async def prefetch(self):
@@ -405,24 +391,34 @@ class PlanState(AuthState):
         self.notice = CHECKOUT_CANCELLED if cancelled else ""
         return CheckoutState.prefetch if self.logged_in else None
 
-    @rx.event
+    @rx.event(background=True)
     async def start_checkout(self):
-        """ "Subscribe with Stripe Checkout": off to Stripe's page (via login if needed)."""
-        if not self.logged_in:
-            return rx.redirect(f"{routes.LOGIN}?next={routes.PLAN}")
-        if self.redirecting:
-            return None
-        self.redirecting, self.checkout_error, self.notice = True, "", ""
+        """ "Subscribe with Stripe Checkout": off to Stripe's page (via login if needed).
+
+        A background event: the button shows its progress at once, and the tab's other
+        events (Log out, the next page) do not queue behind the Stripe calls.
+        """
+        async with self:
+            if not self.logged_in:
+                return rx.redirect(f"{routes.LOGIN}?next={routes.PLAN}")
+            if self.redirecting:
+                return None
+            self.redirecting, self.checkout_error, self.notice = True, "", ""
+            ref = (await self.get_state(AuthState))._session_ref()
+            target = self._to_login()
         try:
-            url = await self._run_as_user(lambda s, u: service.start_checkout(session=s, user=u))
+            url = await self._as_user(ref, lambda s, u: service.start_checkout(session=s, user=u))
         except SessionEnded:
-            self.redirecting = False
-            return self._to_login()
+            async with self:
+                self.redirecting = False
+            return target
         except AppError as exc:
-            self.redirecting, self.checkout_error = False, exc.message
+            async with self:
+                self.redirecting, self.checkout_error = False, exc.message
             return None
-        except Exception:
-            self.redirecting = False
+        except BaseException:
+            async with self:
+                self.redirecting = False
             raise
         return rx.redirect(url)  # another host: the browser leaves for Stripe's page
 
@@ -434,26 +430,36 @@ class CheckoutReturnState(AuthState):
     error: str = ""
     already_subscribed: bool = False
 
-    @rx.event
+    @rx.event(background=True)
     async def complete(self):
-        """On load: fetch the Checkout Session from Stripe and record its subscription."""
-        self.result, self.error, self.already_subscribed = "", "", False
-        checkout_session_id = self.router.url.query_parameters.get("session_id", "")
+        """On load: fetch the Checkout Session from Stripe and record its subscription.
+
+        A background event: no state lock is held while Stripe answers.
+        """
+        async with self:
+            self.result, self.error, self.already_subscribed = "", "", False
+            checkout_session_id = self.router.url.query_parameters.get("session_id", "")
+            ref = (await self.get_state(AuthState))._session_ref()
+            target = self._to_login()
         try:
-            outcome = await self._run_as_user(
+            outcome = await self._as_user(
+                ref,
                 lambda s, u: service.complete_checkout(
                     session=s, user=u, checkout_session_id=checkout_session_id
-                )
+                ),
             )
         except SessionEnded:
-            return self._to_login()
+            return target
         except service.AlreadySubscribed as exc:
-            self.error, self.already_subscribed = exc.message, True
+            async with self:
+                self.error, self.already_subscribed = exc.message, True
             return None
         except AppError as exc:
-            self.error = exc.message
+            async with self:
+                self.error = exc.message
             return None
-        self.result = outcome.status
+        async with self:
+            self.result = outcome.status
         return None
 
 
@@ -483,6 +489,7 @@ class DashboardState(AuthState):
     result_message: str = ""
     action_error: str = ""
     invoices: list[InvoiceView] = []
+    invoices_more: bool = False  # older invoices than those listed (in the billing portal)
     invoices_loaded: bool = False
     invoices_error: str = ""
     opening_portal: bool = False
@@ -525,7 +532,7 @@ class DashboardState(AuthState):
         async with self:
             ref = (await self.get_state(AuthState))._session_ref()
             target = self._to_login()
-        invoices: list[InvoiceView] | None = None
+        invoices: InvoiceHistory | None = None
         error = ""
         ended = False
         try:
@@ -539,7 +546,7 @@ class DashboardState(AuthState):
         finally:
             async with self:
                 if invoices is not None:
-                    self.invoices = invoices
+                    self.invoices, self.invoices_more = invoices.invoices, invoices.has_more
                 if not ended:
                     self.invoices_error = error
                 else:
@@ -547,23 +554,32 @@ class DashboardState(AuthState):
                 self.invoices_loaded = True
         return target if ended else None
 
-    @rx.event
+    @rx.event(background=True)
     async def open_portal(self):
-        """ "Manage billing": off to Stripe's customer portal, which returns here."""
-        if self.opening_portal:
-            return None
-        self.opening_portal, self.action_error = True, ""
+        """ "Manage billing": off to Stripe's customer portal, which returns here.
+
+        A background event: the button shows its progress at once, a second press while
+        it runs is ignored, and no state lock is held while Stripe answers.
+        """
+        async with self:
+            if self.opening_portal:
+                return None
+            self.opening_portal, self.action_error = True, ""
+            ref = (await self.get_state(AuthState))._session_ref()
+            target = self._to_login()
         try:
-            url = await self._run_as_user(
-                lambda s, u: service.open_billing_portal(session=s, user=u)
+            url = await self._as_user(
+                ref, lambda s, u: service.open_billing_portal(session=s, user=u)
             )
         except SessionEnded:
-            return self._to_login()
+            return target
         except AppError as exc:
-            self.action_error = exc.message
+            async with self:
+                self.action_error = exc.message
             return None
         finally:
-            self.opening_portal = False
+            async with self:
+                self.opening_portal = False  # (also on success: "Back" from the portal)
         return rx.redirect(url)
 
     async def _refresh_invoices(self, ref: str, connection: str) -> None:
@@ -576,7 +592,7 @@ class DashboardState(AuthState):
             return  # keep showing the last list; the next change tries again
         async with self:
             if await self._connection_for(ref, connection) is not None:
-                self.invoices = invoices
+                self.invoices, self.invoices_more = invoices.invoices, invoices.has_more
 
     async def _connection_for(self, ref: str, connection: str) -> str | None:
         """The tab's connection, if it still shows the login `ref` the watcher reads for;

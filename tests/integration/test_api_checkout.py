@@ -185,7 +185,10 @@ def test_portal_session_for_a_customer_only(api, make_payment_method, stripe_cli
 
 def test_invoices_are_my_own_newest_first_without_drafts(api, make_payment_method, stripe_client):
     mine = auth_headers(api, "invoices@example.com")
-    assert api.get("/api/v1/subscriptions/invoices", headers=mine).json() == {"invoices": []}
+    assert api.get("/api/v1/subscriptions/invoices", headers=mine).json() == {
+        "invoices": [],
+        "has_more": False,
+    }
     assert subscribe(api, mine, make_payment_method()).status_code == 200
     theirs = auth_headers(api, "neighbour@example.com")
     assert subscribe(api, theirs, make_payment_method()).status_code == 200
@@ -316,3 +319,24 @@ def test_a_return_page_revisited_after_its_subscription_ended_says_so(api, sessi
     assert "already ended" in again.json()["detail"]
     me = api.get("/api/v1/subscriptions/me", headers=headers).json()["subscription"]
     assert me["status"] == "canceled"
+
+
+def test_the_invoice_list_says_when_older_invoices_are_not_listed(
+    api, make_payment_method, stripe_client, monkeypatch
+):
+    """The list is the latest few (two years of months); older ones are in the portal, and
+    the answer says there are some instead of silently ending."""
+    from subscription_app.billing import service
+
+    headers = auth_headers(api, "many-invoices@example.com")
+    assert subscribe(api, headers, make_payment_method()).status_code == 200
+    me = stripe_client.v1.customers.list(params={"email": "many-invoices@example.com"}).data[0]
+    [sub] = stripe_client.v1.subscriptions.list(params={"customer": me.id}).data
+    stripe_client.raw_request("post", f"/_config/subscriptions/{sub.id}/renew")  # month two
+
+    everything = api.get("/api/v1/subscriptions/invoices", headers=headers).json()
+    assert len(everything["invoices"]) == 2 and everything["has_more"] is False
+    monkeypatch.setattr(service, "INVOICE_HISTORY_LIMIT", 1)
+    latest = api.get("/api/v1/subscriptions/invoices", headers=headers).json()
+    assert len(latest["invoices"]) == 1 and latest["has_more"] is True
+    assert latest["invoices"][0]["number"] == everything["invoices"][0]["number"]

@@ -17,12 +17,18 @@ from reflex.state import State
 from subscription_app import accounts, changes, ratelimit, routes, session_cookie
 from subscription_app.billing import service
 from subscription_app.billing.errors import BillingError
-from subscription_app.billing.views import DashboardView, InvoiceView, SubscriptionView
+from subscription_app.billing.views import (
+    DashboardView,
+    InvoiceHistory,
+    InvoiceView,
+    SubscriptionView,
+)
 from subscription_app.models import utcnow
 from subscription_app.state.auth import AuthState
 from subscription_app.state.billing import (
     CANCEL_AT_PERIOD_END,
     CANCEL_NOW,
+    CheckoutReturnState,
     CheckoutState,
     DashboardState,
     PlanState,
@@ -264,8 +270,29 @@ async def test_register_logs_the_new_account_in(db_engine):
     assert auth.form_error == "The two passwords do not match." and auth.user_email == ""
     await _run(AuthState.register, auth, {**form, "confirm_password": "s3cret-pass"})
     assert auth.user_email == "new@example.com" and auth.submitting is False
+    # The same form from another tab: the address is taken.
+    other = _substate(State(_reflex_internal_init=True), AuthState)
+    await _run(AuthState.register, other, {**form, "confirm_password": "s3cret-pass"})
+    assert "already exists" in other.form_error
+
+
+async def test_a_second_press_queued_behind_a_successful_one_does_nothing(db_engine, session):
+    """Double click or Enter twice: the second submit runs after the first logged the tab
+    in. No "already exists", no second login session."""
+    from sqlmodel import func, select
+
+    from subscription_app.models import AuthSession
+
+    auth = _substate(State(_reflex_internal_init=True), AuthState)
+    form = {"email": "twice@example.com", "password": "s3cret-pass"}
     await _run(AuthState.register, auth, {**form, "confirm_password": "s3cret-pass"})
-    assert "already exists" in auth.form_error
+    first = auth._auth_session_id
+    await _run(AuthState.register, auth, {**form, "confirm_password": "s3cret-pass"})
+    assert auth.form_error == "" and auth._auth_session_id == first
+    await _run(AuthState.login, auth, form)
+    assert auth.form_error == "" and auth._auth_session_id == first
+    session.rollback()
+    assert session.exec(select(func.count()).select_from(AuthSession)).one() == 1
 
 
 # Subscribe and cancel without waiting (issue 12) -----------------------------------------
@@ -281,6 +308,9 @@ async def test_register_logs_the_new_account_in(db_engine):
         (DashboardState, "confirm_cancel"),
         (DashboardState, "undo_cancel"),
         (DashboardState, "load_invoices"),
+        (DashboardState, "open_portal"),
+        (PlanState, "start_checkout"),
+        (CheckoutReturnState, "complete"),
     ],
 )
 async def test_events_that_wait_on_stripe_hold_no_state_lock(state, event):
@@ -444,10 +474,13 @@ async def test_the_invoice_list_keeps_what_it_had_when_stripe_fails(signed_in, m
         hosted_invoice_url="https://invoice.example/1",
         invoice_pdf="https://invoice.example/1.pdf",
     )
-    monkeypatch.setattr(service, "list_invoices", lambda **_: [shown])
+    monkeypatch.setattr(
+        service, "list_invoices", lambda **_: InvoiceHistory([shown], has_more=True)
+    )
     dash = _substate(signed_in, DashboardState)
     await _run(DashboardState.load_invoices, dash)
     assert dash.invoices == [shown] and dash.invoices_loaded and dash.invoices_error == ""
+    assert dash.invoices_more is True  # "Older invoices are in Manage billing."
 
     def unavailable(**_):
         raise BillingError(service.UNAVAILABLE, kind="unavailable")
@@ -500,7 +533,9 @@ async def test_the_watcher_leaves_the_tabs_own_cancel_to_answer_then_looks_again
         return service.CancelResult(None, "Cancelled.")
 
     monkeypatch.setattr(service, "dashboard", dashboard)
-    monkeypatch.setattr(service, "list_invoices", lambda **_: invoice_reads.append(1) or [])
+    monkeypatch.setattr(
+        service, "list_invoices", lambda **_: invoice_reads.append(1) or InvoiceHistory([])
+    )
     monkeypatch.setattr(service, "cancel_subscription", cancel)
 
     watcher = asyncio.create_task(_run(DashboardState.watch, dash))
@@ -581,3 +616,56 @@ async def test_a_logged_out_checkout_return_is_sent_to_login_keeping_its_session
     )
     updates = await _run(AuthState.require_login, auth)
     assert "/login?next=/checkout/complete%3Fsession_id%3Dcs_test_1" in str(updates)
+
+
+async def test_manage_billing_goes_to_the_portal_and_shows_a_failure(signed_in, monkeypatch):
+    dash = _substate(signed_in, DashboardState)
+    monkeypatch.setattr(
+        service, "open_billing_portal", lambda **_: "https://billing.stripe.test/p/session_1"
+    )
+    updates = await _run(DashboardState.open_portal, dash)
+    assert "billing.stripe.test/p/session_1" in str(updates)
+    assert dash.opening_portal is False  # free again on "Back" from the portal
+
+    def unavailable(**_):
+        raise BillingError("Payments are unavailable right now.", kind="unavailable")
+
+    monkeypatch.setattr(service, "open_billing_portal", unavailable)
+    await _run(DashboardState.open_portal, dash)
+    assert dash.action_error == "Payments are unavailable right now."
+    assert dash.opening_portal is False
+
+
+async def test_a_second_manage_billing_press_while_the_first_runs_does_nothing(
+    signed_in, monkeypatch
+):
+    dash = _substate(signed_in, DashboardState)
+    dash.opening_portal = True  # the first press is under way
+    calls = []
+    monkeypatch.setattr(service, "open_billing_portal", lambda **kw: calls.append(kw))
+    assert await _run(DashboardState.open_portal, dash) == [None]
+    assert calls == [] and dash.opening_portal is True
+
+
+async def test_the_checkout_return_page_shows_what_recording_said(signed_in, monkeypatch):
+    page = _substate(signed_in, CheckoutReturnState)
+    page.router = RouterData.from_router_data(
+        {"sid": "s1", "headers": {}, "asPath": "/checkout/complete?session_id=cs_test_1"}
+    )
+    _substate(signed_in, AuthState)._auth_connection = "s1"  # logged in on this connection
+    seen = []
+
+    def recorded(**kw):
+        seen.append(kw["checkout_session_id"])
+        return service.SubscribeResult("active", _view())
+
+    monkeypatch.setattr(service, "complete_checkout", recorded)
+    await _run(CheckoutReturnState.complete, page)
+    assert page.error == "" and seen == ["cs_test_1"] and page.result == "active"
+
+    def twice(**_):
+        raise service.AlreadySubscribed()
+
+    monkeypatch.setattr(service, "complete_checkout", twice)
+    await _run(CheckoutReturnState.complete, page)
+    assert page.already_subscribed is True and page.result == ""
