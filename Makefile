@@ -17,13 +17,12 @@ export REFLEX_TELEMETRY_ENABLED := false
 .PHONY: resync rotate-keys run test test-unit test-integration test-e2e lint format bench chromium clean
 
 # `make run` starts the local Stripe emulator when STRIPE_SECRET_KEY is empty both in the
-# environment and in .env (the rule of devtools/run.py: a non-empty environment value wins, an
-# empty `KEY=` means "not set", the last line for a key counts); only then does it install
-# requirements-emulator.txt (localstripe, GPL-3.0: development and tests only).
-DOTENV_STRIPE_SECRET_KEY = $(shell [ -f .env ] && sed -n 's/^[[:space:]]*STRIPE_SECRET_KEY[[:space:]]*=[[:space:]]*//p' .env | tail -n 1 | sed 's/[[:space:]]*$$//')
-RUN_EMULATOR = $(if $(STRIPE_SECRET_KEY)$(DOTENV_STRIPE_SECRET_KEY),,yes)
-
-run: $(VENV)/.installed $(if $(RUN_EMULATOR),$(VENV)/.installed-emulator) $(BUN) ## Start the app (local Stripe emulator when no Stripe keys are set)
+# environment and in .env; only then does it install requirements-emulator.txt (localstripe,
+# GPL-3.0: development and tests only). devtools/run.py decides (`wants_emulator`), reading
+# .env as the app does, so the two never disagree.
+run: $(VENV)/.installed $(BUN) ## Start the app (local Stripe emulator when no Stripe keys are set)
+	@if $(PY) -c 'import sys; from devtools.run import wants_emulator; sys.exit(not wants_emulator())'; then \
+		$(MAKE) --no-print-directory $(VENV)/.installed-emulator; fi
 	$(PY) -m devtools.run
 
 rotate-keys: $(VENV)/.installed ## Re-encrypt stored Stripe IDs under the first APP_ENCRYPTION_KEYS key

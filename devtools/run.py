@@ -51,6 +51,15 @@ def _read_env_file(path: Path) -> dict[str, str]:
     return {key: value for key, value in dotenv_values(path).items() if value is not None}
 
 
+def wants_emulator(env_file: Path | None = None) -> bool:
+    """Whether `make run` starts the local Stripe emulator: no STRIPE_SECRET_KEY in the
+    environment or in `.env` (an empty value means "not set"). The Makefile asks this too,
+    to install the emulator's packages only then."""
+    if os.environ.get("STRIPE_SECRET_KEY"):
+        return False
+    return not _read_env_file(env_file or ROOT / ".env").get("STRIPE_SECRET_KEY")
+
+
 def _ports() -> tuple[int, int]:
     """The app's and the emulator's ports (read after `.env` is loaded: either may set them)."""
     return int(os.environ.get("APP_PORT", "3000")), int(
@@ -109,7 +118,7 @@ def main() -> None:
     app_port, emulator_port = _ports()
     os.environ.setdefault("APP_URL", f"http://localhost:{app_port}")
 
-    local_stripe = not os.environ.get("STRIPE_SECRET_KEY")
+    local_stripe = wants_emulator()
     if os.environ.get("APP_ENV", "development") == "development":
         for key, value in _dev_secrets().items():
             # The emulator's webhook secret is ours to choose; with real Stripe it is not.

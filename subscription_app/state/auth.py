@@ -127,6 +127,13 @@ class AuthState(rx.State):
                 (await self.get_state(AuthState))._forget()
             raise
 
+    async def _still_logged_in_as(self, ref: str) -> bool:
+        """Whether this tab is still logged in by the login `ref` (call inside `async with
+        self`). A background event that waited on Stripe checks it before sending the
+        browser to a page of that person's: Log out may have run meanwhile."""
+        auth = await self.get_state(AuthState)
+        return bool(ref) and auth.logged_in and auth._session_ref() == ref
+
     def _leave(self, url: str):
         """Go to `url`; a tab that was logged in is started afresh on the way.
 

@@ -405,7 +405,8 @@ class PlanState(AuthState):
                 return None
             self.redirecting, self.checkout_error, self.notice = True, "", ""
             ref = (await self.get_state(AuthState))._session_ref()
-            target = self._to_login()
+            # Back to the plan itself, not `?checkout=cancelled` (its notice is history now).
+            target = self._leave(routes.login_then(routes.PLAN))
         try:
             url = await self._as_user(ref, lambda s, u: service.start_checkout(session=s, user=u))
         except SessionEnded:
@@ -420,6 +421,10 @@ class PlanState(AuthState):
             async with self:
                 self.redirecting = False
             raise
+        async with self:
+            if not await self._still_logged_in_as(ref):
+                self.redirecting = False
+                return None  # logged out meanwhile (Log out no longer waits for Stripe)
         return rx.redirect(url)  # another host: the browser leaves for Stripe's page
 
 
@@ -580,6 +585,9 @@ class DashboardState(AuthState):
         finally:
             async with self:
                 self.opening_portal = False  # (also on success: "Back" from the portal)
+        async with self:
+            if not await self._still_logged_in_as(ref):
+                return None  # logged out meanwhile: never open their portal after that
         return rx.redirect(url)
 
     async def _refresh_invoices(self, ref: str, connection: str) -> None:

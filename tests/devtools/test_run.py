@@ -34,3 +34,18 @@ def test_ports_come_from_the_environment_as_loaded_from_env(monkeypatch):
     monkeypatch.delenv("APP_PORT")
     monkeypatch.delenv("STRIPE_EMULATOR_PORT")
     assert run._ports() == (3000, 8420)
+
+
+def test_the_emulator_is_wanted_exactly_when_no_secret_key_is_set(tmp_path, monkeypatch):
+    """What `make run` asks before installing the emulator's packages, read as the app does."""
+    monkeypatch.delenv("STRIPE_SECRET_KEY", raising=False)
+    env = tmp_path / ".env"
+    assert run.wants_emulator(env) is True  # no .env at all
+    for unset in ('STRIPE_SECRET_KEY=""\n', "STRIPE_SECRET_KEY=   # set me\n"):
+        env.write_text(unset)
+        assert run.wants_emulator(env) is True, unset
+    env.write_text("export STRIPE_SECRET_KEY=sk_test_123\n")
+    assert run.wants_emulator(env) is False
+    env.write_text("")
+    monkeypatch.setenv("STRIPE_SECRET_KEY", "sk_test_from_env")
+    assert run.wants_emulator(env) is False

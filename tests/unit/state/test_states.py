@@ -669,3 +669,49 @@ async def test_the_checkout_return_page_shows_what_recording_said(signed_in, mon
     monkeypatch.setattr(service, "complete_checkout", twice)
     await _run(CheckoutReturnState.complete, page)
     assert page.already_subscribed is True and page.result == ""
+
+
+@pytest.mark.parametrize("page", ["portal", "checkout"])
+async def test_no_stripe_page_opens_for_a_tab_that_logged_out_while_stripe_answered(
+    signed_in, monkeypatch, page
+):
+    """Log out no longer waits for the Stripe call of Manage billing or Checkout (both are
+    background events): the browser must not then be sent to that person's Stripe page."""
+    auth = _substate(signed_in, AuthState)
+
+    def answered_after_logout(url: str):
+        def call(**_):
+            auth._forget()  # the Log out event ran meanwhile
+            return url
+
+        return call
+
+    if page == "portal":
+        monkeypatch.setattr(
+            service, "open_billing_portal", answered_after_logout("https://billing.stripe.test/p")
+        )
+        dash = _substate(signed_in, DashboardState)
+        assert await _run(DashboardState.open_portal, dash) == [None]
+        assert dash.opening_portal is False
+    else:
+        monkeypatch.setattr(
+            service, "start_checkout", answered_after_logout("https://checkout.stripe.test/c")
+        )
+        plan = _substate(signed_in, PlanState)
+        assert await _run(PlanState.start_checkout, plan) == [None]
+        assert plan.redirecting is False
+
+
+async def test_a_checkout_press_after_the_login_ended_comes_back_to_the_plan_itself(
+    signed_in, session
+):
+    auth = _substate(signed_in, AuthState)
+    assert accounts.revoke_session(session=session, session_id=auth._auth_session_id)
+    session.commit()
+    plan = _substate(signed_in, PlanState)
+    plan.router = RouterData.from_router_data(
+        {"sid": "", "headers": {}, "asPath": "/plan?checkout=cancelled"}
+    )
+    updates = str(await _run(PlanState.start_checkout, plan))
+    assert "/login?next=/plan" in updates and "cancelled" not in updates
+    assert plan.redirecting is False
