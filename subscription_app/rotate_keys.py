@@ -170,6 +170,7 @@ class _SecretKeyOnly(BaseSettings):
     """APP_SECRET_KEY, read from the same places as `Settings`, without its other checks."""
 
     model_config = Settings.model_config
+    app_env: str = "development"
     app_secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
 
 
@@ -179,7 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     if args == ["--print-legacy-index-key"]:
         # Only APP_SECRET_KEY is read: in production the full settings refuse to load until
         # APP_BLIND_INDEX_KEY is set, and this prints what goes into it.
-        secret = _SecretKeyOnly().app_secret_key.get_secret_value()
+        read = _SecretKeyOnly()
+        secret = read.app_secret_key.get_secret_value()
+        if read.app_env != "development" and (secret == DEV_SECRET_KEY or len(secret) < 32):
+            # Not the deployment's key (none set here, or a placeholder): a key derived from
+            # it would find no row, so print nothing rather than a plausible wrong value.
+            print("APP_SECRET_KEY is not set to the deployment's key here.", file=sys.stderr)
+            return 2
         print(crypto.legacy_index_key(secret))
         return 0
     if args:

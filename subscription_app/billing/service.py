@@ -81,6 +81,10 @@ ATTEMPT_IN_PROGRESS = (
 STILL_PROCESSING = (
     "Your previous payment is still being processed. Check your dashboard in a minute."
 )
+CHANGE_REFUSED = (
+    "Stripe did not accept this change to your subscription. Use Manage billing, or contact "
+    "us if it still does not work."
+)
 CHANGED_MEANWHILE = (
     "Your subscription was changed meanwhile (in another window or the billing portal). "
     "It is shown as it is now: please try again if you still want to."
@@ -298,12 +302,21 @@ def _abandon(
     if not voided:
         return after
     if after.status == "incomplete":
-        sync.change_subscription(
-            session=session,
-            subscription_id=snapshot.id,
-            user_id=_id(user),
-            call=lambda client: client.v1.subscriptions.cancel(snapshot.id),
-        )
+        try:
+            sync.change_subscription(
+                session=session,
+                subscription_id=snapshot.id,
+                user_id=_id(user),
+                call=lambda client: client.v1.subscriptions.cancel(snapshot.id),
+            )
+        except stripe.InvalidRequestError:
+            # Ended meanwhile (expired, or the void's end reached Stripe's answer late):
+            # Stripe refuses to cancel what has ended. Record what it has; nothing to undo.
+            ended = sync.sync_subscription(
+                session=session, subscription_id=snapshot.id, user_id=_id(user)
+            ).snapshot
+            if ended.status == "incomplete":
+                raise
     return None
 
 
@@ -355,6 +368,13 @@ def _void_first_invoice(client: stripe.StripeClient, snapshot: SubscriptionSnaps
             return False
         if status in ("void", "uncollectible"):
             return True  # nothing left to pay on it
+        payment = snapshot.payment
+        if status == "open" and payment and payment.payment_intent_id:
+            # Still open but not voidable: its payment is under way (the bank check finished
+            # between our read and the void). Treated as paid: nothing is undone.
+            intent = client.v1.payment_intents.retrieve(payment.payment_intent_id)
+            if intent.status in ("processing", "succeeded"):
+                return False
         raise
 
 
@@ -614,19 +634,21 @@ def _change(
     user_id = _id(user)
     live = _live(session, user, nothing_to_do)
     check(live)
+    current = [live]  # what the change is made from: re-read under the lock
 
     def still() -> None:
         now = _live(session, user, nothing_to_do)
         if now.id != live.id:
             raise BillingError(nothing_to_do, kind="conflict")
         check(now)
+        current[0] = now
 
     try:
         synced = sync.change_subscription(
             session=session,
             subscription_id=live.id,
             user_id=user_id,
-            call=lambda client: call(live, client),
+            call=lambda client: call(current[0], client),
             check=still,
         )
     except locks.LockTimeout as exc:
@@ -652,10 +674,16 @@ def _refused_change(
         ).snapshot
     except (stripe.StripeError, locks.LockTimeout):
         return _translate(exc)
-    logger.info("Stripe refused a subscription change (%s); re-read it", exc.code or "no code")
     if not SubscriptionStatus(snapshot.status).is_live:
         return BillingError("Your subscription has already ended.", kind="conflict")
-    return BillingError(CHANGED_MEANWHILE, kind="conflict")
+    now = repository.live_subscription(session, _id(user))
+    if now is None or now.id != live.id or now.view != live.view:
+        logger.info("Stripe refused a subscription change (%s): changed there", exc.code)
+        return BillingError(CHANGED_MEANWHILE, kind="conflict")
+    # Unchanged, and still refused (a subscription schedule manages it, say): trying again
+    # will not help, and the operator should hear of it.
+    logger.error("Stripe refused a subscription change: %s (%s)", exc.code or "no code", exc)
+    return BillingError(CHANGE_REFUSED, kind="conflict")
 
 
 def _period_end(value: datetime | None) -> str:
@@ -704,6 +732,27 @@ def cancel_subscription(*, session: Session, user: User, at_period_end: bool) ->
     )
 
 
+def _undo_ending(
+    live: repository.LiveSubscription, client: stripe.StripeClient
+) -> stripe.Subscription:
+    """Stripe's call that undoes a scheduled end, however it was scheduled.
+
+    Set to end by the portal in flexible billing mode, only `cancel_at` is set and unsetting
+    it undoes that; set by `cancel_at_period_end`, clearing that does. Our row may lag
+    behind Stripe (a portal change whose webhook is still on its way), so if Stripe's answer
+    still ends, the other way is undone too.
+    """
+    if live.view.ends_by_cancel_at:
+        updated = client.v1.subscriptions.update(live.id, params={"cancel_at": ""})
+    else:
+        updated = client.v1.subscriptions.update(live.id, params={"cancel_at_period_end": False})
+    if updated.cancel_at_period_end:
+        updated = client.v1.subscriptions.update(live.id, params={"cancel_at_period_end": False})
+    if updated.cancel_at:
+        updated = client.v1.subscriptions.update(live.id, params={"cancel_at": ""})
+    return updated
+
+
 def resume_subscription(*, session: Session, user: User) -> CancelResult:
     """Undo a cancellation at period end (before the period ends).
 
@@ -721,14 +770,7 @@ def resume_subscription(*, session: Session, user: User) -> CancelResult:
         user,
         nothing,
         ending,
-        # Set to end by the portal in flexible billing mode: only `cancel_at` is set, and
-        # unsetting it is what undoes that (cancel_at_period_end is already false).
-        lambda live, c: c.v1.subscriptions.update(
-            live.id,
-            params={"cancel_at": ""}
-            if live.view.ends_by_cancel_at
-            else {"cancel_at_period_end": False},
-        ),
+        _undo_ending,
         "resumed",
         lambda _: "Your subscription will renew as usual.",
     )

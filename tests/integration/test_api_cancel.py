@@ -209,3 +209,46 @@ def test_a_cancellation_made_in_the_portal_in_flexible_billing_mode_shows_and_ca
     assert resumed.json()["subscription"]["cancel_at"] is None
     renewing = stripe_client.v1.subscriptions.retrieve(sub_id)
     assert renewing.cancel_at is None and renewing.cancel_at_period_end is False
+
+
+def test_a_change_stripe_refuses_on_an_unchanged_subscription_is_not_try_again(
+    api, subscribed, monkeypatch, caplog
+):
+    """Refused for a reason of its own (a subscription schedule manages it, say): not the
+    'changed meanwhile, try again' answer, which would never succeed; logged as an error."""
+    import logging
+
+    import stripe
+
+    from subscription_app.billing import sync
+
+    def refused(**_):
+        raise stripe.InvalidRequestError(
+            "This subscription is managed by the subscription schedule", param=None
+        )
+
+    monkeypatch.setattr(sync, "change_subscription", refused)
+    with caplog.at_level(logging.ERROR):
+        response = cancel(api, subscribed, at_period_end=True)
+    assert response.status_code == 409, response.text
+    assert "did not accept this change" in response.json()["detail"]
+    assert "subscription schedule" in caplog.text
+    mine = api.get("/api/v1/subscriptions/me", headers=subscribed).json()["subscription"]
+    assert mine["status"] == "active" and mine["cancel_at_period_end"] is False
+
+
+def test_undo_works_when_stripe_ends_it_the_other_way_than_our_row_says(
+    api, subscribed, session, stripe_client
+):
+    """Our row says 'cancel at period end'; in Stripe the portal has since undone that and
+    scheduled the end through cancel_at (its webhooks not yet applied). Undo undoes both."""
+    sub_id = _stripe_subscription_id(session)
+    assert cancel(api, subscribed, at_period_end=True).status_code == 200  # row: classic
+    stripe_client.v1.subscriptions.update(sub_id, params={"cancel_at_period_end": False})
+    stripe_client.v1.subscriptions.update(sub_id, params={"cancel_at": "min_period_end"})
+
+    resumed = api.post("/api/v1/subscriptions/resume", headers=subscribed)
+    assert resumed.status_code == 200, resumed.text
+    renewing = stripe_client.v1.subscriptions.retrieve(sub_id)
+    assert renewing.cancel_at is None and renewing.cancel_at_period_end is False
+    assert resumed.json()["subscription"]["cancel_at_period_end"] is False

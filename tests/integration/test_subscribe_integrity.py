@@ -329,3 +329,33 @@ def test_confirm_refuses_a_malformed_payment_intent_id(api, payment_intent_id):
         headers=headers,
     )
     assert answer.status_code == 422, answer.text
+
+
+def test_undoing_an_attempt_that_ended_meanwhile_is_not_a_payment_method_error(
+    api, make_payment_method, stripe_client, session, monkeypatch
+):
+    """The 3-D Secure attempt expires between our read and our cancel: Stripe refuses to
+    cancel what has ended (resource_missing). That attempt is undone all the same, and the
+    new card goes ahead."""
+    from subscription_app.billing import service
+
+    headers = auth_headers(api, "expired-meanwhile@example.com")
+    first = subscribe(api, headers, make_payment_method("tok_threeDSecure2Required"))
+    assert first.json()["status"] == "requires_action"
+    from subscription_app.billing import sync
+
+    real_change = sync.change_subscription
+    # The void's end of the attempt is not in our read yet (so we go on to cancel it)...
+    monkeypatch.setattr(service, "_void_first_invoice", lambda client, snapshot: True)
+
+    def ended_first(**kwargs):
+        # ... and Stripe ends it before our cancel arrives.
+        stripe_client.v1.subscriptions.cancel(kwargs["subscription_id"])
+        return real_change(**kwargs)
+
+    monkeypatch.setattr(sync, "change_subscription", ended_first)
+    second = subscribe(api, headers, make_payment_method("tok_visa"))
+    assert second.status_code == 200, second.text
+    assert second.json()["status"] == "active"
+    subs, paid = stripe_state(session, stripe_client, "expired-meanwhile@example.com")
+    assert len(live(subs)) == 1 and len(paid) == 1

@@ -135,3 +135,7 @@ def test_the_legacy_index_key_prints_under_a_production_config_missing_that_key(
     monkeypatch.delenv("APP_BLIND_INDEX_KEY", raising=False)
     assert rotate_keys.main(["--print-legacy-index-key"]) == 0
     assert capsys.readouterr().out.strip() == crypto.legacy_index_key(secret)
+    # Run where the deployment's key is not set: no plausible wrong key.
+    monkeypatch.delenv("APP_SECRET_KEY")
+    assert rotate_keys.main(["--print-legacy-index-key"]) == 2
+    assert capsys.readouterr().out == ""
