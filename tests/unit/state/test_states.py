@@ -671,9 +671,11 @@ async def test_the_checkout_return_page_shows_what_recording_said(signed_in, mon
     assert page.already_subscribed is True and page.result == ""
 
 
-@pytest.mark.parametrize("page", ["portal", "checkout"])
+# Not named `page`: that is pytest-playwright's fixture, and a test asking for it is
+# ordered among the browser tests (whose event loop then breaks the async tests after them).
+@pytest.mark.parametrize("where", ["portal", "checkout"])
 async def test_no_stripe_page_opens_for_a_tab_that_logged_out_while_stripe_answered(
-    signed_in, monkeypatch, page
+    signed_in, monkeypatch, where
 ):
     """Log out no longer waits for the Stripe call of Manage billing or Checkout (both are
     background events): the browser must not then be sent to that person's Stripe page."""
@@ -686,7 +688,7 @@ async def test_no_stripe_page_opens_for_a_tab_that_logged_out_while_stripe_answe
 
         return call
 
-    if page == "portal":
+    if where == "portal":
         monkeypatch.setattr(
             service, "open_billing_portal", answered_after_logout("https://billing.stripe.test/p")
         )
