@@ -81,6 +81,9 @@ ATTEMPT_IN_PROGRESS = (
 STILL_PROCESSING = (
     "Your previous payment is still being processed. Check your dashboard in a minute."
 )
+BILLING_ACCOUNT_MISSING = (
+    "Your billing account could not be found at Stripe. Please contact us and we will sort it out."
+)
 CHANGE_REFUSED = (
     "Stripe did not accept this change to your subscription. Use Manage billing, or contact "
     "us if it still does not work."
@@ -119,13 +122,22 @@ def _card_message(code: str | None, fallback: str | None) -> str:
     return fallback or MESSAGES["card_declined"]
 
 
-def _translate(exc: stripe.StripeError) -> BillingError:
-    """Turn a Stripe error into one a user may read (and log what they may not)."""
+def _translate(exc: stripe.StripeError, *, about_account: bool = False) -> BillingError:
+    """Turn a Stripe error into one a user may read (and log what they may not).
+
+    `about_account`: the call names only the person's Stripe customer (the billing portal,
+    the invoice list), so "not found" is about that account, not a payment method.
+    """
     if isinstance(exc, stripe.CardError):
         error = exc.error
         code = getattr(error, "decline_code", None) or exc.code
         return BillingError(_card_message(code, exc.user_message), kind="card")
     if isinstance(exc, stripe.InvalidRequestError) and exc.code == "resource_missing":
+        if about_account:
+            # Our link names a customer this Stripe account does not know (another
+            # account's key deployed, say): nothing the person can fix.
+            logger.error("Stripe does not know the linked customer (param %s)", exc.param)
+            return BillingError(BILLING_ACCOUNT_MISSING, kind="conflict")
         return BillingError("That payment method was not found.", kind="invalid")
     logger.error("Stripe call failed: %s (%s)", type(exc).__name__, exc.code or "no code")
     if isinstance(exc, stripe.InvalidRequestError):
@@ -934,7 +946,7 @@ def open_billing_portal(*, session: Session, user: User) -> str:
     try:
         portal = _with_customer_replaced_if_gone(session, user, create)
     except stripe.StripeError as exc:
-        raise _translate(exc) from exc
+        raise _translate(exc, about_account=True) from exc
     return portal.url
 
 
@@ -953,7 +965,7 @@ def list_invoices(*, session: Session, user: User) -> InvoiceHistory:
             params={"customer": customer_id, "limit": INVOICE_HISTORY_LIMIT}
         )
     except stripe.StripeError as exc:
-        raise _translate(exc) from exc
+        raise _translate(exc, about_account=True) from exc
     records = [read_invoice_record(item) for item in listed.data]
     shown = [r for r in records if r.status and r.status != "draft"]
     shown.sort(key=lambda r: r.created.timestamp() if r.created else 0, reverse=True)

@@ -265,3 +265,19 @@ def test_replacing_a_customer_only_replaces_the_one_still_linked(api, session):
     )
     session.commit()
     assert linked_customer(session, "replaced-twice@example.com") == "cus_NewOne000001"
+
+
+def test_a_customer_stripe_does_not_know_is_an_account_problem_in_portal_and_invoices(
+    api, session
+):
+    """Not 'That payment method was not found.' where no payment method is involved."""
+    headers = auth_headers(api, "unknown-account@example.com")
+    assert api.post("/api/v1/subscriptions/setup-intent", headers=headers).status_code == 200
+    relink(session, "unknown-account@example.com", "cus_OfAnotherAccount2")
+    for answer in (
+        api.post("/api/v1/subscriptions/portal-session", headers=headers),
+        api.get("/api/v1/subscriptions/invoices", headers=headers),
+    ):
+        assert answer.status_code == 409, answer.text
+        assert "billing account could not be found" in answer.json()["detail"]
+    assert linked_customer(session, "unknown-account@example.com") == "cus_OfAnotherAccount2"
