@@ -267,9 +267,7 @@ def test_replacing_a_customer_only_replaces_the_one_still_linked(api, session):
     assert linked_customer(session, "replaced-twice@example.com") == "cus_NewOne000001"
 
 
-def test_a_customer_stripe_does_not_know_is_an_account_problem_in_portal_and_invoices(
-    api, session
-):
+def test_a_customer_stripe_does_not_know_is_an_account_problem_in_portal_and_invoices(api, session):
     """Not 'That payment method was not found.' where no payment method is involved."""
     headers = auth_headers(api, "unknown-account@example.com")
     assert api.post("/api/v1/subscriptions/setup-intent", headers=headers).status_code == 200
