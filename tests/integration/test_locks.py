@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import timedelta
 
 import pytest
@@ -15,13 +18,16 @@ from subscription_app import locks
 from subscription_app.models import AppLock, utcnow
 
 
-def try_in_other_thread(name: str, timeout: float) -> BaseException | None:
-    """Try to take `name` from another thread (its own connection); the error, if any."""
+def try_in_other_thread(
+    name: str, timeout: float, take: Callable[..., AbstractContextManager] = locks.hold
+) -> BaseException | None:
+    """Try to take `name` (with `take`) from another thread (its own connection); the error,
+    if any."""
     outcome: list[BaseException | None] = []
 
     def attempt() -> None:
         try:
-            with locks.hold(name, timeout=timeout):
+            with take(name, timeout=timeout):
                 outcome.append(None)
         except BaseException as exc:
             outcome.append(exc)
@@ -201,22 +207,11 @@ def test_a_subscription_lock_is_the_same_lock_whatever_the_index_key(db_engine, 
 
     old, new = crypto.generate_key(), crypto.generate_key()
     settings_env(APP_BLIND_INDEX_KEY=f"{old},{new}")
-    outcome: list[BaseException | None] = []
     with (
         db_engine.connect() as conn,
         sa.orm.Session(bind=conn) as session,
         sync.subscription_lock("sub_rolling", session),
     ):
         settings_env(APP_BLIND_INDEX_KEY=f"{new},{old}")  # a process already rotated
-
-        def other_process() -> None:
-            try:
-                with sync.subscription_lock("sub_rolling", session, timeout=0.3):
-                    outcome.append(None)
-            except BaseException as exc:
-                outcome.append(exc)
-
-        thread = threading.Thread(target=other_process)
-        thread.start()
-        thread.join(timeout=30)
-    assert isinstance(outcome[0], locks.LockTimeout)
+        other = functools.partial(sync.subscription_lock, session=session)
+        assert isinstance(try_in_other_thread("sub_rolling", 0.3, other), locks.LockTimeout)
