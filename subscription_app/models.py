@@ -278,3 +278,22 @@ class OutboxEmail(SQLModel, table=True):
     last_error: str | None = Field(default=None, max_length=255)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     sent_at: datetime | None = _ts()
+
+
+class CardDecline(SQLModel, table=True):
+    """A card check Stripe declined on one of a person's SetupIntents, as its webhook said.
+
+    Counted towards the person's card-testing limit (`billing/card_testing.py`): a script
+    holding a SetupIntent's client secret can ask Stripe to check cards without telling our
+    page, but not without Stripe telling us. One row per Stripe event, so a redelivery
+    counts once; rows older than the limit's window are deleted as new ones arrive.
+    """
+
+    __tablename__ = "card_decline"
+    __table_args__ = (sa.Index("ix_card_decline_user_declined", "user_id", "declined_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user_account.id", ondelete="CASCADE")
+    event_id: str = Field(max_length=255, sa_column_kwargs={"unique": True})
+    # Stripe's time of the event (when the card was declined), not when it reached us.
+    declined_at: datetime = Field(sa_type=UTCDateTime, nullable=False)

@@ -65,6 +65,17 @@ def _setup_intent_create(cls, **data):
     return seti
 
 
+def _setup_intent_list(cls, url, customer=None, **kwargs):
+    # Stripe lists a customer's SetupIntents (`customer`), newest first; localstripe takes
+    # no filter and lists in store order. Installed wrapped in `index.scoped_to_customer`,
+    # so with a customer the list underneath holds that customer's objects only.
+    result = ls.StripeObject._api_list_all.__func__(cls, url, **kwargs)
+    if customer is not None:
+        result._list = [seti for seti in result._list if seti.customer == customer]
+    result._list.sort(key=lambda seti: seti.created, reverse=True)
+    return result
+
+
 def _payment_intent_create(cls, **data):
     _allowed_types(data)
     pi = _orig_pi_create(cls, **data)
@@ -77,6 +88,9 @@ def _confirm_setup_intent(id: str, data: dict) -> ls.SetupIntent:
     for ignored in ("return_url", "mandate_data", "payment_method_options"):
         data.pop(ignored, None)
     seti = ls.SetupIntent._api_retrieve(id)
+    if seti.status in ("canceled", "succeeded"):
+        # As Stripe answers (localstripe would check another card on it).
+        raise _unexpected_state("confirm", seti.status)
     if (
         "payment_method" not in data
         and "payment_method_data" not in data
@@ -95,6 +109,8 @@ def _confirm_setup_intent(id: str, data: dict) -> ls.SetupIntent:
             seti.status = "requires_payment_method"
             seti.last_setup_error = dict(e.body["error"])
             seti.payment_method = None
+            # Stripe tells the account of every declined check, whoever asked for it.
+            _schedule_event("setup_intent.setup_failed", seti)
         raise
     seti.last_setup_error = None
     if seti.status == "succeeded":
@@ -103,6 +119,25 @@ def _confirm_setup_intent(id: str, data: dict) -> ls.SetupIntent:
             _attach(ls.PaymentMethod._api_retrieve(seti.payment_method), seti.customer)
         _schedule_event("setup_intent.succeeded", seti)
     return seti
+
+
+def _unexpected_state(action: str, status: str) -> UserError:
+    return _invalid(
+        f"You cannot {action} this SetupIntent because it has a status of {status}.",
+        code="setup_intent_unexpected_state",
+    )
+
+
+@_route("POST", "/v1/setup_intents/{id}/cancel")
+async def _setup_intent_cancel_route(request: web.Request, id: str) -> web.Response:
+    data = await _request_data(request)
+    expand = data.pop("expand", None)
+    data.pop("cancellation_reason", None)
+    seti = ls.SetupIntent._api_retrieve(id)
+    if seti.status in ("canceled", "succeeded"):
+        # As Stripe answers; localstripe would cancel a SetupIntent that saved a card.
+        raise _unexpected_state("cancel", seti.status)
+    return _json(ls.SetupIntent._api_cancel(id=id, **data), expand)
 
 
 @_route("POST", "/v1/setup_intents/{id}/confirm")

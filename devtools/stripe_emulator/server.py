@@ -55,7 +55,12 @@ from devtools.stripe_emulator.common import (
 from devtools.stripe_emulator.errors import _retrieve, _user_error_init
 from devtools.stripe_emulator.idempotency import _idempotency, _idempotency_middleware
 from devtools.stripe_emulator.index import install as _install_index
-from devtools.stripe_emulator.intents import _payment_intent_create, _setup_intent_create
+from devtools.stripe_emulator.index import scoped_to_customer
+from devtools.stripe_emulator.intents import (
+    _payment_intent_create,
+    _setup_intent_create,
+    _setup_intent_list,
+)
 from devtools.stripe_emulator.invoices import (
     _draft_property,
     _invoice_finalize,
@@ -169,6 +174,7 @@ def install(
     ls.Customer._api_update = classmethod(_customer_update)
     ls.Customer._api_delete = classmethod(_customer_delete)
     ls.SetupIntent._api_create = classmethod(_setup_intent_create)
+    ls.SetupIntent._api_list_all = classmethod(scoped_to_customer(_setup_intent_list))
     ls.SetupIntent.last_setup_error = None
     ls.SetupIntent.description = None
     ls.PaymentIntent._api_create = classmethod(_payment_intent_create)

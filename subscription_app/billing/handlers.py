@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from sqlmodel import Session
 
 from subscription_app import notifications
-from subscription_app.billing import sync
+from subscription_app.billing import card_testing, repository, sync
 from subscription_app.billing.inbox import ClaimedEvent
 from subscription_app.billing.reader import read_invoice
 from subscription_app.models import EventStatus
@@ -155,3 +155,37 @@ def on_checkout_completed(session: Session, event: ClaimedEvent) -> HandlerResul
         return HandlerResult(EventStatus.SKIPPED, "not a completed subscription checkout of ours")
     user_id = fulfilled.synced.user_id
     return HandlerResult(changed_users={user_id} if user_id is not None else set())
+
+
+@handles("setup_intent.setup_failed")
+def on_setup_failed(session: Session, event: ClaimedEvent) -> HandlerResult:
+    """Stripe declined a card checked on one of a person's SetupIntents.
+
+    Counted towards the person's card-testing limit whether or not our page saw it (a
+    script holding the client secret can ask Stripe directly); at the limit, the person's
+    SetupIntents are cancelled, so no more cards can be tried on them (see `card_testing`).
+    """
+    intent = event.payload["data"]["object"]
+    intent_id, customer = intent.get("id"), intent.get("customer")
+    if isinstance(customer, dict):  # expanded
+        customer = customer.get("id")
+    if not isinstance(intent_id, str) or not intent_id:
+        return HandlerResult(EventStatus.SKIPPED, "event names no SetupIntent")
+    if not isinstance(customer, str) or not customer:
+        return HandlerResult(EventStatus.SKIPPED, "SetupIntent has no customer")
+    user_id = repository.user_id_for_customer(session, customer)
+    if user_id is None:
+        return HandlerResult(EventStatus.SKIPPED, NOT_LINKED)
+    card_testing.record_decline(
+        session, user_id=user_id, event_id=event.event_id, declined_at=event.created
+    )
+    # Committed before counting and before calling Stripe:
+    # - of two processors counting this person's declines at once, the later to commit sees
+    #   both (each counts after its own commit), so the limit is never missed;
+    # - no write lock is held while waiting on Stripe (on SQLite it would stop every writer);
+    # - a failed cancel keeps the decline: the retry (or the next decline) cancels again.
+    # Applying the event again counts nothing twice (one row per event).
+    session.commit()
+    if card_testing.retry_after(session, user_id=user_id) is not None:
+        card_testing.stop_card_checks(customer)
+    return HandlerResult()

@@ -26,7 +26,7 @@ import stripe
 from sqlmodel import Session
 
 from subscription_app import locks, notifications, ratelimit, routes
-from subscription_app.billing import catalog, repository, sync
+from subscription_app.billing import card_testing, catalog, repository, sync
 from subscription_app.billing.client import get_client
 from subscription_app.billing.errors import AlreadySubscribed, BillingError
 from subscription_app.billing.reader import (
@@ -241,6 +241,15 @@ def _limit(check: Callable[..., None], user: User, client_address: str | None) -
         raise BillingError(exc.message, kind="limited", retry_after=exc.retry_after) from exc
 
 
+def _limit_declines(session: Session, user: User) -> None:
+    """Refuse (`BillingError`, "limited") a person whose card checks Stripe declined too
+    often, as its webhooks told us (`card_testing`), whatever our page saw."""
+    seconds = card_testing.retry_after(session, user_id=_id(user))
+    if seconds is not None:
+        limited = ratelimit.RateLimited(seconds, ratelimit.CARD_ATTEMPTS)
+        raise BillingError(limited.message, kind="limited", retry_after=limited.retry_after)
+
+
 def create_setup_intent(
     *,
     session: Session,
@@ -257,6 +266,7 @@ def create_setup_intent(
     check no more cards than before (refused cards are counted by `record_card_failure`), but
     it is refused like a new one to a person with no card attempts left.
     """
+    _limit_declines(session, user)
     if reuse:
         # Still no card form for a person with no card attempts left.
         _limit(ratelimit.check_card_attempts_left, user, client_address)
@@ -551,6 +561,7 @@ def start_subscription(
     Stripe's answer at once.
     """
     validate_payment_method_id(payment_method_id)
+    _limit_declines(session, user)
     _limit(ratelimit.before_card_attempt, user, client_address)
     session.commit()  # hold no transaction while waiting for the lock
     try:

@@ -291,6 +291,18 @@ def test_cancel_at_period_end_then_cancel(client):
     assert list(client.v1.subscriptions.list({"customer": customer.id}).data) == []
 
 
+def test_a_cancelled_setup_intent_checks_no_more_cards(client, emulator):
+    customer = client.v1.customers.create({"email": f"{_unique('u')}@example.com"})
+    seti = client.v1.setup_intents.create({"customer": customer.id, "usage": "off_session"})
+    assert client.v1.setup_intents.cancel(seti.id).status == "canceled"
+    pm = client.v1.payment_methods.create({"type": "card", "card": {"token": "tok_visa"}})
+    with pytest.raises(stripe.InvalidRequestError, match="status of canceled") as refused:
+        client.v1.setup_intents.confirm(seti.id, {"payment_method": pm.id})
+    assert refused.value.code == "setup_intent_unexpected_state"
+    with pytest.raises(stripe.InvalidRequestError, match="status of canceled"):
+        client.v1.setup_intents.cancel(seti.id)
+
+
 def test_setup_intent_confirmed_by_fake_stripe_js_attaches_card(client, emulator):
     customer = client.v1.customers.create({"email": f"{_unique('u')}@example.com"})
     seti = client.v1.setup_intents.create(
@@ -329,11 +341,22 @@ def test_setup_intent_confirmed_by_fake_stripe_js_attaches_card(client, emulator
     assert declined.json()["error"]["code"] == "card_declined"
     # Still usable for another card, as on Stripe.
     assert client.v1.setup_intents.retrieve(seti.id).status == "requires_payment_method"
+    # And Stripe tells the account, though the check never passed through it.
+    [failed] = client.v1.events.list({"type": "setup_intent.setup_failed", "limit": 1}).data
+    assert failed.data.object.id == seti.id
+    assert failed.data.object.customer == customer.id
+    assert failed.data.object.last_setup_error.code == "card_declined"
 
     confirmed = confirm(CARD_OK)
     assert confirmed.status_code == 200, confirmed.text
     assert confirmed.json()["status"] == "succeeded"
     pm_id = confirmed.json()["payment_method"]
+    # A SetupIntent that saved a card takes no other, and can no longer be cancelled.
+    again = confirm(CARD_OK)
+    assert again.status_code == 400
+    assert again.json()["error"]["code"] == "setup_intent_unexpected_state"
+    with pytest.raises(stripe.InvalidRequestError, match="status of succeeded"):
+        client.v1.setup_intents.cancel(seti.id)
 
     assert client.v1.payment_methods.retrieve(pm_id).customer == customer.id
     attached = client.v1.customers.payment_methods.list(customer.id)

@@ -3,8 +3,10 @@
 import contextlib
 import json
 import re
+import time
 
 import pytest
+import stripe
 from playwright.sync_api import Browser, Page, Route, expect
 
 from tests.e2e.conftest import (
@@ -121,6 +123,43 @@ def test_card_testing_is_stopped_with_a_clear_message(page: Page, live_app):
     # Coming back to the page later within the hour: still refused, with the same words.
     page.goto("/checkout")
     expect(page.get_by_role("alert")).to_contain_text("Too many card attempts", timeout=20_000)
+
+
+def test_card_checks_a_script_makes_straight_at_stripe_close_the_checkout(page: Page, live_app):
+    """A script holding the page's SetupIntent secret checks cards at Stripe and never tells
+    our page; Stripe's webhooks still count each decline."""
+    email = unique_email("script")
+    register(page, email)
+    open_checkout(page)
+    client = stripe.StripeClient("sk_test_e2e", base_addresses={"api": live_app.stripe_api_base})
+    [customer] = [
+        c for c in client.v1.customers.list(params={"limit": 100}).data if c.email == email
+    ]
+    seti = next(
+        s
+        for s in client.v1.setup_intents.list(params={"limit": 100}).data
+        if s.customer == customer.id
+    )
+    for _ in range(5):  # the shipped limit: 5 declines per person per hour
+        declined = client.v1.payment_methods.create(
+            params={"type": "card", "card": {"token": "tok_chargeDeclined"}}
+        )
+        with pytest.raises(stripe.CardError):
+            client.v1.setup_intents.confirm(seti.id, params={"payment_method": declined.id})
+    # The fifth decline's webhook makes the app cancel the person's SetupIntents: no more
+    # checks on them.
+    deadline = time.monotonic() + 20
+    while client.v1.setup_intents.retrieve(seti.id).status != "canceled":
+        assert time.monotonic() < deadline, "the app did not cancel the SetupIntent"
+        time.sleep(0.1)
+    # The person (or the script) in the page is refused too, with the same words.
+    fill_card(page, "4242424242424242")
+    page.get_by_role("button", name="Subscribe", exact=True).click()
+    expect(page.get_by_role("alert")).to_contain_text(
+        re.compile(r"Too many card attempts\. Please wait \d+ minutes and try again\."),
+        timeout=20_000,
+    )
+    assert stripe_subscriptions_for(live_app, email) == []
 
 
 def test_3d_secure_completed_gives_an_active_subscription(page: Page):

@@ -1,18 +1,33 @@
-"""Card testing: subscribe attempts and SetupIntents are limited per person and per address.
+"""Card testing: subscribe attempts and SetupIntents are limited per person and per address,
+and card checks Stripe declined count per person even when our page never saw them.
 
 Run on the memory and Redis counter stores, through the API against the Stripe emulator.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
+import time
+import uuid
+from datetime import timedelta
 
 import pytest
+import stripe
 from fastapi.testclient import TestClient
+from sqlalchemy import update
+from sqlmodel import select
 
 from subscription_app import ratelimit
 from subscription_app.api import create_api
+from subscription_app.api.webhooks import dispatch_webhooks_first
+from subscription_app.billing import card_testing, processor, repository
+from subscription_app.billing import client as client_module
+from subscription_app.billing.webhooks import sign
+from subscription_app.models import CardDecline, StripeEvent, User, utcnow
+from subscription_app.settings import get_settings
+from tests.conftest import free_port, stripe_fixture
 from tests.integration.conftest import auth_headers, subscribe
 
 BACKENDS = ["memory"] + (["redis"] if os.environ.get("TEST_REDIS_URL") else [])
@@ -141,3 +156,209 @@ def test_a_person_over_their_limit_does_not_spend_the_addresss_budget(
         assert_limited(subscribe(api, headers, make_payment_method()))
     neighbour = auth_headers(api, "neighbour@example.com")  # same address (a shared NAT)
     assert subscribe(api, neighbour, make_payment_method()).status_code == 200
+
+
+# Declines Stripe reports by webhook -----------------------------------------------------
+
+
+def post_event(hook: TestClient, body: str):
+    signature = sign(body, get_settings().stripe_webhook_secret.get_secret_value())
+    return hook.post(
+        "/api/v1/webhooks/stripe",
+        content=body.encode(),
+        headers={"Content-Type": "application/json", "Stripe-Signature": signature},
+    )
+
+
+def drain() -> int:
+    applied = 0
+    while (result := processor.process_batch()).claimed:
+        applied += result.done
+    return applied
+
+
+@pytest.fixture
+def hook(card_limits):
+    """The webhook route as the app serves it."""
+    with TestClient(dispatch_webhooks_first(create_api()), raise_server_exceptions=False) as hook:
+        yield hook
+
+
+def send_declines(hook: TestClient, stripe_client) -> None:
+    """Send our webhook route every `setup_intent.setup_failed` event the emulator holds,
+    oldest first, as Stripe would (those sent before are acknowledged as repeats)."""
+    listed = stripe_client.v1.events.list(
+        params={"type": "setup_intent.setup_failed", "limit": 100}
+    ).data
+    for event in reversed(listed):  # listed newest first
+        assert post_event(hook, json.dumps(event.to_dict())).status_code == 200
+
+
+def deliver_declines(hook: TestClient, stripe_client) -> int:
+    """`send_declines`, then apply them; how many were applied."""
+    send_declines(hook, stripe_client)
+    return drain()
+
+
+def setup_intent_for(api: TestClient, headers: dict[str, str]) -> str:
+    answer = api.post("/api/v1/subscriptions/setup-intent", headers=headers)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["client_secret"].partition("_secret_")[0]
+
+
+def check_card_at_stripe(stripe_client, setup_intent_id: str, payment_method: str):
+    """What a script holding the client secret does: ask Stripe, never us."""
+    return stripe_client.v1.setup_intents.confirm(
+        setup_intent_id, params={"payment_method": payment_method}
+    )
+
+
+def decline_cards_at_stripe(stripe_client, make_payment_method, setup_intent_id, times) -> None:
+    """Have Stripe decline `times` cards checked on the SetupIntent, behind our back."""
+    for _ in range(times):
+        with pytest.raises(stripe.CardError):
+            check_card_at_stripe(
+                stripe_client, setup_intent_id, make_payment_method("tok_chargeDeclined")
+            )
+
+
+def test_declines_checked_straight_at_stripe_count_and_stop_the_setup_intent(
+    hook, make_payment_method, stripe_client
+):
+    api = client()
+    headers = auth_headers(api, "script@example.com")
+    seti = setup_intent_for(api, headers)
+    decline_cards_at_stripe(stripe_client, make_payment_method, seti, 2)
+    assert deliver_declines(hook, stripe_client) == 2
+    # Under the limit of 3: the SetupIntent still takes cards, and the person gets a form
+    # (the script collects a second SetupIntent).
+    assert stripe_client.v1.setup_intents.retrieve(seti).status == "requires_payment_method"
+    second = setup_intent_for(api, headers)
+
+    decline_cards_at_stripe(stripe_client, make_payment_method, seti, 1)
+    assert deliver_declines(hook, stripe_client) == 1
+    # The third decline reached the limit: the person's SetupIntents are cancelled at
+    # Stripe, the one declined on and the other the script holds, so it can check no more
+    # cards on either...
+    for intent in (seti, second):
+        assert stripe_client.v1.setup_intents.retrieve(intent).status == "canceled"
+        with pytest.raises(stripe.InvalidRequestError, match="status of canceled"):
+            check_card_at_stripe(stripe_client, intent, make_payment_method())
+    # ...and gets no new one, nor a subscribe attempt, though our page saw no decline at all.
+    made = len(stripe_client.v1.setup_intents.list(params={"limit": 100}).data)
+    assert_limited(api.post("/api/v1/subscriptions/setup-intent", headers=headers))
+    reached_stripe = stripe_customers_with_subscription_attempts(stripe_client)
+    assert_limited(subscribe(api, headers, make_payment_method()))
+    assert len(stripe_client.v1.setup_intents.list(params={"limit": 100}).data) == made
+    assert stripe_customers_with_subscription_attempts(stripe_client) == reached_stripe
+    # Someone else is not affected.
+    other = client("203.0.113.50")
+    setup_intent_for(other, auth_headers(other, "bystander@example.com"))
+
+
+def setup_failed_in_stripes_shape(**fields) -> dict:
+    """A `setup_intent.setup_failed` event: Stripe's published example event and SetupIntent,
+    with the given SetupIntent fields."""
+    intent = stripe_fixture("setup_intent")
+    intent.update(fields)
+    envelope = stripe_fixture("event")
+    envelope.update(
+        id=f"evt_{uuid.uuid4().hex}",
+        type="setup_intent.setup_failed",
+        created=int(time.time()),
+        data={"object": intent},
+    )
+    return envelope
+
+
+def test_a_decline_in_stripes_own_event_shape_is_counted_once(hook, session, stripe_client):
+    """Stripe's published example SetupIntent, as `setup_intent.setup_failed` carries it."""
+    api = client()
+    headers = auth_headers(api, "shape@example.com")
+    seti = setup_intent_for(api, headers)
+    user_id = repository.user_id_for_customer(
+        session, stripe_client.v1.setup_intents.retrieve(seti).customer
+    )
+    assert user_id is not None
+    envelope = setup_failed_in_stripes_shape(
+        id=seti,
+        customer=stripe_client.v1.setup_intents.retrieve(seti).customer,
+        last_setup_error={"type": "card_error", "code": "card_declined"},
+    )
+    body = json.dumps(envelope, default=str)
+    assert post_event(hook, body).json()["duplicate"] is False
+    assert post_event(hook, body).json()["duplicate"] is True
+    assert drain() == 1
+    session.rollback()
+    [decline] = session.exec(select(CardDecline)).all()
+    assert decline.user_id == user_id and decline.event_id == envelope["id"]
+    [stored] = session.exec(select(StripeEvent)).all()
+    assert stored.status == "done"
+
+
+def test_a_decline_applied_twice_counts_once_and_old_ones_stop_counting(card_limits, session):
+    """The window and the per-event count, straight on the table (limit 3 per hour)."""
+    api = client()
+    auth_headers(api, "counted@example.com")
+    [user_id] = [u.id for u in session.exec(select(User)).all()]
+    now = utcnow()
+    record = card_testing.record_decline
+    assert record(
+        session, user_id=user_id, event_id="evt_1", declined_at=now - timedelta(seconds=3500)
+    )
+    # Applied again (a lease ran out while a processor was applying it): counted once.
+    assert not record(session, user_id=user_id, event_id="evt_1", declined_at=now)
+    assert record(
+        session, user_id=user_id, event_id="evt_2", declined_at=now - timedelta(seconds=100)
+    )
+    assert card_testing.retry_after(session, user_id=user_id) is None
+    # Older than the window: not counted, and deleted as soon as it is recorded.
+    assert record(session, user_id=user_id, event_id="evt_0", declined_at=now - timedelta(hours=2))
+    assert card_testing.retry_after(session, user_id=user_id) is None
+    assert record(
+        session, user_id=user_id, event_id="evt_3", declined_at=now - timedelta(seconds=50)
+    )
+    # Three in the window: allowed again when the oldest of them (3500 s ago) leaves it.
+    assert 95 <= card_testing.retry_after(session, user_id=user_id) <= 100
+    session.commit()
+    assert {d.event_id for d in session.exec(select(CardDecline)).all()} == {
+        "evt_1",
+        "evt_2",
+        "evt_3",
+    }
+
+
+def test_a_decline_for_a_customer_we_do_not_know_is_skipped(hook, session):
+    envelope = setup_failed_in_stripes_shape(customer="cus_NotOurs")
+    assert post_event(hook, json.dumps(envelope, default=str)).status_code == 200
+    drain()
+    session.rollback()
+    [stored] = session.exec(select(StripeEvent)).all()
+    assert stored.status == "skipped"
+    assert session.exec(select(CardDecline)).all() == []
+
+
+def test_a_cancel_stripe_does_not_answer_keeps_the_decline_and_is_retried(
+    hook, session, make_payment_method, stripe_client, settings_env, stripe_env
+):
+    api = client()
+    headers = auth_headers(api, "outage@example.com")
+    seti = setup_intent_for(api, headers)
+    decline_cards_at_stripe(stripe_client, make_payment_method, seti, 3)
+    send_declines(hook, stripe_client)
+    # Stripe unreachable while the third decline is applied: its cancel fails.
+    settings_env(STRIPE_API_BASE=f"http://127.0.0.1:{free_port()}")
+    client_module.get_client.cache_clear()
+    drain()
+    session.rollback()
+    assert len(session.exec(select(CardDecline)).all()) == 3  # the decline stays counted
+    assert [e.status for e in session.exec(select(StripeEvent)).all()].count("pending") == 1
+    assert stripe_client.v1.setup_intents.retrieve(seti).status == "requires_payment_method"
+    # The person is refused meanwhile, and the retry (once Stripe answers) cancels.
+    settings_env(STRIPE_API_BASE=stripe_env["emulator"].url)
+    client_module.get_client.cache_clear()
+    assert_limited(api.post("/api/v1/subscriptions/setup-intent", headers=headers))
+    session.execute(update(StripeEvent).values(next_attempt_at=utcnow()))  # due now
+    session.commit()
+    assert drain() == 1
+    assert stripe_client.v1.setup_intents.retrieve(seti).status == "canceled"
