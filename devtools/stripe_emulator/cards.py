@@ -241,7 +241,9 @@ def _pm_charging_is_declined(self) -> bool:
         _DECLINED_LATER
     ):
         return False
-    return _orig_charging_is_declined(self)
+    # Stripe declines these cards however they are used; localstripe only when they are
+    # attached, so a PaymentIntent confirmed with one (never attached) went through.
+    return _orig_charging_is_declined(self) or self._attaching_is_declined()
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 from localstripe import resources as ls
 
-from devtools.stripe_emulator.cards import _attach
+from devtools.stripe_emulator.cards import _attach, _specific_decline
 from devtools.stripe_emulator.common import (
     UserError,
     _as_bool,
@@ -187,4 +187,10 @@ async def _payment_intent_confirm_route(request: web.Request, id: str) -> web.Re
         pi.latest_charge = None
         pi.next_action = None
         pi._authentication_failed = False
-    return _json(ls.PaymentIntent._api_confirm(id), expand)
+    try:
+        confirmed = ls.PaymentIntent._api_confirm(id)
+    except UserError as e:
+        # Stripe names the decline of its specific test cards (insufficient funds...).
+        pm = ls.PaymentMethod._api_retrieve(pi.payment_method) if pi.payment_method else None
+        raise _specific_decline(e, pm) from None
+    return _json(confirmed, expand)

@@ -89,6 +89,7 @@ from devtools.stripe_emulator.subscriptions import (
     _subscription_create,
     _subscription_currency,
     _subscription_delete,
+    _subscription_initial_failure_later,
     _subscription_initial_success,
     _subscription_list,
     _subscription_update,
@@ -185,6 +186,7 @@ def install(
     ls.Subscription._api_delete = classmethod(_subscription_delete)
     ls.Subscription._api_list_all = classmethod(_subscription_list)
     ls.Subscription._on_initial_payment_success = _subscription_initial_success
+    ls.Subscription._on_initial_payment_failure_later = _subscription_initial_failure_later
     ls.Subscription.cancellation_details = {
         "comment": None,
         "feedback": None,

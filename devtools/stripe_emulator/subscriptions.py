@@ -39,6 +39,7 @@ _orig_sub_update = ls.Subscription._api_update.__func__
 _orig_sub_delete = ls.Subscription._api_delete.__func__
 _orig_sub_list = ls.Subscription._api_list_all.__func__
 _orig_sub_initial_success = ls.Subscription._on_initial_payment_success
+_orig_sub_initial_failure_later = ls.Subscription._on_initial_payment_failure_later
 _orig_pay_invoice = ls.Invoice._api_pay_invoice.__func__
 _orig_invoice_success = ls.Invoice._on_payment_success
 
@@ -310,6 +311,15 @@ def _subscription_initial_success(self, invoice):
             _attach(ls.PaymentMethod._api_retrieve(pi.payment_method), self.customer)
     if not _Flags.creating_subscription and not _Flags.renewing and previous_status != self.status:
         _schedule_event("customer.subscription.updated", self, {"status": previous_status})
+
+
+def _subscription_initial_failure_later(self, invoice):
+    # localstripe ends the subscription when its first payment fails after creation (a
+    # failed 3-D Secure check, a declined card confirmed later). Stripe keeps an incomplete
+    # subscription incomplete, its PaymentIntent open for another card, until it expires
+    # (23 hours) or its invoice is voided.
+    if not self._enable_incomplete_payments:
+        _orig_sub_initial_failure_later(self, invoice)
 
 
 def _invoice_payment_success(self):

@@ -1,15 +1,18 @@
 """Card checks Stripe declined, counted per person from Stripe's own webhooks.
 
 Our page reports the declines it sees (`ratelimit.before_card_attempt`), but a script that
-holds one of a person's SetupIntent client secrets can ask Stripe to check card after card
-against it without ever telling us. Stripe still sends `setup_intent.setup_failed` for each
-decline. Those are stored here, one row per event (a redelivery counts once), and counted
-over the card-testing window (`rate_limit_card_window_seconds`) against the same per-person
-limit as card attempts (`rate_limit_card_attempts_per_account`):
+holds a client secret our page was given (a SetupIntent's, for the card form; a first
+payment's PaymentIntent's, for 3-D Secure) can ask Stripe to check card after card against
+it without ever telling us. Stripe still sends `setup_intent.setup_failed` or
+`payment_intent.payment_failed` for each decline. Those are stored here, one row per event
+(a redelivery counts once), and counted over the card-testing window
+(`rate_limit_card_window_seconds`) against the same per-person limit as card attempts
+(`rate_limit_card_attempts_per_account`):
 - a person at the limit gets no new card form and no subscribe attempt (`retry_after`);
-- once a decline reaches the limit, every SetupIntent of the person that still takes a card
-  is cancelled at Stripe (`stop_card_checks`, from `handlers.on_setup_failed`), so a script
-  holding their client secrets can check no more cards on them.
+- once a decline reaches the limit (`handlers.on_card_declined`), every SetupIntent of the
+  person that still takes a card is cancelled at Stripe (`stop_card_checks`) and their
+  attempts still waiting for a first payment are undone (`service.stop_first_payments`),
+  so a script holding those client secrets can check no more cards on them.
 
 Rows live in the database, not in the rate limiter's store: the webhook processor runs in
 a process of its own, which cannot see a worker's in-memory counters (no Redis in

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 from sqlmodel import Session
 
-from subscription_app import notifications
-from subscription_app.billing import card_testing, repository, sync
+from subscription_app import db, notifications
+from subscription_app.billing import card_testing, repository, service, sync
 from subscription_app.billing.inbox import ClaimedEvent
 from subscription_app.billing.reader import read_invoice
-from subscription_app.models import EventStatus
+from subscription_app.models import EventStatus, User
 
 PAYMENT_FAILED_TEXT = "Your last payment failed; Stripe will retry."
 ACTION_REQUIRED_TEXT = (
@@ -157,25 +157,34 @@ def on_checkout_completed(session: Session, event: ClaimedEvent) -> HandlerResul
     return HandlerResult(changed_users={user_id} if user_id is not None else set())
 
 
-@handles("setup_intent.setup_failed")
-def on_setup_failed(session: Session, event: ClaimedEvent) -> HandlerResult:
-    """Stripe declined a card checked on one of a person's SetupIntents.
+@handles("setup_intent.setup_failed", "payment_intent.payment_failed")
+def on_card_declined(session: Session, event: ClaimedEvent) -> HandlerResult:
+    """Stripe declined a card checked on one of a person's SetupIntents or PaymentIntents.
 
     Counted towards the person's card-testing limit whether or not our page saw it (a
-    script holding the client secret can ask Stripe directly); at the limit, the person's
-    SetupIntents are cancelled, so no more cards can be tried on them (see `card_testing`).
+    script holding an intent's client secret can ask Stripe directly). At the limit, the
+    person's SetupIntents are cancelled and their attempts still waiting for a first payment
+    are undone, so no more cards can be tried on them (see `card_testing`).
     """
     intent = event.payload["data"]["object"]
     intent_id, customer = intent.get("id"), intent.get("customer")
     if isinstance(customer, dict):  # expanded
         customer = customer.get("id")
     if not isinstance(intent_id, str) or not intent_id:
-        return HandlerResult(EventStatus.SKIPPED, "event names no SetupIntent")
+        return HandlerResult(EventStatus.SKIPPED, "event names no intent")
     if not isinstance(customer, str) or not customer:
-        return HandlerResult(EventStatus.SKIPPED, "SetupIntent has no customer")
+        return HandlerResult(EventStatus.SKIPPED, "intent has no customer")
     user_id = repository.user_id_for_customer(session, customer)
     if user_id is None:
         return HandlerResult(EventStatus.SKIPPED, NOT_LINKED)
+    if event.type == "payment_intent.payment_failed" and not any(
+        open_attempt.status == "incomplete"
+        for open_attempt in repository.open_subscriptions(session, user_id)
+    ):
+        # A script can only try cards on a first payment's PaymentIntent (its client secret
+        # is handed out for 3-D Secure). Other payments failing (a renewal, a past-due
+        # invoice paid on Stripe's page, a charge the merchant made) are not card testing.
+        return HandlerResult(EventStatus.SKIPPED, "no first payment waiting")
     card_testing.record_decline(
         session, user_id=user_id, event_id=event.event_id, declined_at=event.created
     )
@@ -186,6 +195,14 @@ def on_setup_failed(session: Session, event: ClaimedEvent) -> HandlerResult:
     # - a failed cancel keeps the decline: the retry (or the next decline) cancels again.
     # Applying the event again counts nothing twice (one row per event).
     session.commit()
-    if card_testing.retry_after(session, user_id=user_id) is not None:
-        card_testing.stop_card_checks(customer)
-    return HandlerResult()
+    over_limit = card_testing.retry_after(session, user_id=user_id) is not None
+    session.commit()  # no transaction left open while Stripe and locks are waited for
+    if not over_limit:
+        return HandlerResult()
+    card_testing.stop_card_checks(customer)
+    # On a session of its own: each undo commits under its locks, as in a request, instead
+    # of being left to this event's transaction (`sync.one_transaction`).
+    with Session(db.get_engine()) as own:
+        user = own.get(User, user_id)
+        undone = service.stop_first_payments(session=own, user=user) if user else 0
+    return HandlerResult(changed_users={user_id} if undone else set())

@@ -399,6 +399,48 @@ def test_default_incomplete_waits_for_payment_intent_confirmation(client):
     assert sub.default_payment_method == pi.payment_method
 
 
+def test_a_first_payment_that_fails_stays_open_for_another_card(client):
+    """Stripe keeps a `default_incomplete` subscription incomplete when its first payment
+    fails (the bank check, then a declined card): its PaymentIntent takes another card."""
+    customer = client.v1.customers.create({"email": f"{_unique('u')}@example.com"})
+    sub = client.v1.subscriptions.create(
+        {
+            "customer": customer.id,
+            "items": [{"price": _price(client).id}],
+            "payment_behavior": "default_incomplete",
+            "expand": ["latest_invoice.confirmation_secret"],
+        }
+    )
+    secret = sub.latest_invoice.confirmation_secret.client_secret
+    pi_id = secret.split("_secret_")[0]
+    pi = client.v1.payment_intents.confirm(
+        pi_id, {"payment_method": "pm_card_threeDSecure2Required"}
+    )
+    assert pi.status == "requires_action"
+    client.raw_request(
+        "post", f"/v1/payment_intents/{pi_id}/_authenticate", client_secret=secret, success="false"
+    )
+    assert client.v1.subscriptions.retrieve(sub.id).status == "incomplete"
+
+    # A card Stripe declines is declined here too (localstripe only refused it on attach),
+    # with Stripe's specific reason where its test card has one.
+    with pytest.raises(stripe.CardError):
+        client.v1.payment_intents.confirm(pi_id, {"payment_method": "pm_card_chargeDeclined"})
+    with pytest.raises(stripe.CardError) as declined:
+        client.v1.payment_intents.confirm(
+            pi_id, {"payment_method": "pm_card_chargeDeclinedInsufficientFunds"}
+        )
+    assert declined.value.error.decline_code == "insufficient_funds"
+    [failed] = client.v1.events.list({"type": "payment_intent.payment_failed", "limit": 1}).data
+    assert failed.data.object.id == pi_id
+    assert client.v1.subscriptions.retrieve(sub.id).status == "incomplete"
+
+    assert client.v1.payment_intents.confirm(pi_id, {"payment_method": "pm_card_visa"}).status == (
+        "succeeded"
+    )
+    assert client.v1.subscriptions.retrieve(sub.id).status == "active"
+
+
 def test_stripe_version_header_of_the_sdk_is_accepted(client, emulator):
     price = _price(client)
     response = httpx.get(

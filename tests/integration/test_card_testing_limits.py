@@ -184,12 +184,12 @@ def hook(card_limits):
         yield hook
 
 
-def send_declines(hook: TestClient, stripe_client) -> None:
-    """Send our webhook route every `setup_intent.setup_failed` event the emulator holds,
-    oldest first, as Stripe would (those sent before are acknowledged as repeats)."""
-    listed = stripe_client.v1.events.list(
-        params={"type": "setup_intent.setup_failed", "limit": 100}
-    ).data
+def send_declines(
+    hook: TestClient, stripe_client, event_type: str = "setup_intent.setup_failed"
+) -> None:
+    """Send our webhook route every event of `event_type` the emulator holds, oldest first,
+    as Stripe would (those sent before are acknowledged as repeats)."""
+    listed = stripe_client.v1.events.list(params={"type": event_type, "limit": 100}).data
     for event in reversed(listed):  # listed newest first
         assert post_event(hook, json.dumps(event.to_dict())).status_code == 200
 
@@ -362,3 +362,101 @@ def test_a_cancel_stripe_does_not_answer_keeps_the_decline_and_is_retried(
     session.commit()
     assert drain() == 1
     assert stripe_client.v1.setup_intents.retrieve(seti).status == "canceled"
+
+
+def test_declines_on_a_first_payment_checked_at_stripe_undo_the_attempt(
+    hook, session, make_payment_method, stripe_client
+):
+    """The other client secret our page hands out: a first payment's, for 3-D Secure. Once
+    the bank check failed, its PaymentIntent takes another card, from a script too."""
+    api = client()
+    headers = auth_headers(api, "pi-script@example.com")
+    first = subscribe(api, headers, make_payment_method("tok_threeDSecure2Required"))
+    assert first.json()["status"] == "requires_action", first.text
+    secret = first.json()["client_secret"]
+    intent = secret.partition("_secret_")[0]
+    stripe_client.raw_request(  # the bank check fails; the script keeps the secret
+        "post", f"/v1/payment_intents/{intent}/_authenticate", client_secret=secret, success="false"
+    )
+
+    def decline(times: int) -> None:
+        for _ in range(times):
+            declined = make_payment_method("tok_chargeDeclined")
+            with pytest.raises(stripe.CardError):
+                stripe_client.v1.payment_intents.confirm(
+                    intent, params={"payment_method": declined}
+                )
+        send_declines(hook, stripe_client, "payment_intent.payment_failed")
+        assert drain() == times
+
+    def attempt_status() -> str:
+        customer = stripe_client.v1.payment_intents.retrieve(intent).customer
+        [attempt] = stripe_client.v1.subscriptions.list(
+            params={"customer": customer, "status": "all"}
+        ).data
+        return attempt.status
+
+    decline(2)
+    assert attempt_status() == "incomplete"  # under the limit of 3: nothing undone
+    decline(1)
+    # At the limit the attempt is undone: invoice voided (which ends it), and its
+    # PaymentIntent takes no more cards.
+    assert attempt_status() in ("canceled", "incomplete_expired")
+    with pytest.raises(stripe.InvalidRequestError):
+        stripe_client.v1.payment_intents.confirm(
+            intent, params={"payment_method": make_payment_method()}
+        )
+    assert_limited(subscribe(api, headers, make_payment_method()))
+    assert api.get("/api/v1/subscriptions/me", headers=headers).json()["subscription"] is None
+
+
+def test_failed_payments_of_a_live_subscription_are_not_card_testing(
+    hook, session, make_payment_method, stripe_client
+):
+    """A renewal's or a past-due invoice's payment failing (Stripe's own event shape):
+    nothing counted, the subscription untouched."""
+    api = client()
+    headers = auth_headers(api, "renewing@example.com")
+    assert subscribe(api, headers, make_payment_method()).json()["status"] == "active"
+    user_id = session.exec(select(User)).one().id
+    customer = repository.customer_id_for_user(session, user_id)
+    for _ in range(4):  # over the limit of 3, were they counted
+        intent = stripe_fixture("payment_intent")
+        intent.update(customer=customer, status="requires_payment_method")
+        envelope = stripe_fixture("event")
+        envelope.update(
+            id=f"evt_{uuid.uuid4().hex}",
+            type="payment_intent.payment_failed",
+            created=int(time.time()),
+            data={"object": intent},
+        )
+        assert post_event(hook, json.dumps(envelope, default=str)).status_code == 200
+    drain()
+    session.rollback()
+    assert {e.status for e in session.exec(select(StripeEvent)).all()} == {"skipped"}
+    assert session.exec(select(CardDecline)).all() == []
+    me = api.get("/api/v1/subscriptions/me", headers=headers).json()["subscription"]
+    assert me["status"] == "active"
+    # Not refused as a card tester (a subscriber gets "already subscribed", not 429).
+    assert api.post("/api/v1/subscriptions/setup-intent", headers=headers).status_code != 429
+
+
+def test_an_attempt_stripe_will_not_undo_now_does_not_stop_the_rest(
+    card_limits, session, make_payment_method, monkeypatch
+):
+    from subscription_app.billing import service
+
+    api = client()
+    headers = auth_headers(api, "stuck@example.com")
+    first = subscribe(api, headers, make_payment_method("tok_threeDSecure2Required"))
+    assert first.json()["status"] == "requires_action"
+    user = session.exec(select(User)).one()
+
+    def refuse(client, snapshot):
+        raise stripe.InvalidRequestError("This invoice can't be voided.", param=None)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(service, "_void_first_invoice", refuse)
+        # Logged and left: no error for the webhook processor to retry forever.
+        assert service.stop_first_payments(session=session, user=user) == 0
+    assert service.stop_first_payments(session=session, user=user) == 1
