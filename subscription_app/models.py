@@ -281,11 +281,12 @@ class OutboxEmail(SQLModel, table=True):
 
 
 class CardDecline(SQLModel, table=True):
-    """A card check Stripe declined on one of a person's SetupIntents, as its webhook said.
+    """A card Stripe declined on one of a person's SetupIntents or first payments, as its
+    webhook said.
 
     Counted towards the person's card-testing limit (`billing/card_testing.py`): a script
-    holding a SetupIntent's client secret can ask Stripe to check cards without telling our
-    page, but not without Stripe telling us. One row per Stripe event, so a redelivery
+    holding a client secret our page was given can ask Stripe to check cards without telling
+    our page, but not without Stripe telling us. One row per Stripe event, so a redelivery
     counts once; rows older than the limit's window are deleted as new ones arrive.
     """
 

@@ -4,8 +4,9 @@ Revision ID: 0008
 Revises: 0007
 Create Date: 2026-11-24 12:00:00
 
-A script holding a SetupIntent's client secret can ask Stripe to check cards without
-passing through our page; Stripe still tells us each decline (`setup_intent.setup_failed`).
+A script holding a client secret our page was given (a SetupIntent's, or a first payment's
+PaymentIntent's) can ask Stripe to check cards without passing through our page; Stripe
+still tells us each decline (`setup_intent.setup_failed`, `payment_intent.payment_failed`).
 Each one is a row here (one per event), counted per person over the card-testing window.
 """
 

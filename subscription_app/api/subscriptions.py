@@ -122,7 +122,8 @@ def confirm(session: SessionDep, user: CurrentUser, body: ConfirmIn | None = Non
 def setup_intent(session: SessionDep, user: CurrentUser, request: Request) -> dict[str, str]:
     """A SetupIntent client secret (plus the publishable key) for collecting a card.
 
-    429 (with `Retry-After`) when too many were asked for by this person or address.
+    429 (with `Retry-After`) when too many were asked for by this person or address, or when
+    Stripe declined too many of this person's cards (counted from its webhooks).
     """
     client_secret = service.create_setup_intent(
         session=session, user=user, client_address=client_address(request)

@@ -390,18 +390,18 @@ def stop_first_payments(*, session: Session, user: User) -> int:
         for current in repository.open_subscriptions(session, _id(user)):
             if SubscriptionStatus(current.status).is_live:
                 continue
-            snapshot = sync.sync_subscription(
-                session=session,
-                subscription_id=current.id,
-                user_id=_id(user),
-                expand=SUBSCRIPTION_EXPAND,
-            ).snapshot
-            if snapshot.status != "incomplete":
-                continue
-            payment = _payment_of(client, snapshot)
-            if payment and payment.status in ("processing", "succeeded"):
-                continue
             try:
+                snapshot = sync.sync_subscription(
+                    session=session,
+                    subscription_id=current.id,
+                    user_id=_id(user),
+                    expand=SUBSCRIPTION_EXPAND,
+                ).snapshot
+                if snapshot.status != "incomplete":
+                    continue
+                payment = _payment_of(client, snapshot)
+                if payment and payment.status in ("processing", "succeeded"):
+                    continue
                 if _abandon(client, session, user, snapshot) is None:
                     undone += 1
             except stripe.InvalidRequestError as exc:
@@ -629,6 +629,8 @@ def confirm_subscription(
         with sync.subscriber_lock(_id(user)):
             pending = repository.open_subscriptions(session, _id(user))
             if not pending:
+                # Undone for too many declined cards (`stop_first_payments`)? Then say that.
+                _limit_declines(session, user)
                 raise BillingError(
                     "There is no subscription waiting for confirmation.", kind="conflict"
                 )

@@ -46,6 +46,7 @@ _LOAD_CHECKOUT_JS = (
 _CARD_FORM_UNAVAILABLE = (
     "The card form could not be loaded. Check your connection and reload the page."
 )
+FORM_EXPIRED = "This card form had expired. Please enter your card again."
 # What each checkout.js function answers when checkout.js itself could not be loaded, in
 # the shape of its own answers: the page's callback always hears back (Reflex drops a
 # rejected call silently, which left the form loading and a pressed Subscribe busy).
@@ -278,8 +279,10 @@ class CheckoutState(AuthState):
                     # Over the card-testing limit: say so, and take the card form away.
                     message, secret = exc.message, ""
             if secret is None and result.get("renew") is True:
-                # Stripe will not take this SetupIntent any more: the form gets a new one.
-                message, secret = await self._new_setup_intent(ref, address, message)
+                # Stripe will not take this SetupIntent any more (used in another tab, or
+                # cancelled after too many declined cards): the form gets a new one. Stripe's
+                # own words ("invalid request") would ask the person to check their card.
+                message, secret = await self._new_setup_intent(ref, address, FORM_EXPIRED)
             return lambda: self._show_error(message, secret, ref)
         payment_method_id = str(result["payment_method_id"])
         try:

@@ -402,6 +402,8 @@ def test_declines_on_a_first_payment_checked_at_stripe_undo_the_attempt(
     # At the limit the attempt is undone: invoice voided (which ends it), and its
     # PaymentIntent takes no more cards.
     assert attempt_status() in ("canceled", "incomplete_expired")
+    # The page (or client) finishing its bank check now hears why, not "nothing to confirm".
+    assert_limited(api.post("/api/v1/subscriptions/confirm", headers=headers))
     with pytest.raises(stripe.InvalidRequestError):
         stripe_client.v1.payment_intents.confirm(
             intent, params={"payment_method": make_payment_method()}
@@ -455,8 +457,9 @@ def test_an_attempt_stripe_will_not_undo_now_does_not_stop_the_rest(
     def refuse(client, snapshot):
         raise stripe.InvalidRequestError("This invoice can't be voided.", param=None)
 
-    with monkeypatch.context() as patched:
-        patched.setattr(service, "_void_first_invoice", refuse)
-        # Logged and left: no error for the webhook processor to retry forever.
-        assert service.stop_first_payments(session=session, user=user) == 0
+    for step in ("_payment_of", "_void_first_invoice"):  # reading the payment, undoing it
+        with monkeypatch.context() as patched:
+            patched.setattr(service, step, refuse)
+            # Logged and left: no error for the webhook processor to retry forever.
+            assert service.stop_first_payments(session=session, user=user) == 0
     assert service.stop_first_payments(session=session, user=user) == 1

@@ -460,7 +460,9 @@ async def test_a_setup_intent_stripe_no_longer_takes_is_replaced(signed_in, monk
     # say in a tab whose answer never reached us).
     error = {"error": "Check the details.", "card_refused": False, "renew": True}
     await _run(CheckoutState.card_confirmed, checkout, error)
-    assert checkout.error == "Check the details." and made.asked == [None]
+    # Not Stripe's "invalid request" turned into "check your card": nothing was wrong with it.
+    assert checkout.error == "This card form had expired. Please enter your card again."
+    assert made.asked == [None]
     assert checkout.setup_client_secret == "seti_1_secret_x" and checkout.attempt == 1
 
 
