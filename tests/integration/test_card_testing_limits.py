@@ -256,15 +256,17 @@ def test_declines_checked_straight_at_stripe_count_and_stop_the_setup_intent(
     setup_intent_for(other, auth_headers(other, "bystander@example.com"))
 
 
-def setup_failed_in_stripes_shape(**fields) -> dict:
-    """A `setup_intent.setup_failed` event: Stripe's published example event and SetupIntent,
-    with the given SetupIntent fields."""
-    intent = stripe_fixture("setup_intent")
+def failed_in_stripes_shape(
+    event_type: str = "setup_intent.setup_failed", **fields: object
+) -> dict:
+    """A decline event (`setup_intent.setup_failed` or `payment_intent.payment_failed`):
+    Stripe's published example event and intent, with the given intent fields."""
+    intent = stripe_fixture(event_type.partition(".")[0])
     intent.update(fields)
     envelope = stripe_fixture("event")
     envelope.update(
         id=f"evt_{uuid.uuid4().hex}",
-        type="setup_intent.setup_failed",
+        type=event_type,
         created=int(time.time()),
         data={"object": intent},
     )
@@ -280,7 +282,7 @@ def test_a_decline_in_stripes_own_event_shape_is_counted_once(hook, session, str
         session, stripe_client.v1.setup_intents.retrieve(seti).customer
     )
     assert user_id is not None
-    envelope = setup_failed_in_stripes_shape(
+    envelope = failed_in_stripes_shape(
         id=seti,
         customer=stripe_client.v1.setup_intents.retrieve(seti).customer,
         last_setup_error={"type": "card_error", "code": "card_declined"},
@@ -329,7 +331,7 @@ def test_a_decline_applied_twice_counts_once_and_old_ones_stop_counting(card_lim
 
 
 def test_a_decline_for_a_customer_we_do_not_know_is_skipped(hook, session):
-    envelope = setup_failed_in_stripes_shape(customer="cus_NotOurs")
+    envelope = failed_in_stripes_shape(customer="cus_NotOurs")
     assert post_event(hook, json.dumps(envelope, default=str)).status_code == 200
     drain()
     session.rollback()
@@ -423,14 +425,8 @@ def test_failed_payments_of_a_live_subscription_are_not_card_testing(
     user_id = session.exec(select(User)).one().id
     customer = repository.customer_id_for_user(session, user_id)
     for _ in range(4):  # over the limit of 3, were they counted
-        intent = stripe_fixture("payment_intent")
-        intent.update(customer=customer, status="requires_payment_method")
-        envelope = stripe_fixture("event")
-        envelope.update(
-            id=f"evt_{uuid.uuid4().hex}",
-            type="payment_intent.payment_failed",
-            created=int(time.time()),
-            data={"object": intent},
+        envelope = failed_in_stripes_shape(
+            "payment_intent.payment_failed", customer=customer, status="requires_payment_method"
         )
         assert post_event(hook, json.dumps(envelope, default=str)).status_code == 200
     drain()
