@@ -91,23 +91,20 @@ def retry_after(session: Session, *, user_id: int) -> int | None:
 OPEN_STATES = ("requires_payment_method", "requires_confirmation", "requires_action")
 
 
-def stop_card_checks(customer_id: str) -> int:
-    """Cancel every SetupIntent of the customer that still takes a card; how many were.
+def stop_card_checks(customer_id: str) -> None:
+    """Cancel every SetupIntent of the customer that still takes a card.
 
     A script may hold several (one per card form it asked for), so all of them go, not
     only the one a decline named. One Stripe refuses to cancel (it saved a card meanwhile,
     or Stripe does not know it) is left as it is; any other failure (Stripe unreachable,
     rate limited...) is raised, for the webhook processor to retry the event.
     """
-    cancelled = 0
-    listed = get_client().v1.setup_intents.list(params={"customer": customer_id, "limit": 100})
+    client = get_client()
+    listed = client.v1.setup_intents.list(params={"customer": customer_id, "limit": 100})
     for intent in listed.auto_paging_iter():
         if intent.status not in OPEN_STATES:
             continue
         try:
-            get_client().v1.setup_intents.cancel(intent.id)
+            client.v1.setup_intents.cancel(intent.id)
         except stripe.InvalidRequestError as exc:
             logger.warning("card testing: Stripe refused to cancel a SetupIntent (%s)", exc.code)
-            continue
-        cancelled += 1
-    return cancelled

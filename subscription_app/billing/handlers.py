@@ -200,9 +200,11 @@ def on_card_declined(session: Session, event: ClaimedEvent) -> HandlerResult:
     if not over_limit:
         return HandlerResult()
     card_testing.stop_card_checks(customer)
-    # On a session of its own: each undo commits under its locks, as in a request, instead
-    # of being left to this event's transaction (`sync.one_transaction`).
+    # On a session of its own: the undo commits under its locks, as in a request, instead
+    # of being left to this event's transaction (`sync.one_transaction`). Its row writes
+    # refresh the person's open pages themselves.
     with Session(db.get_engine()) as own:
         user = own.get(User, user_id)
-        undone = service.stop_first_payments(session=own, user=user) if user else 0
-    return HandlerResult(changed_users={user_id} if undone else set())
+        if user is not None:
+            service.stop_first_payments(session=own, user=user)
+    return HandlerResult()

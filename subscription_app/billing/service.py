@@ -373,44 +373,26 @@ def _settle_open_attempts(client: stripe.StripeClient, session: Session, user: U
             raise BillingError(STILL_PROCESSING, kind="conflict")
 
 
-def stop_first_payments(*, session: Session, user: User) -> int:
-    """Undo the person's attempts still waiting for their first payment; how many were.
+def stop_first_payments(*, session: Session, user: User) -> None:
+    """Undo the person's attempt still waiting for its first payment, if there is one.
 
     For the card-testing limit (`card_testing`): such an attempt's PaymentIntent has its
     client secret in the person's browser (for 3-D Secure), and with it a script can have
-    Stripe check card after card. Each is undone as a new attempt undoes an earlier one
-    (`_abandon`: its invoice voided first, so a payment that went through meanwhile is
-    kept); one whose payment is processing or done is left alone. Commits under the
-    person's lock, like every other write to their attempts.
+    Stripe check card after card. It is undone exactly as a new attempt undoes an earlier
+    one (`_settle_open_attempts`, under the person's lock): its invoice voided first, so a
+    payment that went through meanwhile is kept, and one whose payment is under way is left
+    alone. A refusal from Stripe for the attempt is logged, not raised: the person stays
+    refused by the limit either way, and the webhook processor would only retry for nothing.
     """
-    client = get_client()
-    undone = 0
     session.commit()  # hold no transaction while waiting for the lock
-    with sync.subscriber_lock(_id(user)):
-        for current in repository.open_subscriptions(session, _id(user)):
-            if SubscriptionStatus(current.status).is_live:
-                continue
-            try:
-                snapshot = sync.sync_subscription(
-                    session=session,
-                    subscription_id=current.id,
-                    user_id=_id(user),
-                    expand=SUBSCRIPTION_EXPAND,
-                ).snapshot
-                if snapshot.status != "incomplete":
-                    continue
-                payment = _payment_of(client, snapshot)
-                if payment and payment.status in ("processing", "succeeded"):
-                    continue
-                if _abandon(client, session, user, snapshot) is None:
-                    undone += 1
-            except stripe.InvalidRequestError as exc:
-                # Stripe refuses for this attempt alone (its invoice cannot be voided right
-                # now, say): the others are still undone, and the person stays refused.
-                session.rollback()
-                logger.warning("card testing: could not undo an attempt (%s)", exc.code)
-        session.commit()
-    return undone
+    try:
+        with sync.subscriber_lock(_id(user)):
+            _settle_open_attempts(get_client(), session, user)
+    except BillingError:
+        pass  # subscribed, or its payment is under way: nothing waits for a first payment
+    except stripe.InvalidRequestError as exc:
+        session.rollback()
+        logger.warning("card testing: could not undo an attempt (%s)", exc.code)
 
 
 def _void_first_invoice(client: stripe.StripeClient, snapshot: SubscriptionSnapshot) -> bool:

@@ -439,7 +439,7 @@ def test_failed_payments_of_a_live_subscription_are_not_card_testing(
     assert api.post("/api/v1/subscriptions/setup-intent", headers=headers).status_code != 429
 
 
-def test_an_attempt_stripe_will_not_undo_now_does_not_stop_the_rest(
+def test_an_attempt_stripe_will_not_undo_now_is_logged_and_undone_later(
     card_limits, session, make_payment_method, monkeypatch
 ):
     from subscription_app.billing import service
@@ -450,6 +450,10 @@ def test_an_attempt_stripe_will_not_undo_now_does_not_stop_the_rest(
     assert first.json()["status"] == "requires_action"
     user = session.exec(select(User)).one()
 
+    def open_attempts() -> list[str]:
+        session.rollback()  # what was committed
+        return [a.status for a in repository.open_subscriptions(session, user.id)]
+
     def refuse(client, snapshot):
         raise stripe.InvalidRequestError("This invoice can't be voided.", param=None)
 
@@ -457,5 +461,7 @@ def test_an_attempt_stripe_will_not_undo_now_does_not_stop_the_rest(
         with monkeypatch.context() as patched:
             patched.setattr(service, step, refuse)
             # Logged and left: no error for the webhook processor to retry forever.
-            assert service.stop_first_payments(session=session, user=user) == 0
-    assert service.stop_first_payments(session=session, user=user) == 1
+            service.stop_first_payments(session=session, user=user)
+        assert open_attempts() == ["incomplete"]  # not undone
+    service.stop_first_payments(session=session, user=user)
+    assert open_attempts() == []  # undone
