@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Callable
 from typing import TypeVar
 
 import reflex as rx
+from reflex.middleware.middleware import Middleware
+from reflex.state import BaseState, StateUpdate
+from reflex_base.constants import CompileVars
+from reflex_base.event import Event
+from reflex_base.utils.format import format_event_handler
 from sqlmodel import Session
 
 from subscription_app import accounts, routes, session_cookie
@@ -273,6 +279,45 @@ class AuthState(rx.State):
     def logged_out(self, ok: bool):
         """After the cookie is gone: back to the landing page, in a fresh tab state."""
         return self._leave(routes.LANDING)
+
+
+@functools.cache
+def _hydrate_events() -> frozenset[str]:
+    """The names of the events that send the browser a tab's whole state (Reflex's own)."""
+    return frozenset(
+        format_event_handler(rx.State.event_handlers[name])
+        for name in (CompileVars.HYDRATE, CompileVars.HYDRATE_AND_LOAD)
+    )
+
+
+class LoginBoundHydrate(Middleware):
+    """A tab's state goes only to a connection that proves the login that filled it.
+
+    Reflex answers a connection's first event (hydrate, sent as its websocket connects) with
+    the tab's whole state: the person's email, subscription, messages and invoices once it has
+    been logged in. The tab's Reflex token is what names that state, and it is no credential
+    (page scripts can read it; it travels in the websocket's address, so proxies log it).
+    So when a new connection hydrates a tab that has been logged in, its own handshake's
+    cookie must prove the same login (a reload, a reconnect); otherwise (a closed tab's
+    token presented by someone else, or a reload after the login ended elsewhere) the tab's
+    state is reset before it is sent, and the page starts as a fresh, logged-out tab. The
+    same connection hydrating again (it does, on reconnects) proves itself by the
+    connection, as every other event does (`AuthState._session_ref`).
+
+    Registered on the app (`build_app`): Reflex runs app middleware on every event before
+    its handler, so this runs before `hydrate` and `hydrate_and_load` take their snapshot.
+    """
+
+    async def preprocess(self, app, state: BaseState, event: Event) -> StateUpdate | None:
+        """Reset a logged-in tab's state before a connection without its login hydrates it."""
+        if event.name not in _hydrate_events():
+            return None
+        auth = await state.get_state(AuthState)
+        if auth._was_logged_in and not (
+            auth._auth_session_id and auth._session_ref() == auth._auth_session_id
+        ):
+            state.reset()  # the whole tree, backend-only vars included
+        return None  # Reflex's hydrate then sends what the state now holds
 
 
 def require_login(

@@ -105,3 +105,42 @@ def test_logging_out_leaves_nothing_of_the_person_in_the_tab(page: Page, live_ap
     expect(page.get_by_text("No active subscription")).to_be_visible()
     expect(page.get_by_text("No invoices yet.")).to_be_visible()
     expect(page.get_by_text(f"Signed in as {first}")).to_have_count(0)
+
+
+def test_a_closed_tabs_token_alone_shows_nothing_of_its_person(browser: Browser, live_app):
+    """The Reflex token names a tab's state on the server and travels in the websocket's
+    address (a proxy's log holds it). Presented without the login's cookie, it gets a fresh,
+    logged-out tab: nothing of the person is sent to the browser."""
+    owner = browser.new_context(base_url=live_app.url)
+    try:
+        tab = owner.new_page()
+        email = unique_email("token-holder")
+        register(tab, email)
+        subscribe_with_card(tab)
+        tab.goto("/dashboard")
+        expect(tab.get_by_text("Active", exact=True)).to_be_visible()
+        token = tab.evaluate("sessionStorage.getItem('token')")
+    finally:
+        owner.close()  # the tab is gone; its state stays on the server under its token
+
+    holder = browser.new_context(base_url=live_app.url)  # no cookie of the owner's
+    try:
+        page = holder.new_page()
+        # The page starts with the closed tab's token, as if it were its own.
+        page.add_init_script(
+            "if (location.pathname.startsWith('/dashboard')) "
+            f"sessionStorage.setItem('token', {token!r})"
+        )
+        received: list[str] = []
+        page.on("websocket", lambda ws: ws.on("framereceived", lambda f: received.append(str(f))))
+        page.goto("/dashboard")
+        expect(page).to_have_url(path_is("/login"))
+        expect(page.get_by_role("button", name="Log in")).to_be_visible()
+        # The server answered the page's hydrate with nothing of the person ...
+        assert any("is_hydrated" in frame for frame in received)
+        assert not [frame for frame in received if email in frame]
+        # ... to the closed tab's token itself (Reflex gives a new one only while another tab
+        # holds it), which the page still uses: it was a fresh tab, with nothing to forget.
+        assert page.evaluate("sessionStorage.getItem('token')") == token
+    finally:
+        holder.close()

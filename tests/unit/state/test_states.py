@@ -8,11 +8,14 @@ seam where a test needs a particular answer or failure.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
 from reflex.istate.data import RouterData
 from reflex.state import State
+from reflex_base.event import Event
+from reflex_base.utils.format import format_event_handler
 
 from subscription_app import accounts, changes, ratelimit, routes, session_cookie
 from subscription_app.billing import service
@@ -33,6 +36,7 @@ from subscription_app.state.billing import (
     DashboardState,
     PlanState,
 )
+from subscription_app.subscription_app import app
 
 pytestmark = pytest.mark.anyio
 
@@ -204,6 +208,57 @@ async def test_a_tabs_login_is_not_lent_to_another_connection_holding_its_token(
     root.router = _connection("the-owners-new-socket", cookie)
     await _run(DashboardState.confirm_cancel, dash, CANCEL_AT_PERIOD_END)
     assert len(cancels) == 1 and cancels[0]["user"].email == "t@example.com"
+
+
+def _hydrate(name: str = "hydrate_and_load") -> Event:
+    """The event a page sends as its websocket connects (Reflex's own names)."""
+    return Event(name=format_event_handler(State.event_handlers[name]))
+
+
+def _logged_in_tab_with_data(issued) -> State:
+    """A tab logged in on the owner's connection, its dashboard filled with their data."""
+    root = State(_reflex_internal_init=True)
+    root.router = _connection("the-owners-socket")
+    _substate(root, AuthState)._remember(issued.session_id, issued.email)
+    dash = _substate(root, DashboardState)
+    dash.has_subscription, dash.subscription = True, _view()
+    dash.messages = ["Your payment of $12.00 went through."]
+    return root
+
+
+@pytest.mark.parametrize("name", ["hydrate", "hydrate_and_load"])
+async def test_a_connection_without_the_tabs_login_hydrates_a_fresh_tab(db_engine, session, name):
+    """Hydrate sends the whole state; a closed tab's token alone must not fetch its person's."""
+    _, issued = _login(session, "h@example.com")
+    root = _logged_in_tab_with_data(issued)
+
+    # Someone who read the closed tab's token connects with it, and no cookie.
+    root.router = _connection("someone-elses-socket")
+    assert await app._preprocess(root, _hydrate(name)) is None  # hydrate itself then runs
+    auth, dash = _substate(root, AuthState), _substate(root, DashboardState)
+    assert auth.user_email == "" and auth._auth_session_id == "" and not auth._was_logged_in
+    assert dash.has_subscription is False and dash.messages == []
+    assert "h@example.com" not in json.dumps(root.dict(), default=str)
+
+
+async def test_the_owners_reload_and_reconnects_hydrate_their_tab_as_it_was(db_engine, session):
+    _, issued = _login(session, "o@example.com")
+    root = _logged_in_tab_with_data(issued)
+    # The same connection hydrating again (a socket.io reconnect) ...
+    await app._preprocess(root, _hydrate())
+    # ... and a new connection whose handshake carries the login's own cookie (a reload).
+    cookie = f"{session_cookie.cookie_name()}={issued.token}"
+    root.router = _connection("the-owners-new-socket", cookie)
+    await app._preprocess(root, _hydrate())
+    assert _substate(root, AuthState).user_email == "o@example.com"
+    assert _substate(root, DashboardState).messages == ["Your payment of $12.00 went through."]
+
+    # Another login's cookie (someone else logged in on this computer since) is not this one.
+    _, other = _login(session, "other@example.com")
+    root.router = _connection("a-third-socket", f"{session_cookie.cookie_name()}={other.token}")
+    await app._preprocess(root, _hydrate())
+    assert _substate(root, AuthState).user_email == ""
+    assert _substate(root, DashboardState).messages == []
 
 
 async def test_checkout_unexpected_error_leaves_subscribe_usable(signed_in, monkeypatch):
