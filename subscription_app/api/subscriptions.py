@@ -187,9 +187,9 @@ class UrlOut(BaseModel):
 def checkout_session(session: SessionDep, user: CurrentUser) -> UrlOut:
     """Start Stripe Checkout for the default plan: 201 with the page's URL.
 
-    409 when already subscribed. Back from Checkout, Stripe sends the browser to the app's
-    return page (`/checkout/complete?session_id=...`); API clients then call
-    `/checkout-session/complete`.
+    409 when already subscribed; 429 (with Retry-After) at the card-testing limit. Back from
+    Checkout, Stripe sends the browser to the app's return page
+    (`/checkout/complete?session_id=...`); API clients then call `/checkout-session/complete`.
     """
     return UrlOut(url=service.start_checkout(session=session, user=user))
 

@@ -95,6 +95,12 @@ CHANGED_MEANWHILE = (
 CHECKOUT_ENDED = (
     "The subscription from that checkout has already ended. See your dashboard, or subscribe again."
 )
+# In the person's messages (and email) when the card-testing limit undoes their attempt: the
+# dashboard would otherwise show it only as expired, with no reason.
+ATTEMPT_STOPPED = (
+    "We stopped your subscription attempt because too many cards were declined. Nothing was "
+    "charged. You can try again later."
+)
 ATTEMPT_REPLACED = (
     "This attempt was replaced by a newer one started in another window. "
     "Finish that one, or check your dashboard."
@@ -342,13 +348,15 @@ def _abandon(
     return None
 
 
-def _settle_open_attempts(client: stripe.StripeClient, session: Session, user: User) -> None:
+def _settle_open_attempts(client: stripe.StripeClient, session: Session, user: User) -> int:
     """Before a new attempt: refuse if the person has a subscription, else clear the way.
 
     An earlier attempt still `incomplete` (waiting for 3-D Secure) is cancelled in Stripe
     before a new one starts: the person chose another card, so the new attempt wins. One
     whose payment is already processing is left alone and the new attempt is refused.
+    Returns how many attempts were undone.
     """
+    undone = 0
     for current in repository.open_subscriptions(session, _id(user)):
         if SubscriptionStatus(current.status).is_live:
             raise AlreadySubscribed()
@@ -371,6 +379,8 @@ def _settle_open_attempts(client: stripe.StripeClient, session: Session, user: U
             if SubscriptionStatus(paid_meanwhile.status).is_live:
                 raise AlreadySubscribed()
             raise BillingError(STILL_PROCESSING, kind="conflict")
+        undone += 1
+    return undone
 
 
 def stop_first_payments(*, session: Session, user: User) -> None:
@@ -383,11 +393,17 @@ def stop_first_payments(*, session: Session, user: User) -> None:
     payment that went through meanwhile is kept, and one whose payment is under way is left
     alone. A refusal from Stripe for the attempt is logged, not raised: the person stays
     refused by the limit either way, and the webhook processor would only retry for nothing.
+    The person is told (`ATTEMPT_STOPPED`) once their attempt is undone.
     """
     session.commit()  # hold no transaction while waiting for the lock
     try:
         with sync.subscriber_lock(_id(user)):
-            _settle_open_attempts(get_client(), session, user)
+            if _settle_open_attempts(get_client(), session, user):
+                # Under the lock: of two processors at the limit, only the first finds one.
+                notifications.tell(
+                    session, user_id=_id(user), kind="attempt_stopped", text=ATTEMPT_STOPPED
+                )
+                session.commit()
     except BillingError:
         pass  # subscribed, or its payment is under way: nothing waits for a first payment
     except stripe.InvalidRequestError as exc:
@@ -900,9 +916,11 @@ def _start_checkout_locked(session: Session, user: User) -> str:
 def start_checkout(*, session: Session, user: User) -> str:
     """The URL of a Stripe Checkout page subscribing `user` to the default plan.
 
-    Refuses a person who already has a subscription (conflict). Runs under the person's
-    subscribe lock, like `start_subscription`, and reuses their open Checkout Session.
+    Refuses a person who already has a subscription (conflict), and one at the card-testing
+    limit (limited), as the card form does: Stripe's page takes cards too. Runs under the
+    person's subscribe lock, like `start_subscription`, and reuses their open Checkout Session.
     """
+    _limit_declines(session, user)
     session.commit()  # hold no transaction while waiting for the lock
     try:
         with sync.subscriber_lock(_id(user)):

@@ -19,10 +19,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlmodel import select
 
-from subscription_app import ratelimit
+from subscription_app import notifications, ratelimit
 from subscription_app.api import create_api
 from subscription_app.api.webhooks import dispatch_webhooks_first
-from subscription_app.billing import card_testing, processor, repository
+from subscription_app.billing import card_testing, processor, repository, service
 from subscription_app.billing import client as client_module
 from subscription_app.billing.webhooks import sign
 from subscription_app.models import CardDecline, StripeEvent, User, utcnow
@@ -249,6 +249,10 @@ def test_declines_checked_straight_at_stripe_count_and_stop_the_setup_intent(
     assert_limited(api.post("/api/v1/subscriptions/setup-intent", headers=headers))
     reached_stripe = stripe_customers_with_subscription_attempts(stripe_client)
     assert_limited(subscribe(api, headers, make_payment_method()))
+    # Nor a Stripe Checkout page, where the same cards could be tried on.
+    checkouts = len(stripe_client.v1.checkout.sessions.list(params={"limit": 100}).data)
+    assert_limited(api.post("/api/v1/subscriptions/checkout-session", headers=headers))
+    assert len(stripe_client.v1.checkout.sessions.list(params={"limit": 100}).data) == checkouts
     assert len(stripe_client.v1.setup_intents.list(params={"limit": 100}).data) == made
     assert stripe_customers_with_subscription_attempts(stripe_client) == reached_stripe
     # Someone else is not affected.
@@ -398,12 +402,19 @@ def test_declines_on_a_first_payment_checked_at_stripe_undo_the_attempt(
         ).data
         return attempt.status
 
+    def messages() -> list[str]:
+        session.rollback()  # what was committed
+        user_id = session.exec(select(User)).one().id
+        return notifications.recent_messages(session, user_id=user_id)
+
     decline(2)
     assert attempt_status() == "incomplete"  # under the limit of 3: nothing undone
+    assert service.ATTEMPT_STOPPED not in messages()
     decline(1)
     # At the limit the attempt is undone: invoice voided (which ends it), and its
-    # PaymentIntent takes no more cards.
+    # PaymentIntent takes no more cards. The person is told why (their dashboard lists it).
     assert attempt_status() in ("canceled", "incomplete_expired")
+    assert messages().count(service.ATTEMPT_STOPPED) == 1
     # The page (or client) finishing its bank check now hears why, not "nothing to confirm".
     assert_limited(api.post("/api/v1/subscriptions/confirm", headers=headers))
     with pytest.raises(stripe.InvalidRequestError):
@@ -412,6 +423,10 @@ def test_declines_on_a_first_payment_checked_at_stripe_undo_the_attempt(
         )
     assert_limited(subscribe(api, headers, make_payment_method()))
     assert api.get("/api/v1/subscriptions/me", headers=headers).json()["subscription"] is None
+    # The limit applied again (a second processor, the event redelivered) finds nothing left
+    # to undo: told once.
+    service.stop_first_payments(session=session, user=session.exec(select(User)).one())
+    assert messages().count(service.ATTEMPT_STOPPED) == 1
 
 
 def test_failed_payments_of_a_live_subscription_are_not_card_testing(
@@ -442,8 +457,6 @@ def test_failed_payments_of_a_live_subscription_are_not_card_testing(
 def test_an_attempt_stripe_will_not_undo_now_is_logged_and_undone_later(
     card_limits, session, make_payment_method, monkeypatch
 ):
-    from subscription_app.billing import service
-
     api = client()
     headers = auth_headers(api, "stuck@example.com")
     first = subscribe(api, headers, make_payment_method("tok_threeDSecure2Required"))
