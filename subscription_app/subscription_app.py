@@ -10,7 +10,7 @@ from subscription_app.api.webhooks import dispatch_webhooks_first
 from subscription_app.billing import processor_process
 from subscription_app.pages import auth, checkout, checkout_complete, dashboard, landing, plan
 from subscription_app.security import SecurityMiddleware
-from subscription_app.state.auth import AuthState, LoginBoundHydrate
+from subscription_app.state.auth import AuthState, TabGuard
 from subscription_app.state.billing import (
     CheckoutReturnState,
     CheckoutState,
@@ -65,7 +65,7 @@ def build_app() -> rx.App:
     # (pages served by the backend, API, websocket).
     application = _App(api_transformer=[create_api(), SecurityMiddleware])
     # A tab's state is sent only to a connection proving its login (before Reflex's hydrate).
-    application.add_middleware(LoginBoundHydrate(), index=0)
+    application.add_middleware(TabGuard(), index=0)
     # Each backend worker runs a webhook processor (in a process of its own unless
     # WEBHOOK_PROCESSOR=inline); the inbox leases events so they share.
     application.register_lifespan_task(processor_process.run)

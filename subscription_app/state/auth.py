@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import reflex as rx
@@ -69,6 +69,8 @@ class AuthState(rx.State):
     # Backend-only: this tab has been logged in at some point, so its states may hold that
     # person's data (subscription, messages, invoices). Leaving the login starts it afresh.
     _was_logged_in: bool = False
+    # Backend-only: the websocket connection `TabGuard` last checked.
+    _checked_connection: str = ""
     auth_checked: bool = False
     form_error: str = ""
     submitting: bool = False
@@ -91,6 +93,11 @@ class AuthState(rx.State):
         self._auth_session_id, self.user_email = session_id, email
         self._auth_connection = self.router.session.session_id
         self.auth_checked = self._was_logged_in = True
+
+    def _reconnected(self) -> None:
+        """The owner's page connected again (`TabGuard`): a login or registration of the
+        page before is no longer waited on, and may have died with its worker."""
+        self.submitting = False
 
     def _forget(self) -> None:
         self._auth_session_id, self.user_email, self._auth_connection = "", "", ""
@@ -290,34 +297,63 @@ def _hydrate_events() -> frozenset[str]:
     )
 
 
-class LoginBoundHydrate(Middleware):
-    """A tab's state goes only to a connection that proves the login that filled it.
+def _states_in(root: BaseState) -> Iterator[BaseState]:
+    """`root` and every substate of it loaded with it."""
+    yield root
+    for substate in root.substates.values():
+        yield from _states_in(substate)
+
+
+async def _load_every_state(root: BaseState) -> None:
+    """Have every state of the tab in `root`'s tree (already there in memory and on hydrate)."""
+    pending = list(type(root).get_substates())
+    while pending:
+        cls = pending.pop()
+        await root.get_state(cls)
+        pending.extend(cls.get_substates())
+
+
+class TabGuard(Middleware):
+    """A tab's state goes only to a connection that proves the login that filled it, and a
+    new connection frees the tab of what a dead worker left marked busy.
 
     Reflex answers a connection's first event (hydrate, sent as its websocket connects) with
-    the tab's whole state: the person's email, subscription, messages and invoices once it has
-    been logged in. The tab's Reflex token is what names that state, and it is no credential
-    (page scripts can read it; it travels in the websocket's address, so proxies log it).
-    So when a new connection hydrates a tab that has been logged in, its own handshake's
-    cookie must prove the same login (a reload, a reconnect); otherwise (a closed tab's
-    token presented by someone else, or a reload after the login ended elsewhere) the tab's
-    state is reset before it is sent, and the page starts as a fresh, logged-out tab. The
-    same connection hydrating again (it does, on reconnects) proves itself by the
-    connection, as every other event does (`AuthState._session_ref`).
+    the tab's whole state: once logged in, the person's email, subscription, messages,
+    invoices and card form. The tab's Reflex token is what names that state, and it is no
+    credential (page scripts can read it; it travels in the websocket's address, so proxies
+    log it). So on every hydrate, and on the first event of each new connection (a custom
+    client need not hydrate first, and Reflex re-hydrates inline a tab whose root state it
+    lost), the connection must prove the tab's login (`AuthState._session_ref`): the same
+    connection, or its own handshake's cookie (a reload, a reconnect). Otherwise (a closed
+    tab's token presented by someone else, a reload after the login ended, a tab whose
+    login state expired before the rest of it) the whole state is reset before the event
+    runs, and the page starts as a fresh, logged-out tab. A borrowed token's connection
+    can therefore log in as itself only on a tab already emptied.
+
+    A connection that does prove it is a reload or a reconnect of the owner's page: each
+    state's `_reconnected` (where a state defines one) clears what its events mark busy, as
+    a worker that died (a deploy, a crash) mid-event would otherwise leave it set for good.
 
     Registered on the app (`build_app`): Reflex runs app middleware on every event before
     its handler, so this runs before `hydrate` and `hydrate_and_load` take their snapshot.
     """
 
     async def preprocess(self, app, state: BaseState, event: Event) -> StateUpdate | None:
-        """Reset a logged-in tab's state before a connection without its login hydrates it."""
-        if event.name not in _hydrate_events():
-            return None
+        """Reset the tab, or free it, when a new connection hydrates it or first acts on it."""
         auth = await state.get_state(AuthState)
-        if auth._was_logged_in and not (
-            auth._auth_session_id and auth._session_ref() == auth._auth_session_id
-        ):
-            state.reset()  # the whole tree, backend-only vars included
-        return None  # Reflex's hydrate then sends what the state now holds
+        connection = state.router.session.session_id
+        if event.name not in _hydrate_events() and auth._checked_connection == connection:
+            return None
+        if auth._auth_session_id and auth._session_ref() == auth._auth_session_id:
+            for each in _states_in(state):
+                reconnected = type(each).__dict__.get("_reconnected")
+                if reconnected is not None:
+                    reconnected(each)
+        else:
+            await _load_every_state(state)  # a store like Redis loads only what an event needs
+            state.reset()  # `state` is the root: the whole tree, backend-only vars included
+        auth._checked_connection = connection
+        return None  # the event then runs on what the state now holds
 
 
 def require_login(

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -154,6 +155,12 @@ class CheckoutState(AuthState):
         """This tab's login session and client address (call inside `async with self`)."""
         auth = await self.get_state(AuthState)
         return auth._session_ref(), self._client_address()
+
+    def _reconnected(self) -> None:
+        """The owner's page connected again (`TabGuard`): a card answer of the page before
+        no longer holds this one's (it may have died with its worker; one still running is
+        kept from charging twice by the subscribe lock, not by this flag)."""
+        self._submitting = False
 
     def _reusable_secret(self, ref: str) -> str:
         """The unconfirmed SetupIntent made for this very login, if any."""
@@ -504,11 +511,28 @@ class DashboardState(AuthState):
     # Backend-only: the tab's one watcher (see `watch`), and what it last showed.
     _watching: bool = False
     _watch_requested: bool = False
+    # The running watcher's own id: a new connection's page starts another (`_reconnected`).
+    _watcher: str = ""
     _seen_version: str = ""
     _working: bool = False  # a cancel or undo of this tab is running
     # The watcher held back a wake-up while `_working` (for the user `_watched_user`).
     _held_back: bool = False
     _watched_user: int = 0
+
+    def _reconnected(self) -> None:
+        """The owner's page connected again (`TabGuard`): what the page before had running
+        no longer holds this one's buttons or live updates.
+
+        Each may have died with its worker (a deploy, a crash), which would otherwise leave
+        the page without live updates and its buttons refused for good. A watcher still
+        running for the old connection stops at its next turn (it is no longer the tab's
+        `_watcher`); the page's load starts one for this connection. A cancel or undo still
+        running is kept from acting twice by the subscription's lock and re-check, not by
+        `_working`.
+        """
+        self._watcher = ""
+        self._watching = self._working = self._held_back = False
+        self.opening_portal = False
 
     def _apply(self, data: DashboardView) -> None:
         self.has_subscription = data.subscription is not None
@@ -633,8 +657,14 @@ class DashboardState(AuthState):
             if self._watching or not self._watch_requested:
                 return
             self._watching, self._watch_requested = True, False
+            me = self._watcher = uuid.uuid4().hex
             ref = (await self.get_state(AuthState))._session_ref()
             connection = self.router.session.session_id
+
+        def mine() -> bool:
+            """This watcher is still the tab's (call inside `async with self`)."""
+            return self._watcher == me
+
         try:
             user_id = await asyncio.to_thread(call_as_user, ref, lambda s, u: u.id)
             async with self:
@@ -646,6 +676,8 @@ class DashboardState(AuthState):
             with changes.listen(user_id) as listener:
                 while True:
                     async with self:
+                        if not mine():
+                            return  # a new connection's page has a watcher of its own
                         if self._watch_requested:  # the page was loaded again: keep going
                             self._watch_requested = False
                             deadline = time.monotonic() + WATCH_SECONDS
@@ -660,7 +692,7 @@ class DashboardState(AuthState):
                         continue
                     async with self:
                         still = await self._connection_for(ref, connection)
-                        if still is None:
+                        if still is None or not mine():
                             return  # (`finally` marks the watcher stopped)
                         connection = still
                         if self._working:
@@ -693,6 +725,8 @@ class DashboardState(AuthState):
                         await self._refresh_invoices(ref, connection)
         except SessionEnded:
             async with self:
+                if not mine():
+                    return None  # the tab has moved on to another connection's watcher
                 self._watching = False
                 auth = await self.get_state(AuthState)
                 if not auth.logged_in:
@@ -703,7 +737,8 @@ class DashboardState(AuthState):
                 return self._to_login()
         finally:
             async with self:
-                self._watching = False
+                if mine():
+                    self._watching = False
 
     @rx.event
     def set_cancel_when(self, value: str):

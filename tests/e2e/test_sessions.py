@@ -125,22 +125,30 @@ def test_a_closed_tabs_token_alone_shows_nothing_of_its_person(browser: Browser,
 
     holder = browser.new_context(base_url=live_app.url)  # no cookie of the owner's
     try:
-        page = holder.new_page()
         # The page starts with the closed tab's token, as if it were its own.
-        page.add_init_script(
+        holder.add_init_script(
             "if (location.pathname.startsWith('/dashboard')) "
             f"sessionStorage.setItem('token', {token!r})"
         )
-        received: list[str] = []
-        page.on("websocket", lambda ws: ws.on("framereceived", lambda f: received.append(str(f))))
-        page.goto("/dashboard")
-        expect(page).to_have_url(path_is("/login"))
-        expect(page.get_by_role("button", name="Log in")).to_be_visible()
-        # The server answered the page's hydrate with nothing of the person ...
-        assert any("is_hydrated" in frame for frame in received)
-        assert not [frame for frame in received if email in frame]
-        # ... to the closed tab's token itself (Reflex gives a new one only while another tab
-        # holds it), which the page still uses: it was a fresh tab, with nothing to forget.
-        assert page.evaluate("sessionStorage.getItem('token')") == token
+        received: list[str] = []  # what the server sent the latest page
+        leaks = [email, '"status":"active"', "_secret_"]  # no email, subscription, card form
+        for _ in range(5):
+            received.clear()
+            page = holder.new_page()
+            page.on(
+                "websocket", lambda ws: ws.on("framereceived", lambda f: received.append(str(f)))
+            )
+            page.goto("/dashboard")
+            expect(page).to_have_url(path_is("/login"))
+            expect(page.get_by_role("button", name="Log in")).to_be_visible()
+            assert any("is_hydrated" in frame for frame in received)  # the server answered
+            assert not [frame for frame in received if any(leak in frame for leak in leaks)]
+            # Reflex hands out a new token while another connection still holds this one: the
+            # server may not have seen the owner's tab close yet. Then try again.
+            if page.evaluate("sessionStorage.getItem('token')") == token:
+                break
+            page.close()
+        else:
+            pytest.fail("every page was given a new token: the closed tab's was never tried")
     finally:
         holder.close()

@@ -228,6 +228,10 @@ def test_declines_checked_straight_at_stripe_count_and_stop_the_setup_intent(
     api = client()
     headers = auth_headers(api, "script@example.com")
     seti = setup_intent_for(api, headers)
+    # A Stripe Checkout page too, handed out before any decline: it takes cards as well.
+    page = api.post("/api/v1/subscriptions/checkout-session", headers=headers)
+    assert page.status_code == 201, page.text
+    [checkout] = stripe_client.v1.checkout.sessions.list(params={"status": "open"}).data
     decline_cards_at_stripe(stripe_client, make_payment_method, seti, 2)
     assert deliver_declines(hook, stripe_client) == 2
     # Under the limit of 3: the SetupIntent still takes cards, and the person gets a form
@@ -244,7 +248,9 @@ def test_declines_checked_straight_at_stripe_count_and_stop_the_setup_intent(
         assert stripe_client.v1.setup_intents.retrieve(intent).status == "canceled"
         with pytest.raises(stripe.InvalidRequestError, match="status of canceled"):
             check_card_at_stripe(stripe_client, intent, make_payment_method())
-    # ...and gets no new one, nor a subscribe attempt, though our page saw no decline at all.
+    # Its Checkout page is closed too...
+    assert stripe_client.v1.checkout.sessions.retrieve(checkout.id).status == "expired"
+    # ...and it gets no new one, nor a subscribe attempt, though our page saw no decline.
     made = len(stripe_client.v1.setup_intents.list(params={"limit": 100}).data)
     assert_limited(api.post("/api/v1/subscriptions/setup-intent", headers=headers))
     reached_stripe = stripe_customers_with_subscription_attempts(stripe_client)

@@ -215,6 +215,10 @@ def _hydrate(name: str = "hydrate_and_load") -> Event:
     return Event(name=format_event_handler(State.event_handlers[name]))
 
 
+def _cookie(issued) -> str:
+    return f"{session_cookie.cookie_name()}={issued.token}"
+
+
 def _logged_in_tab_with_data(issued) -> State:
     """A tab logged in on the owner's connection, its dashboard filled with their data."""
     root = State(_reflex_internal_init=True)
@@ -226,6 +230,16 @@ def _logged_in_tab_with_data(issued) -> State:
     return root
 
 
+def _nothing_of(root: State, email: str) -> bool:
+    """The tab holds nothing of the person: what hydrate would send, and what it keeps."""
+    dash = _substate(root, DashboardState)
+    return (
+        email not in json.dumps(root.dict(), default=str)
+        and not dash.has_subscription
+        and dash.messages == []
+    )
+
+
 @pytest.mark.parametrize("name", ["hydrate", "hydrate_and_load"])
 async def test_a_connection_without_the_tabs_login_hydrates_a_fresh_tab(db_engine, session, name):
     """Hydrate sends the whole state; a closed tab's token alone must not fetch its person's."""
@@ -235,30 +249,118 @@ async def test_a_connection_without_the_tabs_login_hydrates_a_fresh_tab(db_engin
     # Someone who read the closed tab's token connects with it, and no cookie.
     root.router = _connection("someone-elses-socket")
     assert await app._preprocess(root, _hydrate(name)) is None  # hydrate itself then runs
-    auth, dash = _substate(root, AuthState), _substate(root, DashboardState)
+    auth = _substate(root, AuthState)
     assert auth.user_email == "" and auth._auth_session_id == "" and not auth._was_logged_in
-    assert dash.has_subscription is False and dash.messages == []
-    assert "h@example.com" not in json.dumps(root.dict(), default=str)
+    assert _nothing_of(root, "h@example.com")
+
+
+async def test_logging_in_on_a_borrowed_token_first_does_not_unlock_the_tab(db_engine, session):
+    """A client of one's own need not hydrate first: it logs in as itself, then hydrates."""
+    _, owner = _login(session, "victim@example.com")
+    _, thief = _login(session, "thief@example.com")
+    root = _logged_in_tab_with_data(owner)
+
+    root.router = _connection("the-thiefs-socket", _cookie(thief))
+    check = Event(name=format_event_handler(AuthState.event_handlers["check_session"]))
+    await app._preprocess(root, check)  # the connection's first event, whatever it is
+    assert _nothing_of(root, "victim@example.com")
+    await _run(AuthState.check_session, _substate(root, AuthState))
+    assert _substate(root, AuthState).user_email == "thief@example.com"
+    await app._preprocess(root, _hydrate())
+    assert _nothing_of(root, "victim@example.com")
+
+
+async def test_a_tab_whose_login_state_expired_before_the_rest_starts_afresh(db_engine, session):
+    """A store like Redis expires each state of a tab on its own: the dashboard's data can
+    outlive the login state that says whose it is. Then no one can prove it theirs."""
+    _, issued = _login(session, "x@example.com")
+    root = _logged_in_tab_with_data(issued)
+    _substate(root, AuthState).reset()  # its key expired; the dashboard's did not
+    root.router = _connection("the-owners-new-socket", _cookie(issued))
+    await app._preprocess(root, _hydrate())
+    assert _nothing_of(root, "x@example.com")
 
 
 async def test_the_owners_reload_and_reconnects_hydrate_their_tab_as_it_was(db_engine, session):
     _, issued = _login(session, "o@example.com")
     root = _logged_in_tab_with_data(issued)
-    # The same connection hydrating again (a socket.io reconnect) ...
+    # The same connection hydrating again ...
     await app._preprocess(root, _hydrate())
-    # ... and a new connection whose handshake carries the login's own cookie (a reload).
-    cookie = f"{session_cookie.cookie_name()}={issued.token}"
-    root.router = _connection("the-owners-new-socket", cookie)
+    # ... and a new connection whose handshake carries the login's own cookie (a reload, a
+    # socket.io reconnect), with its first event and the next.
+    root.router = _connection("the-owners-new-socket", _cookie(issued))
     await app._preprocess(root, _hydrate())
+    await app._preprocess(
+        root, Event(name=format_event_handler(DashboardState.event_handlers["load"]))
+    )
     assert _substate(root, AuthState).user_email == "o@example.com"
     assert _substate(root, DashboardState).messages == ["Your payment of $12.00 went through."]
 
     # Another login's cookie (someone else logged in on this computer since) is not this one.
     _, other = _login(session, "other@example.com")
-    root.router = _connection("a-third-socket", f"{session_cookie.cookie_name()}={other.token}")
+    root.router = _connection("a-third-socket", _cookie(other))
     await app._preprocess(root, _hydrate())
-    assert _substate(root, AuthState).user_email == ""
-    assert _substate(root, DashboardState).messages == []
+    assert _nothing_of(root, "o@example.com")
+
+
+async def test_a_reconnect_frees_what_a_dead_worker_left_busy(db_engine, session, monkeypatch):
+    """A deploy or a crash kills a worker mid-event: its busy marks must not outlive it."""
+    user, issued = _login(session, "busy@example.com")
+    monkeypatch.setattr(
+        service, "dashboard", lambda *, session, user: DashboardView(_view(), ["Live."], "v2")
+    )
+    root = _logged_in_tab_with_data(issued)
+    auth, dash = _substate(root, AuthState), _substate(root, DashboardState)
+    checkout = _substate(root, CheckoutState)
+    # What the dead worker's events had set (and would have cleared had they finished).
+    auth.submitting, checkout._submitting = True, True
+    dash._watching, dash._watcher, dash._working, dash.opening_portal = True, "dead", True, True
+
+    root.router = _connection("the-owners-new-socket", _cookie(issued))
+    await app._preprocess(root, _hydrate())
+    assert not (auth.submitting or checkout._submitting)
+    assert not (dash._watching or dash._working or dash.opening_portal)
+    # The page's load starts live updates again (refused while `_watching` stayed set).
+    dash._watch_requested = True
+    watcher = asyncio.create_task(_run(DashboardState.watch, dash))
+    try:
+        await _until(lambda: user.id in changes._waiters, "the watcher to listen")
+        changes.wake_here([user.id])
+        await _until(lambda: dash.messages == ["Live."], "the change to reach the page")
+    finally:
+        watcher.cancel()
+
+
+async def test_a_watcher_of_an_old_connection_gives_way_to_the_new_ones(
+    db_engine, session, monkeypatch
+):
+    user, issued = _login(session, "old@example.com")
+    reads: list[str] = []
+    monkeypatch.setattr(
+        service,
+        "dashboard",
+        lambda *, session, user: reads.append("read") or DashboardView(_view(), ["N."], "v2"),
+    )
+    root = _logged_in_tab_with_data(issued)
+    root.router = _connection("the-owners-socket", _cookie(issued))
+    dash = _substate(root, DashboardState)
+    dash._watch_requested = True
+    old = asyncio.create_task(_run(DashboardState.watch, dash))
+    await _until(lambda: user.id in changes._waiters, "the old watcher to listen")
+
+    # A reload on a worker that is still alive: the old watcher is still waiting.
+    root.router = _connection("the-owners-new-socket", _cookie(issued))
+    await app._preprocess(root, _hydrate())
+    dash._watch_requested = True
+    new = asyncio.create_task(_run(DashboardState.watch, dash))
+    try:
+        await _until(lambda: len(changes._waiters.get(user.id, ())) == 2, "both to listen")
+        changes.wake_here([user.id])
+        await asyncio.wait_for(old, 5)  # it stops, reading nothing, and leaves the new one be
+        await _until(lambda: dash.messages == ["N."], "the new watcher to update the page")
+        assert reads == ["read"] and dash._watching is True and not new.done()
+    finally:
+        new.cancel()
 
 
 async def test_checkout_unexpected_error_leaves_subscribe_usable(signed_in, monkeypatch):
