@@ -81,8 +81,13 @@ class AuthState(rx.State):
         return self.user_email != ""
 
     def _session_ref(self) -> str:
-        if self._auth_session_id and self._auth_connection == self.router.session.session_id:
+        connection = self.router.session.session_id
+        if self._auth_session_id and self._auth_connection == connection:
             return self._auth_session_id
+        if self._checked_connection != connection:
+            # A connection that has sent no event yet: Reflex may still hold the previous
+            # connection's request headers for it (the owner's cookie), which prove nothing.
+            return ""
         # A new connection (a reload, a reconnect, or someone else holding this tab's token):
         # whatever login its own handshake's cookie proves.
         token = session_cookie.token_from_cookie_header(self.router.headers.cookie)
@@ -326,13 +331,17 @@ class TabGuard(Middleware):
     lost), the connection must prove the tab's login (`AuthState._session_ref`): the same
     connection, or its own handshake's cookie (a reload, a reconnect). Otherwise (a closed
     tab's token presented by someone else, a reload after the login ended, a tab whose
-    login state expired before the rest of it) the whole state is reset before the event
-    runs, and the page starts as a fresh, logged-out tab. A borrowed token's connection
-    can therefore log in as itself only on a tab already emptied.
+    login state expired before the rest of it) the whole state is reset: a hydrate then
+    sends the fresh, logged-out tab; any other event is not run, and the page is told to
+    load afresh. A borrowed token's connection can therefore log in as itself only on a
+    tab already emptied. Until a connection's first event, its login is not taken from the
+    request headers Reflex may still hold from the previous one (`_session_ref`). A late
+    event of a connection that has closed is dropped, not judged.
 
-    A connection that does prove it is a reload or a reconnect of the owner's page: each
-    state's `_reconnected` (where a state defines one) clears what its events mark busy, as
-    a worker that died (a deploy, a crash) mid-event would otherwise leave it set for good.
+    A new connection that does prove it is a reload or a reconnect of the owner's page:
+    each state's `_reconnected` (where a state defines one) clears what its events mark
+    busy, as a worker that died (a deploy, a crash) mid-event would otherwise leave it set
+    for good.
 
     Registered on the app (`build_app`): Reflex runs app middleware on every event before
     its handler, so this runs before `hydrate` and `hydrate_and_load` take their snapshot.
@@ -342,18 +351,42 @@ class TabGuard(Middleware):
         """Reset the tab, or free it, when a new connection hydrates it or first acts on it."""
         auth = await state.get_state(AuthState)
         connection = state.router.session.session_id
-        if event.name not in _hydrate_events() and auth._checked_connection == connection:
+        hydrate = event.name in _hydrate_events()
+        if not hydrate and auth._checked_connection == connection:
             return None
+        if not _still_connected(app, connection, state.router.session.client_token):
+            # A late event of a connection that has closed (a reload's old page, a worker
+            # draining its queue): no page waits for its answer, and judging the tab by
+            # that connection's headers would undo the new one's check.
+            return StateUpdate()
+        new = auth._checked_connection != connection
+        auth._checked_connection = connection  # its headers are now this connection's own
         if auth._auth_session_id and auth._session_ref() == auth._auth_session_id:
-            for each in _states_in(state):
-                reconnected = type(each).__dict__.get("_reconnected")
-                if reconnected is not None:
-                    reconnected(each)
-        else:
-            await _load_every_state(state)  # a store like Redis loads only what an event needs
-            state.reset()  # `state` is the root: the whole tree, backend-only vars included
+            if new:
+                for each in _states_in(state):
+                    reconnected = type(each).__dict__.get("_reconnected")
+                    if reconnected is not None:
+                        reconnected(each)
+            return None
+        await _load_every_state(state)  # a store like Redis loads only what an event needs
+        state.reset()  # `state` is the root: the whole tree, backend-only vars included
         auth._checked_connection = connection
-        return None  # the event then runs on what the state now holds
+        if hydrate:
+            return None  # Reflex's hydrate then sends the fresh tab
+        # The page shows a tab that is gone (its login state expired, say): not this event,
+        # but a fresh load of the page, which checks the login anew.
+        return StateUpdate(events=Event.from_event_type(rx.call_script(_RELOAD)))
+
+
+_RELOAD = "window.location.reload()"
+
+
+def _still_connected(app, connection: str, token: str) -> bool:
+    """Whether `connection` is the socket this worker holds for the tab `token` now."""
+    namespace = getattr(app, "event_namespace", None)
+    if namespace is None:  # no websocket server (tests calling the middleware directly)
+        return True
+    return namespace.sid_to_token.get(connection) == token
 
 
 def require_login(

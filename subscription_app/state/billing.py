@@ -253,7 +253,10 @@ class CheckoutState(AuthState):
             # Whatever happened (an unexpected error included), the button works again,
             # unless the bank's 3-D Secure check is now open in the page.
             async with self:
-                bank_check = answer() if answer is not None else None
+                # Only to the login it was done for (the tab's token may have been taken up
+                # by another connection meanwhile): the answer may carry a payment's secret.
+                mine = answer is not None and await self._still_logged_in_as(ref)
+                bank_check = answer() if mine and answer is not None else None
                 self._submitting = False
                 self._end_press(bank_check is not None)
         return bank_check
@@ -533,6 +536,7 @@ class DashboardState(AuthState):
         self._watcher = ""
         self._watching = self._working = self._held_back = False
         self.opening_portal = False
+        self.action_seq += 1  # a pressed Confirm whose answer died with it is free again
 
     def _apply(self, data: DashboardView) -> None:
         self.has_subscription = data.subscription is not None
@@ -795,7 +799,9 @@ class DashboardState(AuthState):
                     self._held_back = False
                     changes.wake_here([self._watched_user])
                 self.action_seq += 1
-                if answer is not None:
+                # Only to the login it was done for: the tab's token may have been taken up
+                # by another connection meanwhile (the owner's tab closed).
+                if answer is not None and await self._still_logged_in_as(ref):
                     self.result_message, self.action_error, data = answer
                     self._apply(data)
                 elif failure is not None:

@@ -33,9 +33,9 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def _connection(sid: str) -> RouterData:
+def _connection(sid: str, token: str) -> RouterData:
     return RouterData.from_router_data(
-        {"sid": sid, "headers": {}, "pathname": routes.PLAN, "asPath": routes.PLAN}
+        {"sid": sid, "token": token, "headers": {}, "pathname": routes.PLAN, "asPath": routes.PLAN}
     )
 
 
@@ -51,7 +51,7 @@ async def test_a_borrowed_tokens_first_event_empties_states_it_did_not_load(db_e
     token = f"tab-guard-{uuid.uuid4().hex}"
     try:
         async with manager.modify_state(BaseStateToken(ident=token, cls=DashboardState)) as root:
-            root.router = _connection("the-owners-socket")
+            root.router = _connection("the-owners-socket", token)
             (await root.get_state(AuthState))._remember(issued.session_id, issued.email)
             dash = await root.get_state(DashboardState)
             dash.has_subscription, dash.messages = True, ["Your payment went through."]
@@ -65,16 +65,20 @@ async def test_a_borrowed_tokens_first_event_empties_states_it_did_not_load(db_e
             dashboard_name = DashboardState.get_name()
             loaded = root.get_substate(AuthState.get_full_name().split(".")[1:]).substates
             assert dashboard_name not in loaded  # the case this test is about
-            root.router = _connection("someone-elses-socket")  # no cookie
+            root.router = _connection("someone-elses-socket", token)  # no cookie
+            app.event_namespace.sid_to_token["someone-elses-socket"] = token  # its socket
             load = Event(name=format_event_handler(PlanState.event_handlers["load"]))
             with context:
-                assert await app._preprocess(root, load) is None
+                answer = await app._preprocess(root, load)
+            # Not run: the page is told to load afresh.
+            assert answer is not None and [e.name for e in answer.events] == ["_call_script"]
 
         async with manager.modify_state(BaseStateToken(ident=token, cls=DashboardState)) as root:
             dash = await root.get_state(DashboardState)
             assert dash.messages == [] and dash.has_subscription is False
             assert (await root.get_state(AuthState)).user_email == ""
     finally:
+        app.event_namespace.sid_to_token.pop("someone-elses-socket", None)
         keys = [key async for key in client.scan_iter(match=f"{token}*")]
         if keys:
             await client.delete(*keys)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 
 import pytest
@@ -171,12 +172,39 @@ def _login(session, email: str) -> tuple:
     return user, issued
 
 
+TAB = "the-tabs-token"
+
+
 def _connection(sid: str, cookie: str = "") -> RouterData:
     """What Reflex tells a state of the websocket connection an event came on."""
     headers = {"cookie": cookie} if cookie else {}
     return RouterData.from_router_data(
-        {"sid": sid, "headers": headers, "pathname": routes.DASHBOARD, "asPath": routes.DASHBOARD}
+        {
+            "sid": sid,
+            "token": TAB,
+            "headers": headers,
+            "pathname": routes.DASHBOARD,
+            "asPath": routes.DASHBOARD,
+        }
     )
+
+
+@pytest.fixture(autouse=True)
+def _sockets():
+    """The sockets the app's websocket server holds, as `_connect` opens them."""
+    sockets = app.event_namespace.sid_to_token
+    before = dict(sockets)
+    yield sockets
+    sockets.clear()
+    sockets.update(before)
+
+
+async def _connect(root: State, sid: str, cookie: str = "", first: Event | None = None):
+    """A websocket connection of the tab opens and sends its first event (hydrate, unless
+    `first`), which passes the app's middleware as Reflex runs it; what that answered."""
+    app.event_namespace.sid_to_token[sid] = TAB
+    root.router = _connection(sid, cookie)
+    return await app._preprocess(root, first or _hydrate())
 
 
 async def test_a_tabs_login_is_not_lent_to_another_connection_holding_its_token(
@@ -198,21 +226,120 @@ async def test_a_tabs_login_is_not_lent_to_another_connection_holding_its_token(
     dash = _substate(root, DashboardState)
 
     # The owner's tab closed; someone who read its token connects with it, and no cookie.
-    root.router = _connection("someone-elses-socket")
+    # (Were the tab kept, its login still would not be lent.)
+    monkeypatch.setattr(State, "reset", lambda self: None)
+    await _connect(root, "someone-elses-socket", first=_event(DashboardState, "confirm_cancel"))
     await _run(DashboardState.confirm_cancel, dash, CANCEL_AT_PERIOD_END)
     assert cancels == [] and auth.logged_in is False
 
     # The owner's own reconnect carries their cookie: their login goes on.
     auth._remember(issued.session_id, issued.email)
-    cookie = f"{session_cookie.cookie_name()}={issued.token}"
-    root.router = _connection("the-owners-new-socket", cookie)
+    await _connect(root, "the-owners-new-socket", _cookie(issued))
     await _run(DashboardState.confirm_cancel, dash, CANCEL_AT_PERIOD_END)
     assert len(cancels) == 1 and cancels[0]["user"].email == "t@example.com"
 
 
+async def test_a_connection_that_sent_no_event_yet_proves_nothing_by_old_headers(
+    db_engine, session
+):
+    """Reflex links a new socket to the tab before its first event, keeping the request
+    headers the previous connection left (the owner's cookie). A background event finishing
+    meanwhile must not take them for the new connection's."""
+    _, issued = _login(session, "stale@example.com")
+    root = _logged_in_tab_with_data(issued)
+    await _connect(root, "the-owners-socket", _cookie(issued))
+    auth = _substate(root, AuthState)
+    assert auth._session_ref() == issued.session_id
+    # Someone else's socket takes the token up; the headers are still the owner's.
+    root.router = _connection("someone-elses-socket", _cookie(issued))
+    assert auth._session_ref() == ""
+    assert await auth._still_logged_in_as(issued.session_id) is False
+
+
+def _stalled(answer):
+    """A service call Stripe is slow to answer: (stub, entered, release)."""
+    entered, release = threading.Event(), threading.Event()
+
+    def stub(**_):
+        entered.set()
+        assert release.wait(5), "never released"
+        return answer
+
+    return stub, entered, release
+
+
+async def test_a_cancel_ending_after_someone_else_took_the_tab_up_shows_them_nothing(
+    db_engine, session, monkeypatch
+):
+    """The owner pressed Cancel and closed the tab while Stripe answered; someone holding
+    the tab's token connected meanwhile. The answer is the owner's: it is not shown."""
+    _, issued = _login(session, "inflight@example.com")
+    stub, entered, release = _stalled(service.CancelResult(None, "Cancelled for you."))
+    monkeypatch.setattr(service, "cancel_subscription", stub)
+    monkeypatch.setattr(
+        service, "dashboard", lambda **_: DashboardView(_view(), ["Yours only."], "v9")
+    )
+    root = _logged_in_tab_with_data(issued)
+    await _connect(root, "the-owners-socket", _cookie(issued))
+    dash = _substate(root, DashboardState)
+    acting = asyncio.create_task(_run(DashboardState.confirm_cancel, dash, CANCEL_AT_PERIOD_END))
+    await _until(entered.is_set, "the cancel to reach Stripe")
+    del app.event_namespace.sid_to_token["the-owners-socket"]
+    await _connect(root, "someone-elses-socket")  # the tab is emptied for them
+    release.set()
+    await asyncio.wait_for(acting, 5)
+    assert dash.result_message == "" and dash.messages == [] and not dash.has_subscription
+
+
+async def test_a_card_answer_ending_after_someone_else_took_the_tab_up_is_not_sent(
+    db_engine, session, monkeypatch
+):
+    """Its answer may carry the payment's client secret (for the bank's check)."""
+    _, issued = _login(session, "inflight-card@example.com")
+    stub, entered, release = _stalled(
+        service.SubscribeResult("requires_action", None, "pi_9_secret_owners")
+    )
+    monkeypatch.setattr(service, "start_subscription", stub)
+    root = _logged_in_tab_with_data(issued)
+    await _connect(root, "the-owners-socket", _cookie(issued))
+    checkout = _substate(root, CheckoutState)
+    pressed = asyncio.create_task(
+        _run(CheckoutState.card_confirmed, checkout, {"payment_method_id": "pm_123"})
+    )
+    await _until(entered.is_set, "the subscribe to reach Stripe")
+    del app.event_namespace.sid_to_token["the-owners-socket"]
+    await _connect(root, "someone-elses-socket")
+    release.set()
+    updates = await asyncio.wait_for(pressed, 5)
+    assert "pi_9_secret_owners" not in repr(updates) and checkout.processing is False
+
+
+async def test_a_late_event_of_a_closed_connection_is_dropped(db_engine, session):
+    """A reload's old page, or a worker draining its queue, may deliver an event after the
+    new connection checked the tab: it must not check it again by the old headers."""
+    _, issued = _login(session, "late@example.com")
+    root = _logged_in_tab_with_data(issued)
+    auth = _substate(root, AuthState)
+    await _connect(root, "the-old-socket", _cookie(issued))
+    # A reload: the new page's connection is checked and its load proves the login there.
+    await _connect(root, "the-new-socket", _cookie(issued))
+    auth._remember(issued.session_id, issued.email)
+    del app.event_namespace.sid_to_token["the-old-socket"]  # the old page is gone
+    # Its last event arrives now (its handshake carried no cookie: the login came later).
+    root.router = _connection("the-old-socket")
+    late = await app._preprocess(root, _event(DashboardState, "confirm_cancel"))
+    assert late is not None and late.delta == {} and late.events == []  # not run
+    assert auth.user_email == "late@example.com"  # the tab kept
+    assert _substate(root, DashboardState).messages == ["Your payment of $12.00 went through."]
+
+
 def _hydrate(name: str = "hydrate_and_load") -> Event:
     """The event a page sends as its websocket connects (Reflex's own names)."""
-    return Event(name=format_event_handler(State.event_handlers[name]))
+    return _event(State, name)
+
+
+def _event(state: type, name: str) -> Event:
+    return Event(name=format_event_handler(state.event_handlers[name]))
 
 
 def _cookie(issued) -> str:
@@ -247,8 +374,7 @@ async def test_a_connection_without_the_tabs_login_hydrates_a_fresh_tab(db_engin
     root = _logged_in_tab_with_data(issued)
 
     # Someone who read the closed tab's token connects with it, and no cookie.
-    root.router = _connection("someone-elses-socket")
-    assert await app._preprocess(root, _hydrate(name)) is None  # hydrate itself then runs
+    assert await _connect(root, "someone-elses-socket", first=_hydrate(name)) is None
     auth = _substate(root, AuthState)
     assert auth.user_email == "" and auth._auth_session_id == "" and not auth._was_logged_in
     assert _nothing_of(root, "h@example.com")
@@ -260,9 +386,11 @@ async def test_logging_in_on_a_borrowed_token_first_does_not_unlock_the_tab(db_e
     _, thief = _login(session, "thief@example.com")
     root = _logged_in_tab_with_data(owner)
 
-    root.router = _connection("the-thiefs-socket", _cookie(thief))
-    check = Event(name=format_event_handler(AuthState.event_handlers["check_session"]))
-    await app._preprocess(root, check)  # the connection's first event, whatever it is
+    # The connection's first event, whatever it is: the tab is emptied and the page told to
+    # load afresh (not this event).
+    check = _event(AuthState, "check_session")
+    answer = await _connect(root, "the-thiefs-socket", _cookie(thief), check)
+    assert answer is not None and answer.events[0].name == "_call_script"
     assert _nothing_of(root, "victim@example.com")
     await _run(AuthState.check_session, _substate(root, AuthState))
     assert _substate(root, AuthState).user_email == "thief@example.com"
@@ -275,9 +403,11 @@ async def test_a_tab_whose_login_state_expired_before_the_rest_starts_afresh(db_
     outlive the login state that says whose it is. Then no one can prove it theirs."""
     _, issued = _login(session, "x@example.com")
     root = _logged_in_tab_with_data(issued)
-    _substate(root, AuthState).reset()  # its key expired; the dashboard's did not
-    root.router = _connection("the-owners-new-socket", _cookie(issued))
-    await app._preprocess(root, _hydrate())
+    # Its key expired; the dashboard's (a substate's, stored apart) did not.
+    auth = _substate(root, AuthState)
+    auth._auth_session_id = auth._auth_connection = auth.user_email = ""
+    auth._was_logged_in = False
+    await _connect(root, "the-owners-new-socket", _cookie(issued))
     assert _nothing_of(root, "x@example.com")
 
 
@@ -285,21 +415,17 @@ async def test_the_owners_reload_and_reconnects_hydrate_their_tab_as_it_was(db_e
     _, issued = _login(session, "o@example.com")
     root = _logged_in_tab_with_data(issued)
     # The same connection hydrating again ...
-    await app._preprocess(root, _hydrate())
+    await _connect(root, "the-owners-socket")
     # ... and a new connection whose handshake carries the login's own cookie (a reload, a
     # socket.io reconnect), with its first event and the next.
-    root.router = _connection("the-owners-new-socket", _cookie(issued))
-    await app._preprocess(root, _hydrate())
-    await app._preprocess(
-        root, Event(name=format_event_handler(DashboardState.event_handlers["load"]))
-    )
+    await _connect(root, "the-owners-new-socket", _cookie(issued))
+    assert await app._preprocess(root, _event(DashboardState, "load")) is None
     assert _substate(root, AuthState).user_email == "o@example.com"
     assert _substate(root, DashboardState).messages == ["Your payment of $12.00 went through."]
 
     # Another login's cookie (someone else logged in on this computer since) is not this one.
     _, other = _login(session, "other@example.com")
-    root.router = _connection("a-third-socket", _cookie(other))
-    await app._preprocess(root, _hydrate())
+    await _connect(root, "a-third-socket", _cookie(other))
     assert _nothing_of(root, "o@example.com")
 
 
@@ -315,11 +441,15 @@ async def test_a_reconnect_frees_what_a_dead_worker_left_busy(db_engine, session
     # What the dead worker's events had set (and would have cleared had they finished).
     auth.submitting, checkout._submitting = True, True
     dash._watching, dash._watcher, dash._working, dash.opening_portal = True, "dead", True, True
+    pressed_at = dash.action_seq  # the page's Confirm is busy until this moves on
 
-    root.router = _connection("the-owners-new-socket", _cookie(issued))
-    await app._preprocess(root, _hydrate())
+    await _connect(root, "the-owners-new-socket", _cookie(issued))
     assert not (auth.submitting or checkout._submitting)
     assert not (dash._watching or dash._working or dash.opening_portal)
+    assert dash.action_seq != pressed_at
+    # Further events of the same connection change nothing more.
+    await app._preprocess(root, _hydrate())
+    assert dash.action_seq == pressed_at + 1
     # The page's load starts live updates again (refused while `_watching` stayed set).
     dash._watch_requested = True
     watcher = asyncio.create_task(_run(DashboardState.watch, dash))
@@ -348,9 +478,11 @@ async def test_a_watcher_of_an_old_connection_gives_way_to_the_new_ones(
     old = asyncio.create_task(_run(DashboardState.watch, dash))
     await _until(lambda: user.id in changes._waiters, "the old watcher to listen")
 
-    # A reload on a worker that is still alive: the old watcher is still waiting.
-    root.router = _connection("the-owners-new-socket", _cookie(issued))
-    await app._preprocess(root, _hydrate())
+    # A reload on a worker that is still alive: the old watcher is still waiting. The new
+    # page's load proves the login on its connection (as `require_login` does) and starts
+    # a watcher of its own.
+    await _connect(root, "the-owners-new-socket", _cookie(issued))
+    _substate(root, AuthState)._remember(issued.session_id, issued.email)
     dash._watch_requested = True
     new = asyncio.create_task(_run(DashboardState.watch, dash))
     try:
