@@ -69,8 +69,10 @@ class AuthState(rx.State):
     # Backend-only: this tab has been logged in at some point, so its states may hold that
     # person's data (subscription, messages, invoices). Leaving the login starts it afresh.
     _was_logged_in: bool = False
-    # Backend-only: the websocket connection `TabGuard` last checked.
+    # Backend-only: the websocket connection `TabGuard` last checked, and what Reflex said of
+    # it (its router data: the tab goes back to it after a late event of another is dropped).
     _checked_connection: str = ""
+    _checked_router: dict = {}
     auth_checked: bool = False
     form_error: str = ""
     submitting: bool = False
@@ -332,11 +334,12 @@ class TabGuard(Middleware):
     connection, or its own handshake's cookie (a reload, a reconnect). Otherwise (a closed
     tab's token presented by someone else, a reload after the login ended, a tab whose
     login state expired before the rest of it) the whole state is reset: a hydrate then
-    sends the fresh, logged-out tab; any other event is not run, and the page is told to
-    load afresh. A borrowed token's connection can therefore log in as itself only on a
-    tab already emptied. Until a connection's first event, its login is not taken from the
-    request headers Reflex may still hold from the previous one (`_session_ref`). A late
-    event of a connection that has closed is dropped, not judged.
+    sends the fresh, logged-out tab; any other event is not run (but a login or
+    registration form, which carries all it needs), and the page is told to load afresh.
+    A borrowed token's connection can therefore log in as itself only on a tab already
+    emptied. Until a connection's first event, its login is not taken from the request
+    headers Reflex may still hold from the previous one (`_session_ref`). A late event of a
+    connection that has closed is dropped, not judged.
 
     A new connection that does prove it is a reload or a reconnect of the owner's page:
     each state's `_reconnected` (where a state defines one) clears what its events mark
@@ -357,10 +360,16 @@ class TabGuard(Middleware):
         if not _still_connected(app, connection, state.router.session.client_token):
             # A late event of a connection that has closed (a reload's old page, a worker
             # draining its queue): no page waits for its answer, and judging the tab by
-            # that connection's headers would undo the new one's check.
+            # that connection's headers would undo the new one's check. Reflex has already
+            # set the tab's router to that connection: back to the live one's, or the live
+            # page's background work would find its login unproven (`_session_ref`).
+            if auth._checked_router:
+                state.router_data = state._update_router_vars(
+                    dict(auth._checked_router), state.router_data
+                )
             return StateUpdate()
         new = auth._checked_connection != connection
-        auth._checked_connection = connection  # its headers are now this connection's own
+        _checked(auth, state)  # its headers are now this connection's own
         if auth._auth_session_id and auth._session_ref() == auth._auth_session_id:
             if new:
                 for each in _states_in(state):
@@ -370,15 +379,30 @@ class TabGuard(Middleware):
             return None
         await _load_every_state(state)  # a store like Redis loads only what an event needs
         state.reset()  # `state` is the root: the whole tree, backend-only vars included
-        auth._checked_connection = connection
-        if hydrate:
-            return None  # Reflex's hydrate then sends the fresh tab
+        _checked(auth, state)
+        if hydrate or event.name in _fresh_tab_events():
+            return None  # Reflex's hydrate then sends the fresh tab; or the form is sent
         # The page shows a tab that is gone (its login state expired, say): not this event,
         # but a fresh load of the page, which checks the login anew.
         return StateUpdate(events=Event.from_event_type(rx.call_script(_RELOAD)))
 
 
 _RELOAD = "window.location.reload()"
+
+
+def _checked(auth: AuthState, root: BaseState) -> None:
+    """Note the connection of the event under way as the tab's checked one."""
+    auth._checked_connection = root.router.session.session_id
+    auth._checked_router = dict(root.router_data)
+
+
+@functools.cache
+def _fresh_tab_events() -> frozenset[str]:
+    """Events that carry all they need and may run on a tab just reset: logging in or
+    registering from a login page left open longer than the tab's stored state lives."""
+    return frozenset(
+        format_event_handler(AuthState.event_handlers[name]) for name in ("login", "register")
+    )
 
 
 def _still_connected(app, connection: str, token: str) -> bool:

@@ -175,18 +175,26 @@ def _login(session, email: str) -> tuple:
 TAB = "the-tabs-token"
 
 
+def _router_data(sid: str, cookie: str = "") -> dict:
+    """What Reflex's router data says of the websocket connection an event came on."""
+    headers = {"cookie": cookie} if cookie else {}
+    return {
+        "sid": sid,
+        "token": TAB,
+        "headers": headers,
+        "pathname": routes.DASHBOARD,
+        "asPath": routes.DASHBOARD,
+    }
+
+
 def _connection(sid: str, cookie: str = "") -> RouterData:
     """What Reflex tells a state of the websocket connection an event came on."""
-    headers = {"cookie": cookie} if cookie else {}
-    return RouterData.from_router_data(
-        {
-            "sid": sid,
-            "token": TAB,
-            "headers": headers,
-            "pathname": routes.DASHBOARD,
-            "asPath": routes.DASHBOARD,
-        }
-    )
+    return RouterData.from_router_data(_router_data(sid, cookie))
+
+
+def _arrive(root: State, sid: str, cookie: str = "") -> None:
+    """What Reflex does with an event's router data before the app's middleware runs."""
+    root.router_data = root._update_router_vars(_router_data(sid, cookie), root.router_data)
 
 
 @pytest.fixture(autouse=True)
@@ -203,7 +211,7 @@ async def _connect(root: State, sid: str, cookie: str = "", first: Event | None 
     """A websocket connection of the tab opens and sends its first event (hydrate, unless
     `first`), which passes the app's middleware as Reflex runs it; what that answered."""
     app.event_namespace.sid_to_token[sid] = TAB
-    root.router = _connection(sid, cookie)
+    _arrive(root, sid, cookie)
     return await app._preprocess(root, first or _hydrate())
 
 
@@ -326,11 +334,24 @@ async def test_a_late_event_of_a_closed_connection_is_dropped(db_engine, session
     auth._remember(issued.session_id, issued.email)
     del app.event_namespace.sid_to_token["the-old-socket"]  # the old page is gone
     # Its last event arrives now (its handshake carried no cookie: the login came later).
-    root.router = _connection("the-old-socket")
+    _arrive(root, "the-old-socket")
     late = await app._preprocess(root, _event(DashboardState, "confirm_cancel"))
     assert late is not None and late.delta == {} and late.events == []  # not run
     assert auth.user_email == "late@example.com"  # the tab kept
     assert _substate(root, DashboardState).messages == ["Your payment of $12.00 went through."]
+    # ... and back on the live connection: the page's background work still finds its login.
+    assert root.router.session.session_id == "the-new-socket"
+    assert await auth._still_logged_in_as(issued.session_id)
+
+
+async def test_a_login_page_left_open_past_the_tabs_lifetime_still_logs_in(db_engine, session):
+    """The store forgot the tab (Redis expires it after an hour): a login or registration
+    form carries all it needs and runs on the fresh tab; another event has the page reload."""
+    root = State(_reflex_internal_init=True)
+    _substate(root, AuthState)._was_logged_in = True  # something to reset
+    assert await _connect(root, "a-socket", first=_event(AuthState, "login")) is None
+    other = await _connect(root, "another-socket", first=_event(DashboardState, "load"))
+    assert other is not None and [e.name for e in other.events] == ["_call_script"]
 
 
 def _hydrate(name: str = "hydrate_and_load") -> Event:
@@ -349,7 +370,7 @@ def _cookie(issued) -> str:
 def _logged_in_tab_with_data(issued) -> State:
     """A tab logged in on the owner's connection, its dashboard filled with their data."""
     root = State(_reflex_internal_init=True)
-    root.router = _connection("the-owners-socket")
+    _arrive(root, "the-owners-socket")
     _substate(root, AuthState)._remember(issued.session_id, issued.email)
     dash = _substate(root, DashboardState)
     dash.has_subscription, dash.subscription = True, _view()
