@@ -199,7 +199,10 @@ def on_card_declined(session: Session, event: ClaimedEvent) -> HandlerResult:
     session.commit()  # no transaction left open while Stripe and locks are waited for
     if not over_limit:
         return HandlerResult()
-    card_testing.stop_card_checks(customer)
+    # Under the person's subscribe lock: a Checkout page being made meanwhile is either
+    # expired here or refused by its own check of the limit under the lock.
+    with sync.subscriber_lock(user_id):
+        card_testing.stop_card_checks(customer)
     # On a session of its own: the undo commits under its locks, as in a request, instead
     # of being left to this event's transaction (`sync.one_transaction`). Its row writes
     # refresh the person's open pages themselves.

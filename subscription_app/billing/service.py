@@ -871,6 +871,9 @@ def _expire_open_checkouts(client: stripe.StripeClient, customer_id: str) -> Non
 
 
 def _start_checkout_locked(session: Session, user: User) -> str:
+    # Again under the lock: the card-testing handler expires open Checkout pages under it,
+    # so a page made as the limit is reached is either expired there or refused here.
+    _limit_declines(session, user)
     client = get_client()
     customer_id = ensure_customer(session=session, user=user, client=client)
     # A subscription Stripe has but we have not recorded yet (a paid Checkout whose return

@@ -6,6 +6,7 @@ Run on the memory and Redis counter stores, through the API against the Stripe e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -264,6 +265,51 @@ def test_declines_checked_straight_at_stripe_count_and_stop_the_setup_intent(
     # Someone else is not affected.
     other = client("203.0.113.50")
     setup_intent_for(other, auth_headers(other, "bystander@example.com"))
+
+
+def test_a_checkout_started_as_the_limit_is_reached_is_refused_under_the_lock(
+    card_limits, stripe_client, monkeypatch
+):
+    """The decline reaching the limit lands between the request's first check and its
+    subscribe lock: the check under the lock refuses, and no page reaches Stripe."""
+    api = client()
+    headers = auth_headers(api, "racing@example.com")
+    answers = iter([None, 3600])  # under the limit at first look, over it under the lock
+    monkeypatch.setattr(card_testing, "retry_after", lambda *_, **__: next(answers))
+    assert_limited(api.post("/api/v1/subscriptions/checkout-session", headers=headers))
+    assert stripe_client.v1.checkout.sessions.list(params={"limit": 100}).data == []
+
+
+def test_the_limit_expires_checkout_pages_under_the_subscribe_lock(
+    hook, session, stripe_client, monkeypatch
+):
+    """So a page being made meanwhile cannot slip between the expiry and its own check."""
+    from subscription_app.billing import sync
+
+    api = client()
+    headers = auth_headers(api, "locked@example.com")
+    customer = stripe_client.v1.setup_intents.retrieve(setup_intent_for(api, headers)).customer
+    held: list[int] = []
+    seen: list[tuple[str, list[int]]] = []
+    real_lock = sync.subscriber_lock
+
+    @contextlib.contextmanager
+    def recording_lock(user_id: int):
+        with real_lock(user_id):
+            held.append(user_id)
+            try:
+                yield
+            finally:
+                held.remove(user_id)
+
+    monkeypatch.setattr(sync, "subscriber_lock", recording_lock)
+    monkeypatch.setattr(card_testing, "stop_card_checks", lambda c: seen.append((c, list(held))))
+    user_id = session.exec(select(User)).one().id
+    for _ in range(3):  # the limit is 3 here
+        envelope = failed_in_stripes_shape(customer=customer)
+        assert post_event(hook, json.dumps(envelope, default=str)).status_code == 200
+    drain()
+    assert seen == [(customer, [user_id])]
 
 
 def failed_in_stripes_shape(
