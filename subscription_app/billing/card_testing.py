@@ -92,14 +92,12 @@ OPEN_STATES = ("requires_payment_method", "requires_confirmation", "requires_act
 
 
 def stop_card_checks(customer_id: str) -> None:
-    """Cancel every SetupIntent of the customer that still takes a card, and expire their
-    open Stripe Checkout pages (which take cards too).
+    """Cancel every SetupIntent of the customer that still takes a card.
 
     A script may hold several (one per card form it asked for), so all of them go, not
-    only the one a decline named. One Stripe refuses to cancel or expire (it saved a card or
-    completed meanwhile, or Stripe does not know it) is left as it is; any other failure
-    (Stripe unreachable, rate limited...) is raised, for the webhook processor to retry the
-    event.
+    only the one a decline named. One Stripe refuses to cancel (it saved a card meanwhile,
+    or Stripe does not know it) is left as it is; any other failure (Stripe unreachable,
+    rate limited...) is raised, for the webhook processor to retry the event.
     """
     client = get_client()
     listed = client.v1.setup_intents.list(params={"customer": customer_id, "limit": 100})
@@ -110,11 +108,3 @@ def stop_card_checks(customer_id: str) -> None:
             client.v1.setup_intents.cancel(intent.id)
         except stripe.InvalidRequestError as exc:
             logger.warning("card testing: Stripe refused to cancel a SetupIntent (%s)", exc.code)
-    pages = client.v1.checkout.sessions.list(
-        params={"customer": customer_id, "status": "open", "limit": 100}
-    )
-    for page in pages.auto_paging_iter():
-        try:
-            client.v1.checkout.sessions.expire(page.id)
-        except stripe.InvalidRequestError as exc:
-            logger.warning("card testing: Stripe refused to expire a Checkout page (%s)", exc.code)

@@ -17,6 +17,7 @@ from sqlmodel import Session
 
 from subscription_app import db, notifications
 from subscription_app.billing import card_testing, repository, service, sync
+from subscription_app.billing.client import get_client
 from subscription_app.billing.inbox import ClaimedEvent
 from subscription_app.billing.reader import read_invoice
 from subscription_app.models import EventStatus, User
@@ -199,10 +200,11 @@ def on_card_declined(session: Session, event: ClaimedEvent) -> HandlerResult:
     session.commit()  # no transaction left open while Stripe and locks are waited for
     if not over_limit:
         return HandlerResult()
-    # Under the person's subscribe lock: a Checkout page being made meanwhile is either
-    # expired here or refused by its own check of the limit under the lock.
+    card_testing.stop_card_checks(customer)
+    # Their Checkout pages too, under their subscribe lock: a page being made meanwhile is
+    # either expired here or refused by its own check of the limit under the lock.
     with sync.subscriber_lock(user_id):
-        card_testing.stop_card_checks(customer)
+        service.expire_open_checkouts(get_client(), customer)
     # On a session of its own: the undo commits under its locks, as in a request, instead
     # of being left to this event's transaction (`sync.one_transaction`). Its row writes
     # refresh the person's open pages themselves.

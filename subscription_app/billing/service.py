@@ -522,7 +522,7 @@ def _start_locked(
     # No Checkout page may complete from here on; then a Checkout that was paid before (its
     # return page not loaded, its webhook not yet applied) is recorded, and refuses this
     # attempt below instead of being charged beside it.
-    _expire_open_checkouts(client, customer_id)
+    expire_open_checkouts(client, customer_id)
     # The key a previous request of this same attempt created its subscription under: that
     # one is left to this retry's idempotency key. Anything else adopted is recorded, which
     # makes this a new attempt with a new key.
@@ -859,11 +859,12 @@ def _app_url(path: str) -> str:
     return get_settings().app_url.rstrip("/") + path
 
 
-def _expire_open_checkouts(client: stripe.StripeClient, customer_id: str) -> None:
-    """Close the person's open Checkout pages before subscribing another way.
+def expire_open_checkouts(client: stripe.StripeClient, customer_id: str) -> None:
+    """Close the person's open Checkout pages (call it under their subscribe lock).
 
-    Otherwise finishing one later would start a second subscription (which `record_checkout`
-    would then cancel, after its first payment).
+    Before subscribing another way: otherwise finishing one later would start a second
+    subscription (which `record_checkout` would then cancel, after its first payment). And
+    at the card-testing limit (`handlers.on_card_declined`): Stripe's page takes cards too.
     """
     listed = client.v1.checkout.sessions.list(params={"customer": customer_id, "status": "open"})
     for item in listed.auto_paging_iter():

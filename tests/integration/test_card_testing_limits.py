@@ -303,7 +303,7 @@ def test_the_limit_expires_checkout_pages_under_the_subscribe_lock(
                 held.remove(user_id)
 
     monkeypatch.setattr(sync, "subscriber_lock", recording_lock)
-    monkeypatch.setattr(card_testing, "stop_card_checks", lambda c: seen.append((c, list(held))))
+    monkeypatch.setattr(service, "expire_open_checkouts", lambda _, c: seen.append((c, list(held))))
     user_id = session.exec(select(User)).one().id
     for _ in range(3):  # the limit is 3 here
         envelope = failed_in_stripes_shape(customer=customer)
