@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -22,6 +23,7 @@ from subscription_app.errors import AppError
 from subscription_app.models import User
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 def _fetch_js(method: str, path: str, body: dict | None = None) -> str:
@@ -371,23 +373,45 @@ class TabGuard(Middleware):
         new = auth._checked_connection != connection
         _checked(auth, state)  # its headers are now this connection's own
         if auth._auth_session_id and auth._session_ref() == auth._auth_session_id:
+            if new and not await _still_active(auth._auth_session_id):
+                # The cookie is well signed and unexpired, but its login was logged out
+                # (elsewhere, through the API) or ended: it proves nothing any more.
+                return await _start_afresh(state, auth, event, hydrate)
             if new:
                 for each in _states_in(state):
                     reconnected = type(each).__dict__.get("_reconnected")
                     if reconnected is not None:
                         reconnected(each)
             return None
-        await _load_every_state(state)  # a store like Redis loads only what an event needs
-        state.reset()  # `state` is the root: the whole tree, backend-only vars included
-        _checked(auth, state)
-        if hydrate or event.name in _fresh_tab_events():
-            return None  # Reflex's hydrate then sends the fresh tab; or the form is sent
-        # The page shows a tab that is gone (its login state expired, say): not this event,
-        # but a fresh load of the page, which checks the login anew.
-        return StateUpdate(events=Event.from_event_type(rx.call_script(_RELOAD)))
+        return await _start_afresh(state, auth, event, hydrate)
 
 
 _RELOAD = "window.location.reload()"
+
+
+async def _start_afresh(
+    state: BaseState, auth: AuthState, event: Event, hydrate: bool
+) -> StateUpdate | None:
+    """Empty the whole tab (`state` is its root); what `TabGuard` answers for `event`."""
+    await _load_every_state(state)  # a store like Redis loads only what an event needs
+    state.reset()  # the whole tree, backend-only vars included
+    _checked(auth, state)
+    if hydrate or event.name in _fresh_tab_events():
+        return None  # Reflex's hydrate then sends the fresh tab; or the form is sent
+    # The page shows a tab that is gone (its login state expired, say): not this event,
+    # but a fresh load of the page, which checks the login anew.
+    return StateUpdate(events=Event.from_event_type(rx.call_script(_RELOAD)))
+
+
+async def _still_active(session_id: str) -> bool:
+    """Whether the login `session_id` is still active in the database (a new connection's
+    cookie is checked for its signature and expiry only, `_session_ref`). If the database
+    cannot say, the tab is not lent: the page's own login check runs again on reload."""
+    try:
+        return await asyncio.to_thread(_user_of, session_id) is not None
+    except Exception:
+        logger.warning("could not check a reconnecting tab's login", exc_info=True)
+        return False
 
 
 def _checked(auth: AuthState, root: BaseState) -> None:

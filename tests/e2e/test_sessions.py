@@ -8,6 +8,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
+from subscription_app import session_cookie
 from tests.e2e.conftest import (
     path_is,
     register,
@@ -107,10 +108,14 @@ def test_logging_out_leaves_nothing_of_the_person_in_the_tab(page: Page, live_ap
     expect(page.get_by_text(f"Signed in as {first}")).to_have_count(0)
 
 
-def test_a_closed_tabs_token_alone_shows_nothing_of_its_person(browser: Browser, live_app):
+@pytest.mark.parametrize("cookie", ["none", "the owner's, logged out through the API"])
+def test_a_closed_tabs_token_alone_shows_nothing_of_its_person(
+    browser: Browser, live_app, cookie: str
+):
     """The Reflex token names a tab's state on the server and travels in the websocket's
-    address (a proxy's log holds it). Presented without the login's cookie, it gets a fresh,
-    logged-out tab: nothing of the person is sent to the browser."""
+    address (a proxy's log holds it). Presented without the login's cookie, or with a
+    cookie whose login has since been logged out, it gets a fresh, logged-out tab: nothing
+    of the person is sent to the browser."""
     owner = browser.new_context(base_url=live_app.url)
     try:
         tab = owner.new_page()
@@ -120,11 +125,22 @@ def test_a_closed_tabs_token_alone_shows_nothing_of_its_person(browser: Browser,
         tab.goto("/dashboard")
         expect(tab.get_by_text("Active", exact=True)).to_be_visible()
         token = tab.evaluate("sessionStorage.getItem('token')")
+        cookies = owner.cookies()
     finally:
         owner.close()  # the tab is gone; its state stays on the server under its token
 
-    holder = browser.new_context(base_url=live_app.url)  # no cookie of the owner's
+    holder = browser.new_context(base_url=live_app.url)
     try:
+        if cookie != "none":
+            # The cookie is still well signed and unexpired; only the database knows its
+            # login ended.
+            holder.add_cookies(cookies)  # type: ignore[arg-type]
+            names = (session_cookie.COOKIE_NAME, session_cookie.PRODUCTION_COOKIE_NAME)
+            [login] = [c["value"] for c in cookies if c["name"] in names]
+            answer = holder.request.post(
+                "/api/v1/auth/logout", headers={"Authorization": f"Bearer {login}"}
+            )
+            assert answer.status == 204
         # The page starts with the closed tab's token, as if it were its own.
         holder.add_init_script(
             "if (location.pathname.startsWith('/dashboard')) "

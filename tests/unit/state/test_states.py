@@ -17,6 +17,7 @@ from reflex.istate.data import RouterData
 from reflex.state import State
 from reflex_base.event import Event
 from reflex_base.utils.format import format_event_handler
+from sqlalchemy.exc import OperationalError
 
 from subscription_app import accounts, changes, ratelimit, routes, session_cookie
 from subscription_app.billing import service
@@ -28,6 +29,7 @@ from subscription_app.billing.views import (
     SubscriptionView,
 )
 from subscription_app.models import utcnow
+from subscription_app.state import auth as auth_state
 from subscription_app.state.auth import AuthState
 from subscription_app.state.billing import (
     CANCEL_AT_PERIOD_END,
@@ -448,6 +450,38 @@ async def test_the_owners_reload_and_reconnects_hydrate_their_tab_as_it_was(db_e
     _, other = _login(session, "other@example.com")
     await _connect(root, "a-third-socket", _cookie(other))
     assert _nothing_of(root, "o@example.com")
+
+
+async def test_a_logged_out_logins_cookie_does_not_reopen_its_tab(db_engine, session):
+    """A cookie's signature and expiry are checked without the database; a new connection's
+    login is also looked up there, so a login logged out elsewhere (another device, the API)
+    no longer opens the tab it filled, though its cookie is still well signed."""
+    _, issued = _login(session, "revoked@example.com")
+    root = _logged_in_tab_with_data(issued)
+    assert accounts.revoke_session(session=session, session_id=issued.session_id)
+    session.commit()
+    await _connect(root, "the-owners-new-socket", _cookie(issued))
+    assert _nothing_of(root, "revoked@example.com")
+    assert _substate(root, AuthState)._auth_session_id == ""
+
+
+async def test_a_reconnect_is_not_lent_the_tab_when_its_login_cannot_be_checked(
+    db_engine, session, monkeypatch
+):
+    """The database is down as a reconnect arrives: the tab is not lent on the cookie alone
+    (the page's own login check runs again on its next load)."""
+    _, issued = _login(session, "unchecked@example.com")
+    root = _logged_in_tab_with_data(issued)
+
+    def down(session_id: str):
+        raise OperationalError("SELECT", {}, Exception("database is down"))
+
+    monkeypatch.setattr(auth_state, "_user_of", down)
+    answer = await _connect(
+        root, "the-owners-new-socket", _cookie(issued), _event(DashboardState, "load")
+    )
+    assert answer is not None and answer.events[0].name == "_call_script"
+    assert _nothing_of(root, "unchecked@example.com")
 
 
 async def test_a_reconnect_frees_what_a_dead_worker_left_busy(db_engine, session, monkeypatch):
