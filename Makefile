@@ -65,17 +65,17 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: requirements.txt | $(VENV)/bin/python
+$(VENV)/.installed: requirements.txt constraints.txt | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
 # The local Stripe emulator's packages, kept out of requirements.txt (production).
-$(VENV)/.installed-emulator: requirements-emulator.txt | $(VENV)/.installed
+$(VENV)/.installed-emulator: requirements-emulator.txt constraints.txt | $(VENV)/.installed
 	$(PY) -m pip install --quiet -r requirements-emulator.txt
 	touch $@
 
 # requirements-dev.txt includes requirements.txt and requirements-emulator.txt.
-$(VENV)/.installed-dev: requirements.txt requirements-emulator.txt requirements-dev.txt | $(VENV)/bin/python
+$(VENV)/.installed-dev: requirements.txt requirements-emulator.txt requirements-dev.txt constraints.txt | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $(VENV)/.installed $(VENV)/.installed-emulator $@
 
