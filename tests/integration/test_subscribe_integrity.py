@@ -13,7 +13,7 @@ from sqlmodel import select
 
 from subscription_app import crypto
 from subscription_app.api import create_api
-from subscription_app.billing import sync
+from subscription_app.billing import service, sync
 from subscription_app.models import BillingCustomer, User
 from tests.integration.conftest import auth_headers, subscribe
 
@@ -225,6 +225,42 @@ def test_a_3ds_payment_finished_right_after_our_read_is_kept_not_cancelled(
     assert [s.status for s in subs] == ["active"] and len(paid) == 1
     me = api.get("/api/v1/subscriptions/me", headers=headers).json()["subscription"]
     assert me["status"] == "active"
+
+
+def test_a_first_payment_that_starts_processing_as_we_void_it_is_left_alone(
+    api, make_payment_method, stripe_client, session, monkeypatch
+):
+    """A second card while the first waits for 3-D Secure, whose bank check finishes just
+    after our read: Stripe then refuses to void the first invoice, its payment processing.
+    Nothing is undone and the second card is not charged; the person is told to wait."""
+    import stripe
+
+    headers = auth_headers(api, "processing@example.com")
+    first = subscribe(api, headers, make_payment_method("tok_threeDSecure2Required"))
+    assert first.json()["status"] == "requires_action"
+    real_retrieve = stripe.PaymentIntentService.retrieve
+    refused: list[str] = []
+
+    # The emulator has no "processing" payments: Stripe's two answers in that moment.
+    def void_refused(self, invoice, *args, **kwargs):
+        refused.append(invoice)
+        raise stripe.InvalidRequestError("This invoice can no longer be voided.", "id")
+
+    def retrieve(self, intent, *args, **kwargs):
+        answer = real_retrieve(self, intent, *args, **kwargs)
+        if refused:  # read after the refusal: the bank check finished meanwhile
+            answer["status"] = "processing"
+        return answer
+
+    monkeypatch.setattr(stripe.InvoiceService, "void_invoice", void_refused)
+    monkeypatch.setattr(stripe.PaymentIntentService, "retrieve", retrieve)
+    second = subscribe(api, headers, make_payment_method("tok_visa"))
+    assert second.status_code == 409, second.text
+    assert second.json()["detail"] == service.STILL_PROCESSING
+    assert len(refused) == 1
+    subs, paid = stripe_state(session, stripe_client, "processing@example.com")
+    # The first attempt is still there, not cancelled; no second attempt, no charge.
+    assert [s.status for s in subs] == ["incomplete"] and paid == []
 
 
 def test_a_late_retry_whose_first_attempt_expired_makes_a_new_attempt_not_a_replay(
