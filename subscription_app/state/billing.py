@@ -375,7 +375,9 @@ class CheckoutState(AuthState):
             return target
         finally:
             async with self:
-                if answer is not None:
+                # Only to the login it was done for: after a failure the answer carries a
+                # new SetupIntent's secret on the person's customer (`card_confirmed`).
+                if answer is not None and await self._still_logged_in_as(ref):
                     answer()
                 self._end_press(False)
         return None

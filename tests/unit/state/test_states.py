@@ -324,6 +324,35 @@ async def test_a_card_answer_ending_after_someone_else_took_the_tab_up_is_not_se
     assert "pi_9_secret_owners" not in repr(updates) and checkout.processing is False
 
 
+async def test_a_bank_check_answer_ending_after_someone_else_took_the_tab_up_is_not_sent(
+    db_engine, session, monkeypatch
+):
+    """After 3-D Secure fails, the answer carries a new SetupIntent's secret for the card
+    form, made on the owner's customer: not for whoever holds the tab's token by then."""
+    _, issued = _login(session, "inflight-bank@example.com")
+
+    def declined(**_):
+        entered.set()
+        assert release.wait(5), "never released"
+        raise BillingError("Your card was declined.", kind="card")
+
+    entered, release = threading.Event(), threading.Event()
+    monkeypatch.setattr(service, "confirm_subscription", declined)
+    monkeypatch.setattr(service, "create_setup_intent", lambda **_: "seti_9_secret_owners")
+    root = _logged_in_tab_with_data(issued)
+    await _connect(root, "the-owners-socket", _cookie(issued))
+    checkout = _substate(root, CheckoutState)
+    checkout._confirming = "pi_9"
+    finished = asyncio.create_task(_run(CheckoutState.payment_confirmed, checkout, {}))
+    await _until(entered.is_set, "the confirm to reach Stripe")
+    del app.event_namespace.sid_to_token["the-owners-socket"]
+    await _connect(root, "someone-elses-socket")
+    release.set()
+    updates = await asyncio.wait_for(finished, 5)
+    assert "seti_9_secret_owners" not in repr(updates)
+    assert checkout.setup_client_secret != "seti_9_secret_owners" and checkout.error == ""
+
+
 async def test_a_late_event_of_a_closed_connection_is_dropped(db_engine, session):
     """A reload's old page, or a worker draining its queue, may deliver an event after the
     new connection checked the tab: it must not check it again by the old headers."""
