@@ -195,6 +195,8 @@ def _subscription_create(cls, **data):
             sub.trial_end = sub.start_date + 86400 * sub.trial_period_days
 
     invoice = ls.Invoice._api_retrieve(sub.latest_invoice) if sub.latest_invoice else None
+    if invoice is not None:
+        invoice.billing_reason = "subscription_create"  # as Stripe names a first invoice
     charge = invoice.charge if invoice is not None else None
     if sub.status == "incomplete" and charge is not None and charge.status == "failed":
         if behavior == "error_if_incomplete":

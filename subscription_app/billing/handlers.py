@@ -92,52 +92,76 @@ def on_subscription_changed(session: Session, event: ClaimedEvent) -> HandlerRes
     return HandlerResult(changed_users={synced.user_id} if synced.changed else set())
 
 
-def _refresh_from_stripe(session: Session, event: ClaimedEvent) -> tuple[int | None, str | None]:
+@dataclass(frozen=True)
+class _Refreshed:
+    """What an invoice event's handler learnt: whose subscription, or why it is not ours."""
+
+    user_id: int | None
+    why: str | None = None
+    # The invoice is a subscription's first (Stripe's `billing_reason`): its payment is a
+    # sign-up's, made while the person is on our page or Checkout's, never a renewal's.
+    sign_up: bool = False
+
+
+def _refresh_from_stripe(session: Session, event: ClaimedEvent) -> _Refreshed:
     invoice = read_invoice(event.payload["data"]["object"])
     if not invoice.subscription_id:
-        return None, "invoice has no subscription"
+        return _Refreshed(None, "invoice has no subscription")
     # The invoice does not carry the subscription's new state: read it from Stripe.
     synced = sync.sync_subscription(session=session, subscription_id=invoice.subscription_id)
     if synced.user_id is None:
-        return None, NOT_LINKED
+        return _Refreshed(None, NOT_LINKED)
     if not synced.our_plan:
         # Recorded by the sync above; but its payments are another product's business.
-        return None, "subscription to another price"
-    return synced.user_id, None
+        return _Refreshed(None, "subscription to another price")
+    return _Refreshed(synced.user_id, sign_up=invoice.billing_reason == "subscription_create")
 
 
 @handles("invoice.paid")
 def on_invoice_paid(session: Session, event: ClaimedEvent) -> HandlerResult:
     """A payment went through: the subscription is (again) active; refresh it."""
-    user_id, why = _refresh_from_stripe(session, event)
-    if user_id is None:
-        return HandlerResult(EventStatus.SKIPPED, why)
-    return HandlerResult(changed_users={user_id})
+    refreshed = _refresh_from_stripe(session, event)
+    if refreshed.user_id is None:
+        return HandlerResult(EventStatus.SKIPPED, refreshed.why)
+    return HandlerResult(changed_users={refreshed.user_id})
 
 
 @handles("invoice.payment_failed")
 def on_invoice_payment_failed(session: Session, event: ClaimedEvent) -> HandlerResult:
     """A payment failed: refresh the subscription (past_due) and tell the user.
 
-    We rely on Stripe's Smart Retries and never retry charges ourselves.
+    We rely on Stripe's Smart Retries and never retry charges ourselves. A sign-up's first
+    payment is not told of: the person saw the decline on our page or Checkout's, and the
+    attempt is undone, never retried (telling them "Stripe will retry" would be false).
     """
-    user_id, why = _refresh_from_stripe(session, event)
-    if user_id is None:
-        return HandlerResult(EventStatus.SKIPPED, why)
-    notifications.tell(session, user_id=user_id, kind="payment_failed", text=PAYMENT_FAILED_TEXT)
-    return HandlerResult(changed_users={user_id})
+    refreshed = _refresh_from_stripe(session, event)
+    if refreshed.user_id is None:
+        return HandlerResult(EventStatus.SKIPPED, refreshed.why)
+    if not refreshed.sign_up:
+        notifications.tell(
+            session, user_id=refreshed.user_id, kind="payment_failed", text=PAYMENT_FAILED_TEXT
+        )
+    return HandlerResult(changed_users={refreshed.user_id})
 
 
 @handles("invoice.payment_action_required")
 def on_invoice_action_required(session: Session, event: ClaimedEvent) -> HandlerResult:
-    """The bank wants the customer to authenticate a payment: tell the user."""
-    user_id, why = _refresh_from_stripe(session, event)
-    if user_id is None:
-        return HandlerResult(EventStatus.SKIPPED, why)
-    notifications.tell(
-        session, user_id=user_id, kind="payment_action_required", text=ACTION_REQUIRED_TEXT
-    )
-    return HandlerResult(changed_users={user_id})
+    """The bank wants the customer to authenticate a payment: tell the user.
+
+    Not for a sign-up's first payment: its 3-D Secure check runs in our page (or
+    Checkout's), while the person is there.
+    """
+    refreshed = _refresh_from_stripe(session, event)
+    if refreshed.user_id is None:
+        return HandlerResult(EventStatus.SKIPPED, refreshed.why)
+    if not refreshed.sign_up:
+        notifications.tell(
+            session,
+            user_id=refreshed.user_id,
+            kind="payment_action_required",
+            text=ACTION_REQUIRED_TEXT,
+        )
+    return HandlerResult(changed_users={refreshed.user_id})
 
 
 @handles("checkout.session.completed")

@@ -149,6 +149,9 @@ class InvoiceSnapshot:
     customer_id: str | None
     subscription_id: str | None
     status: str | None
+    # Why Stripe made it: "subscription_create" for a subscription's first invoice (its
+    # sign-up payment), "subscription_cycle" for a renewal, ...
+    billing_reason: str | None = None
 
 
 def read_invoice(obj: Any) -> InvoiceSnapshot:
@@ -164,6 +167,7 @@ def read_invoice(obj: Any) -> InvoiceSnapshot:
         customer_id=_id(data.get("customer")),
         subscription_id=_id(parent.get("subscription")) or _id(data.get("subscription")),
         status=data.get("status"),
+        billing_reason=data.get("billing_reason"),
     )
 
 
@@ -178,6 +182,8 @@ class CheckoutSnapshot:
     client_reference_id: str | None
     subscription_id: str | None
     url: str | None
+    # The price we opened it for (its `metadata.price`; None on pages made before we noted it).
+    price_id: str | None = None
 
 
 def read_checkout_session(obj: Any) -> CheckoutSnapshot:
@@ -191,6 +197,7 @@ def read_checkout_session(obj: Any) -> CheckoutSnapshot:
         client_reference_id=data.get("client_reference_id"),
         subscription_id=_id(data.get("subscription")),
         url=data.get("url"),
+        price_id=(data.get("metadata") or {}).get("price"),
     )
 
 

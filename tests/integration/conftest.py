@@ -77,6 +77,19 @@ def auth_headers(api, email: str, password: str = "s3cret-pass") -> dict[str, st
     return {"Authorization": f"Bearer {token.json()['access_token']}"}
 
 
+def make_monthly_price(stripe_client, product_name: str, unit_amount: int):
+    """Another monthly USD price in the same Stripe account."""
+    product = stripe_client.v1.products.create(params={"name": product_name})
+    return stripe_client.v1.prices.create(
+        params={
+            "product": product.id,
+            "unit_amount": unit_amount,
+            "currency": "usd",
+            "recurring": {"interval": "month"},
+        }
+    )
+
+
 def subscribe(api, headers: dict[str, str], payment_method_id: str):
     """POST /api/v1/subscriptions/subscribe with this payment method."""
     return api.post(

@@ -24,7 +24,7 @@ from subscription_app.billing import catalog, handlers, inbox, processor, reposi
 from subscription_app.billing.webhooks import sign
 from subscription_app.models import EventStatus, StripeEvent, Subscription
 from tests.conftest import free_port, stripe_fixture
-from tests.integration.conftest import T0, event_body, subscription_object
+from tests.integration.conftest import T0, event_body, make_monthly_price, subscription_object
 
 SECRET = "whsec_test_secret_for_integration"
 
@@ -605,19 +605,6 @@ def test_two_processors_racing_apply_each_event_once(hook, session, monkeypatch)
     assert {e.status for e in events(session)} == {"done"}
 
 
-def make_monthly_price(stripe_client, product_name: str, unit_amount: int):
-    """Another monthly USD price in the same Stripe account."""
-    product = stripe_client.v1.products.create(params={"name": product_name})
-    return stripe_client.v1.prices.create(
-        params={
-            "product": product.id,
-            "unit_amount": unit_amount,
-            "currency": "usd",
-            "recurring": {"interval": "month"},
-        }
-    )
-
-
 def test_a_subscription_to_another_price_is_recorded_but_not_shown_as_our_plan(
     stripe_hook, session, stripe_client
 ):
@@ -750,6 +737,56 @@ def test_a_burst_about_one_subscription_is_one_stripe_read_and_every_event_count
     assert notifications.recent_messages(session, user_id=user_id)[0] == (
         handlers.PAYMENT_FAILED_TEXT
     )
+
+
+def _first_invoice_event(stripe_client, event_type: str, sub_id: str) -> str:
+    """Stripe's own invoice shape for the subscription's first invoice, in `event_type`."""
+    sub = stripe_client.v1.subscriptions.retrieve(sub_id)
+    invoice = stripe_fixture("invoice")
+    invoice.update(id=sub.latest_invoice, customer=sub.customer, status="open")
+    invoice.update(billing_reason="subscription_create")  # what Stripe says of a first one
+    invoice["parent"] = {
+        "type": "subscription_details",
+        "quote_details": None,
+        "subscription_details": {"metadata": {}, "subscription": sub_id},
+    }
+    return stripe_event_body(event_type, invoice)
+
+
+@pytest.mark.parametrize(
+    "event_type", ["invoice.payment_failed", "invoice.payment_action_required"]
+)
+def test_a_sign_ups_first_payment_is_not_told_of_as_a_renewals(
+    stripe_hook, session, stripe_client, event_type
+):
+    """A sign-up's card declined, or asked for 3-D Secure, on our page: the person saw it
+    there, and the attempt is undone, not retried. No "Stripe will retry" message or email
+    for someone who never subscribed, whether the event comes while the attempt waits or
+    after it was undone."""
+    user = accounts.register_user(
+        session=session, email="sign-up@example.com", password="pw-12345678"
+    )
+    session.commit()
+    card = stripe_client.v1.payment_methods.create(
+        params={"type": "card", "card": {"token": "tok_threeDSecure2Required"}}
+    )
+    started = service.start_subscription(session=session, user=user, payment_method_id=card.id)
+    assert started.status == "requires_action"
+    [attempt] = repository.open_subscriptions(session, user.id)
+    # The first invoice itself, as the emulator made it, is named a sign-up's too.
+    first = stripe_client.v1.invoices.retrieve(
+        stripe_client.v1.subscriptions.retrieve(attempt.id).latest_invoice
+    )
+    assert first.billing_reason == "subscription_create"
+
+    post(stripe_hook, _first_invoice_event(stripe_client, event_type, attempt.id))
+    assert drain().done == 1
+    # The attempt is undone (the card-testing limit, say), and the event comes again, late.
+    assert stripe_client.v1.subscriptions.cancel(attempt.id).status == "canceled"
+    post(stripe_hook, _first_invoice_event(stripe_client, event_type, attempt.id))
+    assert drain().done == 1
+    session.rollback()
+    assert notifications.recent_messages(session, user_id=user.id) == []
 
 
 def test_an_event_received_after_a_batch_was_claimed_is_read_again(
