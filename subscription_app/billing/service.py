@@ -881,15 +881,21 @@ def _start_checkout_locked(session: Session, user: User) -> str:
     # page and webhook have not come): recorded now, so the check below refuses a second.
     _adopt_unrecorded(session, user, customer_id)
     _settle_open_attempts(client, session, user)
-    # One open Checkout per person: a second click, a retry or another tab gets the same page.
-    # Listed newest first; the newest expired one goes into the key below.
+    # One open Checkout per person: a second click, a retry or another tab gets the same page,
+    # unless it sells a price that is no longer the plan's (the merchant changed it): that
+    # page is expired, and a new one made. Listed newest first; the newest expired one goes
+    # into the key below.
+    price_id = catalog.default_price_id()
     listed = client.v1.checkout.sessions.list(params={"customer": customer_id, "limit": 100})
     last_expired = "none"
     for item in listed.data:
         existing = read_checkout_session(item)
         if existing.status == "open" and existing.client_reference_id == str(_id(user)):
-            if existing.url:
+            if existing.url and existing.price_id == price_id:
                 return existing.url
+            client.v1.checkout.sessions.expire(existing.id)
+            if last_expired == "none":
+                last_expired = existing.id
         elif existing.status == "expired" and last_expired == "none":
             last_expired = existing.id
     attempt = repository.attempt_number(session, _id(user))
@@ -902,8 +908,8 @@ def _start_checkout_locked(session: Session, user: User) -> str:
             "mode": "subscription",
             "customer": customer_id,
             "client_reference_id": str(_id(user)),
-            "line_items": [{"price": catalog.default_price_id(), "quantity": 1}],
-            "metadata": {"user_id": str(_id(user))},
+            "line_items": [{"price": price_id, "quantity": 1}],
+            "metadata": {"user_id": str(_id(user)), "price": price_id},
             "subscription_data": {"metadata": {"user_id": str(_id(user))}},
             "success_url": _app_url(
                 f"{routes.CHECKOUT_COMPLETE}?session_id={{CHECKOUT_SESSION_ID}}"

@@ -122,6 +122,7 @@ def _apply(
     only_if_new: bool,
     *,
     commit: bool = True,
+    ours: bool = False,
 ) -> Synced:
     # One read of our row gives its owner, whether it is ours, and what the write compares
     # against (`owner_of`, `_is_our_plan` and `apply_snapshot` would each read it again).
@@ -135,7 +136,8 @@ def _apply(
         return Synced(snapshot, None, False)
     # A subscription to another price of the same Stripe account is recorded as such: it is
     # neither shown as our plan nor counted against the one-open-subscription rule.
-    our_plan = _our_plan_by_row(bool(row and row.our_plan), snapshot)
+    # `ours`: made by our own Checkout for our plan, whatever its price is now.
+    our_plan = ours or _our_plan_by_row(bool(row and row.our_plan), snapshot)
     try:
         changed = repository.apply_snapshot(
             session,
@@ -268,8 +270,12 @@ def sync_subscription(
     subscription_id: str,
     user_id: int | None = None,
     expand: list[str] | None = None,
+    ours: bool = False,
 ) -> Synced:
     """Re-read a subscription from Stripe and apply it to our row (creating it if needed).
+
+    `ours`: the subscription was made for our plan (our own Checkout Session's), so it is
+    recorded as our plan even if it is at a price the plan no longer has.
 
     Idempotent; safe to call from any worker at any time. Commits (within `one_transaction`,
     the caller commits, with the lock still held).
@@ -296,6 +302,7 @@ def sync_subscription(
             user_id,
             only_if_new=False,
             commit=transaction is None,
+            ours=ours,
         )
         if transaction is not None:
             # Written, not committed: the caller commits, then the lock is released.
@@ -391,7 +398,12 @@ def record_checkout(session: Session, checkout: CheckoutSnapshot) -> Fulfilled |
     try:
         return Fulfilled(
             sync_subscription(
-                session=session, subscription_id=checkout.subscription_id, user_id=owner
+                # Our page, for our plan: paid at the price it showed, even if the merchant
+                # has changed the plan's price since, it is the person's subscription.
+                session=session,
+                subscription_id=checkout.subscription_id,
+                user_id=owner,
+                ours=True,
             )
         )
     except repository.SecondOpenSubscription:
@@ -400,5 +412,7 @@ def record_checkout(session: Session, checkout: CheckoutSnapshot) -> Fulfilled |
         logger.error("a completed checkout met another live subscription; cancelling the new one")
         with subscription_lock(checkout.subscription_id, session):
             cancelled = get_client().v1.subscriptions.cancel(checkout.subscription_id)
-            synced = _apply(session, read_subscription(cancelled), owner, only_if_new=False)
+            synced = _apply(
+                session, read_subscription(cancelled), owner, only_if_new=False, ours=True
+            )
         return Fulfilled(synced, duplicate=True)

@@ -15,11 +15,11 @@ from fastapi.testclient import TestClient
 from sqlmodel import func, select
 
 from subscription_app.api import create_api
-from subscription_app.billing import handlers, service
+from subscription_app.billing import catalog, handlers, service
 from subscription_app.billing.inbox import ClaimedEvent
 from subscription_app.db import session_scope
 from subscription_app.models import Subscription, User, utcnow
-from tests.integration.conftest import auth_headers, pay_checkout, subscribe
+from tests.integration.conftest import auth_headers, make_monthly_price, pay_checkout, subscribe
 
 
 @pytest.fixture
@@ -304,6 +304,48 @@ def test_an_expired_checkout_is_replaced_not_handed_out_again(api, stripe_client
         urls.append(url)
         stripe_client.v1.checkout.sessions.expire(cs_id)
     assert pay_checkout(urls[-1]).status_code not in (302, 303)  # the expired one takes nothing
+
+
+def _use_new_price(stripe_client, settings_env) -> str:
+    """The merchant moves the plan to a new price."""
+    price = make_monthly_price(stripe_client, "Pro, new price", 1500)
+    settings_env(STRIPE_PRICE_ID=price.id)
+    catalog.forget_default_price()
+    return price.id
+
+
+def test_an_open_checkout_at_a_price_the_plan_no_longer_has_is_replaced(
+    api, stripe_client, settings_env
+):
+    headers = auth_headers(api, "price-moved@example.com")
+    old_url = start(api, headers).json()["url"]
+    new_price = _use_new_price(stripe_client, settings_env)
+    again = start(api, headers)
+    assert again.status_code == 201, again.text
+    new_url = again.json()["url"]
+    assert new_url != old_url
+    old = stripe_client.v1.checkout.sessions.retrieve(old_url.rstrip("/").rsplit("/", 1)[-1])
+    assert old.status == "expired"  # one open page per person, at the plan's price
+    new = stripe_client.v1.checkout.sessions.retrieve(new_url.rstrip("/").rsplit("/", 1)[-1])
+    assert new.status == "open" and new.metadata["price"] == new_price
+    assert start(api, headers).json()["url"] == new_url  # that one is handed out again
+
+
+def test_a_checkout_paid_at_the_old_price_is_the_persons_subscription(
+    api, stripe_client, session, settings_env
+):
+    """Paid on a page opened before the merchant changed the plan's price: still the
+    person's subscription, shown on their dashboard, and no second one can be bought."""
+    headers = auth_headers(api, "paid-old-price@example.com")
+    session_id = paid_session_id(api, headers)
+    _use_new_price(stripe_client, settings_env)
+    done = complete(api, headers, session_id)
+    assert done.status_code == 200, done.text
+    assert done.json()["subscription"]["status"] == "active"
+    me = api.get("/api/v1/subscriptions/me", headers=headers).json()["subscription"]
+    assert me is not None and me["status"] == "active"
+    assert start(api, headers).status_code == 409
+    assert rows(session) == 1
 
 
 def test_a_return_page_revisited_after_its_subscription_ended_says_so(api, session, stripe_client):
