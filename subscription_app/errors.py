@@ -17,6 +17,7 @@ ErrorKind = Literal[
     "card",  # the card was refused (402)
     "limited",  # too many attempts; retry after `retry_after` seconds (429)
     "unavailable",  # Stripe unreachable or not set up; nothing was charged (424)
+    "busy",  # the server is at capacity for this work; retry after `retry_after` seconds (503)
 ]
 
 

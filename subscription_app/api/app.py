@@ -27,6 +27,7 @@ STATUS_FOR_KIND: dict[ErrorKind, int] = {
     # Stripe unreachable, timing out or not set up: a service the request depends on failed
     # (nothing was charged; the client may retry).
     "unavailable": status.HTTP_424_FAILED_DEPENDENCY,
+    "busy": status.HTTP_503_SERVICE_UNAVAILABLE,
 }
 
 

@@ -3,6 +3,7 @@
 import pytest
 from fastapi.testclient import TestClient
 
+from subscription_app import accounts
 from subscription_app.api import create_api
 
 
@@ -125,3 +126,16 @@ def test_a_write_is_committed_before_its_answer_is_sent(client, monkeypatch):
     )
     assert response.status_code == 500
     assert "Something went wrong" in response.json()["detail"]
+
+
+def test_a_login_the_server_is_too_busy_to_check_gets_503_and_retry_after(client, monkeypatch):
+    register(client, "busy@example.com")
+    monkeypatch.setattr(accounts, "HASHING_WAIT_SECONDS", 0.05)
+    assert accounts._hashing.acquire(timeout=1)  # a flood holds every password check
+    try:
+        answer = login(client, "busy@example.com")
+    finally:
+        accounts._hashing.release()
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["retry-after"] and "try again" in answer.json()["detail"]
+    assert login(client, "busy@example.com").status_code == 200

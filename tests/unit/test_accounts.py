@@ -108,3 +108,61 @@ def test_a_token_past_its_own_expiry_is_rejected(session):
     )
     assert accounts.user_for_token(session=session, token=expired) is None
     assert accounts.user_for_token(session=session, token=issued.token).id == user.id
+
+
+def test_password_checks_run_one_at_a_time_per_process(monkeypatch):
+    """Each takes 64 MiB and every core for a moment: a flood of logins queues for them
+    instead of taking every thread, and memory, at once."""
+    import threading
+    import time
+
+    real = accounts._password_hash.verify
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def counted(password, hashed):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.02)  # a check under way while the others arrive
+            return real(password, hashed)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(accounts._password_hash, "verify", counted)
+    hashed = accounts.hash_password("correct horse battery")
+    threads = [
+        threading.Thread(target=accounts.verify_password, args=("correct horse battery", hashed))
+        for _ in range(6)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most[0] == accounts.HASHES_AT_ONCE == 1
+
+
+def test_a_login_that_waits_too_long_for_a_password_check_is_told_to_retry(session, monkeypatch):
+    accounts.register_user(session=session, email="queued@example.com", password="s3cret-pass")
+    session.commit()
+    monkeypatch.setattr(accounts, "HASHING_WAIT_SECONDS", 0.05)
+    assert accounts._hashing.acquire(timeout=1)  # every check this process may run is taken
+    try:
+        with pytest.raises(accounts.HashingBusy) as busy:
+            accounts.login(
+                session=session,
+                email="queued@example.com",
+                password="s3cret-pass",
+                client_address="203.0.113.9",
+            )
+    finally:
+        accounts._hashing.release()
+    assert busy.value.kind == "busy" and busy.value.retry_after
+    assert "try again in a moment" in busy.value.message
+    # Nothing was decided: the same login goes through once a check is free.
+    issued = accounts.login(
+        session=session, email="queued@example.com", password="s3cret-pass", client_address=None
+    )
+    assert issued.token
