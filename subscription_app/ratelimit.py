@@ -11,9 +11,11 @@ Login (see README, "Login limits"):
   did not end in a login (a successful login clears it). A stranger's guesses from their
   address do not lock the owner out of theirs;
 - per account from every address: past `rate_limit_account_failure_ceiling` failures in a
-  window the account slows down to one attempt every `ACCOUNT_SLOW_SECONDS` seconds. Guessing
-  from many addresses gets nowhere, and the owner still gets in: not at all slowed from an
-  address they logged in from in the last 30 days, and elsewhere one attempt per few seconds.
+  window the account slows down to one attempt every `ACCOUNT_SLOW_SECONDS` seconds, and past
+  `rate_limit_account_daily_failure_ceiling` in a day to one every `ACCOUNT_SLOWER_SECONDS`.
+  Guessing from many addresses gets about 2,000 guesses a day at most, and the owner still
+  gets in: not at all slowed from an address they logged in from in the last 30 days, and
+  elsewhere one attempt per few seconds (a minute, under a day-long attack).
 
 Card testing (README, "Card testing"), per `rate_limit_card_window_seconds` (an hour):
 - card attempts (subscribe calls, and card checks the browser reports as failed) per account
@@ -38,6 +40,10 @@ from subscription_app.errors import AppError
 from subscription_app.settings import get_settings
 
 ACCOUNT_SLOW_SECONDS = 5
+# Past `rate_limit_account_daily_failure_ceiling` failures in a day, slower still: the
+# 10-minute ceiling starts afresh each window, and one guess every 5 seconds is 17,280 a day.
+ACCOUNT_SLOWER_SECONDS = 60
+DAY_SECONDS = 24 * 3600
 # How long an address the owner logged in from stays known to the account (each login there
 # renews it): the slowdown of an account under attack does not apply there.
 KNOWN_ADDRESS_SECONDS = 30 * 24 * 3600
@@ -130,13 +136,19 @@ def before_login(*, account: str, client_address: str | None) -> None:
     if client_address:
         _take(_window(settings.rate_limit_attempts_per_address), "addr", client_address)
     ceiling = _window(settings.rate_limit_account_failure_ceiling)
-    if not _limiter().test(ceiling, "account-failures", _id(account)) and not _known(
-        account, client_address
-    ):
+    limiter = _limiter()
+    if limiter.test(_daily_ceiling(), "account-failures-day", _id(account)):
+        slow_for = (
+            None
+            if limiter.test(ceiling, "account-failures", _id(account))
+            else ACCOUNT_SLOW_SECONDS
+        )
+    else:
+        slow_for = ACCOUNT_SLOWER_SECONDS
+    if slow_for is not None and not _known(account, client_address):
         # Attackers from many addresses could otherwise take every slot, the owner's too;
         # from an address the owner has logged in from, the per-address limits still hold.
-        slow = RateLimitItemPerSecond(1, ACCOUNT_SLOW_SECONDS)
-        _take(slow, "account-slow", account)
+        _take(RateLimitItemPerSecond(1, slow_for), f"account-slow-{slow_for}", account)
     _take(
         _window(settings.rate_limit_login_failures_per_account),
         "account-addr",
@@ -145,13 +157,21 @@ def before_login(*, account: str, client_address: str | None) -> None:
     )
 
 
+def _daily_ceiling() -> RateLimitItem:
+    return RateLimitItemPerSecond(
+        get_settings().rate_limit_account_daily_failure_ceiling, DAY_SECONDS
+    )
+
+
 def login_failed(*, account: str) -> None:
-    """A wrong password: count it towards the account's ceiling (every address)."""
-    _limiter().hit(
+    """A wrong password: count it towards the account's ceilings (every address)."""
+    limiter = _limiter()
+    limiter.hit(
         _window(get_settings().rate_limit_account_failure_ceiling),
         "account-failures",
         _id(account),
     )
+    limiter.hit(_daily_ceiling(), "account-failures-day", _id(account))
 
 
 def _known_item() -> RateLimitItem:

@@ -110,6 +110,7 @@ class Settings(BaseSettings):
     rate_limit_window_seconds: int = Field(default=600, ge=1)
     rate_limit_login_failures_per_account: int = Field(default=5, ge=1)
     rate_limit_account_failure_ceiling: int = Field(default=50, ge=1)
+    rate_limit_account_daily_failure_ceiling: int = Field(default=500, ge=1)
     rate_limit_attempts_per_address: int = Field(default=300, ge=1)
     rate_limit_registrations_per_account: int = Field(default=5, ge=1)
     # Card testing, per window (an hour): card attempts (subscribe calls and failed card

@@ -111,6 +111,25 @@ def test_attackers_taking_every_slow_slot_do_not_keep_the_owner_out_where_they_l
     assert login(client("198.51.100.77"), "victim@example.com").status_code == 429
 
 
+def test_a_day_long_attack_slows_the_account_further_but_not_where_the_owner_logs_in(
+    limits, settings_env
+):
+    """The 10-minute ceiling starts afresh each window: past the day's ceiling one guess a
+    minute, not one every few seconds, from addresses the owner has not logged in from."""
+    settings_env(RATE_LIMIT_ACCOUNT_DAILY_FAILURE_CEILING="6")
+    register(client())
+    home = client("203.0.113.7")
+    assert login(home, "victim@example.com").status_code == 200
+    for i in range(6):  # the day's ceiling (below the window's, to reach it now)
+        assert login(client(f"192.0.2.{i}"), "victim@example.com", "wrong").status_code == 401
+    assert login(client("192.0.2.98"), "victim@example.com", "wrong").status_code == 401
+    slowed = login(client("192.0.2.99"), "victim@example.com", "wrong")
+    assert slowed.status_code == 429
+    assert int(slowed.headers["Retry-After"]) > ratelimit.ACCOUNT_SLOW_SECONDS
+    assert int(slowed.headers["Retry-After"]) <= ratelimit.ACCOUNT_SLOWER_SECONDS
+    assert login(home, "victim@example.com").status_code == 200  # the owner, at home
+
+
 def test_attempts_per_address_are_limited(limits):
     noisy, quiet = client("198.51.100.2"), client("198.51.100.3")
     for i in range(12):
