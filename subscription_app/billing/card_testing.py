@@ -9,6 +9,8 @@ it without ever telling us. Stripe still sends `setup_intent.setup_failed` or
 (`rate_limit_card_window_seconds`) against the same per-person limit as card attempts
 (`rate_limit_card_attempts_per_account`):
 - a person at the limit gets no new card form and no subscribe attempt (`retry_after`);
+- a SetupIntent Stripe declined a card on is cancelled (`stop_this_card_check`): each
+  further check needs a new one, which is counted per person and per client address;
 - once a decline reaches the limit (`handlers.on_card_declined`), every SetupIntent of the
   person that still takes a card is cancelled at Stripe (`stop_card_checks`) and their
   attempts still waiting for a first payment are undone (`service.stop_first_payments`),
@@ -89,6 +91,23 @@ def retry_after(session: Session, *, user_id: int) -> int | None:
 
 # The states in which a SetupIntent still takes a card.
 OPEN_STATES = ("requires_payment_method", "requires_confirmation", "requires_action")
+
+
+def stop_this_card_check(setup_intent_id: str) -> None:
+    """Cancel a SetupIntent Stripe just declined a card on: one declined card per card form.
+
+    Stripe lets a declined SetupIntent be confirmed again, card after card, by whoever holds
+    its client secret. Cancelled, each further check needs a new SetupIntent, which our
+    limits count per person and per client address (`ratelimit.before_setup_intent`); a
+    script spreading its checks over throwaway accounts meets the address's limit. Our page
+    asks for a new one after a decline itself. One that Stripe refuses to cancel (it saved a
+    card meanwhile, or is gone) is left as it is; other failures are raised, for the
+    processor to retry the event.
+    """
+    try:
+        get_client().v1.setup_intents.cancel(setup_intent_id)
+    except stripe.InvalidRequestError as exc:
+        logger.info("card testing: a declined SetupIntent was not cancelled (%s)", exc.code)
 
 
 def stop_card_checks(customer_id: str) -> None:

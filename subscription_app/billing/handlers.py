@@ -182,12 +182,20 @@ def on_checkout_completed(session: Session, event: ClaimedEvent) -> HandlerResul
     return HandlerResult(changed_users={user_id} if user_id is not None else set())
 
 
+def _declined_by_the_bank(intent: dict) -> bool:
+    """A card error (a decline), not a failed 3-D Secure check, which the person retries on
+    the same card form (our page asks for a new form only after a decline)."""
+    error = intent.get("last_setup_error")
+    return isinstance(error, dict) and error.get("type") == "card_error"
+
+
 @handles("setup_intent.setup_failed", "payment_intent.payment_failed")
 def on_card_declined(session: Session, event: ClaimedEvent) -> HandlerResult:
     """Stripe declined a card checked on one of a person's SetupIntents or PaymentIntents.
 
     Counted towards the person's card-testing limit whether or not our page saw it (a
-    script holding an intent's client secret can ask Stripe directly). At the limit, the
+    script holding an intent's client secret can ask Stripe directly). A declined
+    SetupIntent is cancelled, so a card form checks one declined card. At the limit, the
     person's SetupIntents are cancelled and their attempts still waiting for a first payment
     are undone, so no more cards can be tried on them (see `card_testing`).
     """
@@ -223,6 +231,8 @@ def on_card_declined(session: Session, event: ClaimedEvent) -> HandlerResult:
     over_limit = card_testing.retry_after(session, user_id=user_id) is not None
     session.commit()  # no transaction left open while Stripe and locks are waited for
     if not over_limit:
+        if event.type == "setup_intent.setup_failed" and _declined_by_the_bank(intent):
+            card_testing.stop_this_card_check(intent_id)  # one declined card per card form
         return HandlerResult()
     card_testing.stop_card_checks(customer)
     # Their Checkout pages too, under their subscribe lock: a page being made meanwhile is

@@ -288,6 +288,13 @@ class CheckoutState(AuthState):
                 except AppError as exc:
                     # Over the card-testing limit: say so, and take the card form away.
                     message, secret = exc.message, ""
+                else:
+                    # Stripe's decline event cancels this SetupIntent (one declined card per
+                    # form, `card_testing`): the next card goes on a new one. None when this
+                    # was the last card attempt: the decline, then why no form follows.
+                    renewed, secret = await self._new_setup_intent(ref, address, message)
+                    if renewed != message:
+                        message = f"{message} {renewed}"
             if secret is None and result.get("renew") is True:
                 # Stripe will not take this SetupIntent any more (used in another tab, or
                 # cancelled after too many declined cards): the form gets a new one. Stripe's

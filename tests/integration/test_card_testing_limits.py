@@ -233,19 +233,23 @@ def test_declines_checked_straight_at_stripe_count_and_stop_the_setup_intent(
     page = api.post("/api/v1/subscriptions/checkout-session", headers=headers)
     assert page.status_code == 201, page.text
     [checkout] = stripe_client.v1.checkout.sessions.list(params={"status": "open"}).data
+    # Two checks before the first decline's event arrives (Stripe's webhooks take a moment).
     decline_cards_at_stripe(stripe_client, make_payment_method, seti, 2)
     assert deliver_declines(hook, stripe_client) == 2
-    # Under the limit of 3: the SetupIntent still takes cards, and the person gets a form
-    # (the script collects a second SetupIntent).
-    assert stripe_client.v1.setup_intents.retrieve(seti).status == "requires_payment_method"
-    second = setup_intent_for(api, headers)
+    # Under the limit of 3, but a declined card form checks no more cards: the SetupIntent
+    # is cancelled, and each further check needs a new one, counted per person and address.
+    assert stripe_client.v1.setup_intents.retrieve(seti).status == "canceled"
+    with pytest.raises(stripe.InvalidRequestError, match="status of canceled"):
+        check_card_at_stripe(stripe_client, seti, make_payment_method("tok_chargeDeclined"))
+    second = setup_intent_for(api, headers)  # the person still gets a form
+    third = setup_intent_for(api, headers)  # (the script collects another, unused)
 
-    decline_cards_at_stripe(stripe_client, make_payment_method, seti, 1)
+    decline_cards_at_stripe(stripe_client, make_payment_method, second, 1)
     assert deliver_declines(hook, stripe_client) == 1
     # The third decline reached the limit: the person's SetupIntents are cancelled at
     # Stripe, the one declined on and the other the script holds, so it can check no more
     # cards on either...
-    for intent in (seti, second):
+    for intent in (seti, second, third):
         assert stripe_client.v1.setup_intents.retrieve(intent).status == "canceled"
         with pytest.raises(stripe.InvalidRequestError, match="status of canceled"):
             check_card_at_stripe(stripe_client, intent, make_payment_method())
@@ -265,6 +269,18 @@ def test_declines_checked_straight_at_stripe_count_and_stop_the_setup_intent(
     # Someone else is not affected.
     other = client("203.0.113.50")
     setup_intent_for(other, auth_headers(other, "bystander@example.com"))
+
+
+def test_a_failed_3d_secure_check_leaves_the_card_form_usable(hook, session, stripe_client):
+    """Not a decline: the person answers the bank's check again on the same form."""
+    api = client()
+    seti = setup_intent_for(api, auth_headers(api, "bank-check@example.com"))
+    customer = stripe_client.v1.setup_intents.retrieve(seti).customer
+    error = {"type": "invalid_request_error", "code": "setup_intent_authentication_failure"}
+    event = failed_in_stripes_shape(id=seti, customer=customer, last_setup_error=error)
+    assert post_event(hook, json.dumps(event)).status_code == 200
+    assert drain() == 1
+    assert stripe_client.v1.setup_intents.retrieve(seti).status == "requires_payment_method"
 
 
 def test_a_checkout_started_as_the_limit_is_reached_is_refused_under_the_lock(
@@ -404,13 +420,14 @@ def test_a_cancel_stripe_does_not_answer_keeps_the_decline_and_is_retried(
     seti = setup_intent_for(api, headers)
     decline_cards_at_stripe(stripe_client, make_payment_method, seti, 3)
     send_declines(hook, stripe_client)
-    # Stripe unreachable while the third decline is applied: its cancel fails.
+    # Stripe unreachable while the declines are applied: every cancel fails (the declined
+    # SetupIntent's, and at the third the person's every one).
     settings_env(STRIPE_API_BASE=f"http://127.0.0.1:{free_port()}")
     client_module.get_client.cache_clear()
     drain()
     session.rollback()
-    assert len(session.exec(select(CardDecline)).all()) == 3  # the decline stays counted
-    assert [e.status for e in session.exec(select(StripeEvent)).all()].count("pending") == 1
+    assert len(session.exec(select(CardDecline)).all()) == 3  # the declines stay counted
+    assert [e.status for e in session.exec(select(StripeEvent)).all()].count("pending") == 3
     assert stripe_client.v1.setup_intents.retrieve(seti).status == "requires_payment_method"
     # The person is refused meanwhile, and the retry (once Stripe answers) cancels.
     settings_env(STRIPE_API_BASE=stripe_env["emulator"].url)
@@ -418,7 +435,7 @@ def test_a_cancel_stripe_does_not_answer_keeps_the_decline_and_is_retried(
     assert_limited(api.post("/api/v1/subscriptions/setup-intent", headers=headers))
     session.execute(update(StripeEvent).values(next_attempt_at=utcnow()))  # due now
     session.commit()
-    assert drain() == 1
+    assert drain() == 3
     assert stripe_client.v1.setup_intents.retrieve(seti).status == "canceled"
 
 

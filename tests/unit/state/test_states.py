@@ -29,6 +29,7 @@ from subscription_app.billing.views import (
     SubscriptionView,
 )
 from subscription_app.models import utcnow
+from subscription_app.ratelimit import RateLimited
 from subscription_app.state import auth as auth_state
 from subscription_app.state.auth import AuthState
 from subscription_app.state.billing import (
@@ -837,6 +838,37 @@ async def test_a_setup_intent_stripe_no_longer_takes_is_replaced(signed_in, monk
     assert checkout.error == "This card form had expired. Please enter your card again."
     assert made.asked == [None]
     assert checkout.setup_client_secret == "seti_1_secret_x" and checkout.attempt == 1
+
+
+async def test_a_card_stripe_declined_is_tried_again_on_a_new_setup_intent(signed_in, monkeypatch):
+    """Stripe's decline event cancels the declined SetupIntent (one declined card per form),
+    so the form moves on to a new one at once, keeping Stripe's words."""
+    made = _SetupIntents()
+    failures: list[str | None] = []
+    monkeypatch.setattr(service, "create_setup_intent", made)
+    monkeypatch.setattr(
+        service,
+        "record_card_failure",
+        lambda *, user, client_address: failures.append(client_address),
+    )
+    checkout = _substate(signed_in, CheckoutState)
+    checkout.card_loaded, checkout.setup_client_secret = True, "seti_declined_secret_x"
+    refused = {"error": "Your card was declined.", "card_refused": True, "renew": False}
+    await _run(CheckoutState.card_confirmed, checkout, refused)
+    assert len(failures) == 1 and made.asked == [None]
+    assert checkout.error == "Your card was declined."
+    assert checkout.setup_client_secret == "seti_1_secret_x" and checkout.card_ready
+
+    # The last card attempt: no new form follows, and the person is told why.
+    def limited(**_):
+        raise RateLimited(3600, "card attempts")
+
+    monkeypatch.setattr(service, "create_setup_intent", limited)
+    await _run(CheckoutState.card_confirmed, checkout, refused)
+    assert checkout.error == (
+        "Your card was declined. Too many card attempts. Please wait 60 minutes and try again."
+    )
+    assert checkout.setup_client_secret == ""
 
 
 async def test_the_invoice_list_keeps_what_it_had_when_stripe_fails(signed_in, monkeypatch):
