@@ -10,6 +10,7 @@ import stripe
 from subscription_app.billing.client import get_client
 from subscription_app.billing.errors import NotSetUp
 from subscription_app.billing.plans import DEFAULT_PLAN, Plan
+from subscription_app.billing.reader import APP_METADATA
 from subscription_app.settings import get_settings
 
 
@@ -42,9 +43,7 @@ def ensure_default_price(
     existing = find_price_by_lookup_key(client, lookup_key)
     if existing:
         return existing
-    product = client.v1.products.create(
-        params={"name": plan.name, "metadata": {"app": "subscription_app"}}
-    )
+    product = client.v1.products.create(params={"name": plan.name, "metadata": APP_METADATA})
     price = client.v1.prices.create(
         params={
             "product": product.id,

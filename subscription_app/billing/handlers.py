@@ -19,7 +19,7 @@ from subscription_app import db, notifications
 from subscription_app.billing import card_testing, repository, service, sync
 from subscription_app.billing.client import get_client
 from subscription_app.billing.inbox import ClaimedEvent
-from subscription_app.billing.reader import read_invoice
+from subscription_app.billing.reader import made_by_us, read_invoice
 from subscription_app.models import EventStatus, User
 
 PAYMENT_FAILED_TEXT = "Your last payment failed; Stripe will retry."
@@ -98,8 +98,8 @@ class _Refreshed:
 
     user_id: int | None
     why: str | None = None
-    # The invoice is a subscription's first (Stripe's `billing_reason`): its payment is a
-    # sign-up's, made while the person is on our page or Checkout's, never a renewal's.
+    # The invoice is a subscription's first (Stripe's `billing_reason`) that never went
+    # live: its payment is a sign-up's, made while the person is on our page or Checkout's.
     sign_up: bool = False
 
 
@@ -114,7 +114,14 @@ def _refresh_from_stripe(session: Session, event: ClaimedEvent) -> _Refreshed:
     if not synced.our_plan:
         # Recorded by the sync above; but its payments are another product's business.
         return _Refreshed(None, "subscription to another price")
-    return _Refreshed(synced.user_id, sign_up=invoice.billing_reason == "subscription_create")
+    # A first payment that fails after the subscription went live (a bank debit settles
+    # days later; Stripe makes the subscription active while it is processing) is told of
+    # like a renewal's: the person has left our page by then.
+    row = repository.subscription_row(session, invoice.subscription_id)
+    return _Refreshed(
+        synced.user_id,
+        sign_up=invoice.billing_reason == "subscription_create" and not (row and row.activated),
+    )
 
 
 @handles("invoice.paid")
@@ -231,8 +238,14 @@ def on_card_declined(session: Session, event: ClaimedEvent) -> HandlerResult:
     over_limit = card_testing.retry_after(session, user_id=user_id) is not None
     session.commit()  # no transaction left open while Stripe and locks are waited for
     if not over_limit:
-        if event.type == "setup_intent.setup_failed" and _declined_by_the_bank(intent):
-            card_testing.stop_this_card_check(intent_id)  # one declined card per card form
+        if (
+            event.type == "setup_intent.setup_failed"
+            and _declined_by_the_bank(intent)
+            # Our card form's: one declined card per form. Not the customer portal's, where
+            # the person is fixing a card on Stripe's page and would find it broken.
+            and made_by_us(intent)
+        ):
+            card_testing.stop_this_card_check(intent_id)
         return HandlerResult()
     card_testing.stop_card_checks(customer)
     # Their Checkout pages too, under their subscribe lock: a page being made meanwhile is

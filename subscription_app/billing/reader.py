@@ -13,6 +13,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+# Written into the metadata of what our app makes at Stripe (our plan's product, the
+# subscriptions our form and our Checkout pages make, our card forms' SetupIntents), so a
+# webhook about one tells it apart from what the merchant or the portal made.
+APP_METADATA = {"app": "subscription_app"}
+
+
+def made_by_us(obj: Any) -> bool:
+    """Whether a Stripe object carries our `APP_METADATA`."""
+    metadata = _to_dict(obj).get("metadata") or {}
+    return isinstance(metadata, dict) and all(
+        metadata.get(key) == value for key, value in APP_METADATA.items()
+    )
+
 
 def _to_dict(obj: Any) -> dict:
     if obj is None:
@@ -67,6 +80,9 @@ class SubscriptionSnapshot:
     cancel_at: datetime | None
     latest_invoice_id: str | None
     payment: PaymentInfo | None
+    # Made by our own form or Checkout page for our plan (`APP_METADATA`): ours whatever its
+    # price is now, on every path that first records it (webhook, return page, resync).
+    made_for_our_plan: bool = False
 
 
 def read_payment_intent(obj: Any) -> PaymentInfo:
@@ -138,6 +154,7 @@ def read_subscription(obj: Any) -> SubscriptionSnapshot:
             if latest_invoice is not None and not isinstance(latest_invoice, str)
             else None
         ),
+        made_for_our_plan=made_by_us(data),
     )
 
 

@@ -30,6 +30,7 @@ from subscription_app.billing import card_testing, catalog, repository, sync
 from subscription_app.billing.client import get_client
 from subscription_app.billing.errors import AlreadySubscribed, BillingError
 from subscription_app.billing.reader import (
+    APP_METADATA,
     SubscriptionSnapshot,
     read_checkout_session,
     read_invoice_record,
@@ -286,6 +287,9 @@ def create_setup_intent(
                 "usage": "off_session",
                 # `payment_method_types` in API versions before 2026-10 (the emulator takes both).
                 "allowed_payment_method_types": ["card"],
+                # Our card form's, not the portal's: only these are cancelled after one
+                # decline (`card_testing.stop_this_card_check`).
+                "metadata": {**APP_METADATA, "user_id": str(_id(user))},
             }
         )
 
@@ -550,7 +554,7 @@ def _start_locked(
                 "items": [{"price": catalog.default_price_id()}],
                 "default_payment_method": payment_method_id,
                 "payment_behavior": "allow_incomplete",
-                "metadata": {"user_id": str(user.id), "attempt": attempt},
+                "metadata": {**APP_METADATA, "user_id": str(user.id), "attempt": attempt},
                 "expand": SUBSCRIPTION_EXPAND,
             },
             options={"idempotency_key": attempt},
@@ -910,7 +914,7 @@ def _start_checkout_locked(session: Session, user: User) -> str:
             "client_reference_id": str(_id(user)),
             "line_items": [{"price": price_id, "quantity": 1}],
             "metadata": {"user_id": str(_id(user)), "price": price_id},
-            "subscription_data": {"metadata": {"user_id": str(_id(user))}},
+            "subscription_data": {"metadata": {**APP_METADATA, "user_id": str(_id(user))}},
             "success_url": _app_url(
                 f"{routes.CHECKOUT_COMPLETE}?session_id={{CHECKOUT_SESSION_ID}}"
             ),

@@ -85,7 +85,8 @@ class Synced:
 def _is_our_plan(session: Session, snapshot: SubscriptionSnapshot) -> bool:
     """Whether a subscription is to our plan. Once ours, always ours.
 
-    Decided when the row is first written (by its price). A row that was ours stays ours: if
+    Decided when the row is first written: by the mark our own form and Checkout pages leave
+    in its metadata, else by its price. A row that was ours stays ours: if
     the merchant later changes STRIPE_PRICE_ID, existing subscribers must not vanish from their
     dashboards, and no price lookup is needed for them.
     """
@@ -93,7 +94,9 @@ def _is_our_plan(session: Session, snapshot: SubscriptionSnapshot) -> bool:
 
 
 def _our_plan_by_row(row_is_ours: bool, snapshot: SubscriptionSnapshot) -> bool:
-    if row_is_ours:
+    if row_is_ours or snapshot.made_for_our_plan:
+        # Made by our own form or Checkout page for our plan: ours whatever its price is now
+        # (the merchant may have changed the plan's price since), on every path alike.
         return True
     return snapshot.price_id is not None and snapshot.price_id == catalog.default_price_id()
 
@@ -399,7 +402,9 @@ def record_checkout(session: Session, checkout: CheckoutSnapshot) -> Fulfilled |
         return Fulfilled(
             sync_subscription(
                 # Our page, for our plan: paid at the price it showed, even if the merchant
-                # has changed the plan's price since, it is the person's subscription.
+                # has changed the plan's price since, it is the person's subscription. (Its
+                # subscription carries our mark too, so its own webhooks agree; pages opened
+                # before the mark was written are known to be ours only here.)
                 session=session,
                 subscription_id=checkout.subscription_id,
                 user_id=owner,

@@ -17,6 +17,7 @@ from sqlmodel import func, select
 from subscription_app.api import create_api
 from subscription_app.billing import catalog, handlers, service
 from subscription_app.billing.inbox import ClaimedEvent
+from subscription_app.billing.reader import made_by_us
 from subscription_app.db import session_scope
 from subscription_app.models import Subscription, User, utcnow
 from tests.integration.conftest import auth_headers, make_monthly_price, pay_checkout, subscribe
@@ -346,6 +347,9 @@ def test_a_checkout_paid_at_the_old_price_is_the_persons_subscription(
     assert me is not None and me["status"] == "active"
     assert start(api, headers).status_code == 409
     assert rows(session) == 1
+    # Its subscription carries our mark, so its own webhooks agree (see test_webhooks).
+    paid = stripe_client.v1.checkout.sessions.retrieve(session_id)
+    assert made_by_us(stripe_client.v1.subscriptions.retrieve(paid.subscription))
 
 
 def test_a_return_page_revisited_after_its_subscription_ended_says_so(api, session, stripe_client):

@@ -7,6 +7,7 @@ from sqlmodel import func, select
 from subscription_app import crypto
 from subscription_app.api import create_api
 from subscription_app.billing import repository
+from subscription_app.billing.reader import made_by_us
 from subscription_app.models import BillingCustomer, Subscription, User
 from tests.integration.conftest import auth_headers, subscribe
 
@@ -40,6 +41,9 @@ def test_subscribe_succeeds_and_me_reports_it(api, make_payment_method, stripe_c
 
     me = api.get("/api/v1/subscriptions/me", headers=headers).json()["subscription"]
     assert me == sub
+    # Marked as made by our form, so each of its webhooks knows it for our plan's.
+    [made] = stripe_client.v1.subscriptions.list(params={"status": "all"}).data
+    assert made_by_us(made)
 
 
 def test_declined_card_gets_402_and_leaves_nothing(api, make_payment_method, session):

@@ -283,6 +283,29 @@ def test_a_failed_3d_secure_check_leaves_the_card_form_usable(hook, session, str
     assert stripe_client.v1.setup_intents.retrieve(seti).status == "requires_payment_method"
 
 
+def test_a_decline_on_a_card_form_not_ours_counts_but_leaves_it_usable(
+    hook, session, stripe_client
+):
+    """A SetupIntent without our mark (the customer portal's, where the person is fixing a
+    card on Stripe's page): its decline counts towards the limit, but the form is not
+    cancelled under them; our own card form's is (as above)."""
+    api = client()
+    ours = setup_intent_for(api, auth_headers(api, "portal@example.com"))
+    customer = stripe_client.v1.setup_intents.retrieve(ours).customer
+    portal = stripe_client.v1.setup_intents.create(
+        params={"customer": customer, "usage": "off_session"}
+    ).id
+    declined = {"type": "card_error", "code": "card_declined"}
+    for intent_id in (portal, ours):
+        intent = stripe_client.v1.setup_intents.retrieve(intent_id).to_dict()
+        event = failed_in_stripes_shape(**{**intent, "last_setup_error": declined})
+        assert post_event(hook, json.dumps(event, default=str)).status_code == 200
+    assert drain() == 2
+    assert len(session.exec(select(CardDecline)).all()) == 2  # both count
+    assert stripe_client.v1.setup_intents.retrieve(portal).status == "requires_payment_method"
+    assert stripe_client.v1.setup_intents.retrieve(ours).status == "canceled"
+
+
 def test_a_checkout_started_as_the_limit_is_reached_is_refused_under_the_lock(
     card_limits, stripe_client, monkeypatch
 ):

@@ -21,6 +21,7 @@ from subscription_app import accounts, crypto, locks, notifications
 from subscription_app.api import create_api
 from subscription_app.api.webhooks import dispatch_webhooks_first
 from subscription_app.billing import catalog, handlers, inbox, processor, repository, service, sync
+from subscription_app.billing.reader import APP_METADATA
 from subscription_app.billing.webhooks import sign
 from subscription_app.models import EventStatus, StripeEvent, Subscription
 from tests.conftest import free_port, stripe_fixture
@@ -667,6 +668,39 @@ def test_a_subscriber_stays_ours_when_the_merchant_changes_the_price(
     assert getattr(repository.live_subscription(session, user_id), "id", None) == ours
 
 
+def test_a_subscription_our_pages_made_is_ours_at_any_price_from_its_first_event(
+    stripe_hook, session, stripe_client, settings_env
+):
+    """Our form and our Checkout pages mark the subscriptions they make. One made at the
+    plan's old price (a Checkout page opened before the merchant changed it), whose own
+    webhook is the first we hear of it, is the person's subscription to our plan, not
+    another product's: no moment where they seem unsubscribed and could buy a second."""
+    user = accounts.register_user(
+        session=session, email="marked@example.com", password="pw-1234567"
+    )
+    session.commit()
+    customer_id = service.ensure_customer(session=session, user=user)
+    card = stripe_client.v1.payment_methods.create(
+        params={"type": "card", "card": {"token": "tok_visa"}}
+    )
+    stripe_client.v1.payment_methods.attach(card.id, params={"customer": customer_id})
+    old_price = catalog.default_price_id()
+    made = stripe_client.v1.subscriptions.create(
+        params={
+            "customer": customer_id,
+            "items": [{"price": old_price}],
+            "default_payment_method": card.id,
+            "metadata": {**APP_METADATA, "user_id": str(user.id)},
+        }
+    )
+    settings_env(STRIPE_PRICE_ID=make_monthly_price(stripe_client, "Pro, new", 1500).id)
+    catalog.forget_default_price()
+    post(stripe_hook, stripe_event_body("customer.subscription.created", made.to_dict()))
+    assert drain().done == 1
+    session.rollback()
+    assert getattr(repository.live_subscription(session, user.id), "id", None) == made.id
+
+
 # The processor's Stripe read (`sync.fetch_subscription`: raw JSON, no StripeObjects) -------
 
 
@@ -787,6 +821,19 @@ def test_a_sign_ups_first_payment_is_not_told_of_as_a_renewals(
     assert drain().done == 1
     session.rollback()
     assert notifications.recent_messages(session, user_id=user.id) == []
+
+
+def test_a_first_payment_failing_after_the_subscription_went_live_is_told_of(
+    stripe_hook, session, stripe_client
+):
+    """A bank debit settles days after sign-up (Stripe makes the subscription active while
+    it is processing): its failure reaches someone who left our page long ago, so it is told
+    of like a renewal's, though the invoice is the subscription's first."""
+    user_id, sub_id = subscribe_for_real(session, stripe_client, email="debit@example.com")
+    post(stripe_hook, _first_invoice_event(stripe_client, "invoice.payment_failed", sub_id))
+    assert drain().done == 1
+    session.rollback()
+    assert notifications.recent_messages(session, user_id=user_id) == [handlers.PAYMENT_FAILED_TEXT]
 
 
 def test_an_event_received_after_a_batch_was_claimed_is_read_again(
