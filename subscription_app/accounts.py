@@ -47,6 +47,7 @@ HASHES_AT_ONCE = 1
 HASHING_WAIT_SECONDS = 5.0
 BUSY_MESSAGE = "Too many people are signing in right now. Please try again in a moment."
 _hashing = threading.BoundedSemaphore(HASHES_AT_ONCE)
+_held = threading.local()  # how deep this thread is inside `password_check_slot`
 
 
 class AccountError(AppError):
@@ -63,13 +64,26 @@ class HashingBusy(AppError):
 
 
 @contextmanager
-def _one_of_the_hashes_at_once() -> Iterator[None]:
-    if not _hashing.acquire(timeout=HASHING_WAIT_SECONDS):
+def password_check_slot() -> Iterator[None]:
+    """Hold one of this process's password checks (`HASHES_AT_ONCE`); re-entrant per thread.
+
+    `login` and `register` take it around their whole attempt, before counting it and before
+    asking the database, so an attempt told "busy" has counted nothing against anyone's
+    limits and held no database connection while it waited.
+
+    Raises:
+        HashingBusy: none came free within `HASHING_WAIT_SECONDS`.
+    """
+    depth = getattr(_held, "depth", 0)
+    if depth == 0 and not _hashing.acquire(timeout=HASHING_WAIT_SECONDS):
         raise HashingBusy()
+    _held.depth = depth + 1
     try:
         yield
     finally:
-        _hashing.release()
+        _held.depth = depth
+        if depth == 0:
+            _hashing.release()
 
 
 class InvalidEmail(AccountError):
@@ -129,7 +143,7 @@ def hash_password(password: str) -> str:
     Raises:
         HashingBusy: the process's password checks stayed taken (`HASHES_AT_ONCE`).
     """
-    with _one_of_the_hashes_at_once():
+    with password_check_slot():
         return _password_hash.hash(password)
 
 
@@ -139,7 +153,7 @@ def verify_password(password: str, password_hash: str) -> bool:
     Raises:
         HashingBusy: the process's password checks stayed taken (`HASHES_AT_ONCE`).
     """
-    with _one_of_the_hashes_at_once():
+    with password_check_slot():
         try:
             return _password_hash.verify(password, password_hash)
         except Exception:  # a malformed stored hash must not become a 500
@@ -182,7 +196,7 @@ def authenticate(*, session: Session, email: str, password: str) -> User:
     if user is None:
         verify_password(password or "", _DUMMY_HASH)  # same cost as a real check
         raise InvalidCredentials(INVALID_CREDENTIALS_MESSAGE)
-    with _one_of_the_hashes_at_once():
+    with password_check_slot():
         try:
             valid, upgraded_hash = _password_hash.verify_and_update(
                 password or "", user.password_hash
@@ -330,15 +344,19 @@ def login(
 
     Raises:
         ratelimit.RateLimited: too many attempts (counted before the password is checked).
+        HashingBusy: no password check came free in time (nothing counted).
         InvalidCredentials: unknown email or wrong password.
     """
     account = account_key(email)
-    ratelimit.before_login(account=account, client_address=client_address)
-    try:
-        user = authenticate(session=session, email=email, password=password)
-    except InvalidCredentials:
-        ratelimit.login_failed(account=account)
-        raise
+    # Over a limit: refused at once, not after queueing for a password check.
+    ratelimit.before_login(account=account, client_address=client_address, count=False)
+    with password_check_slot():  # before counting and before any query: see its docstring
+        ratelimit.before_login(account=account, client_address=client_address)
+        try:
+            user = authenticate(session=session, email=email, password=password)
+        except InvalidCredentials:
+            ratelimit.login_failed(account=account)
+            raise
     ratelimit.login_succeeded(account=account, client_address=client_address)
     return issue_token(session=session, user=user)
 
@@ -347,7 +365,10 @@ def register(*, session: Session, email: str, password: str, client_address: str
     """The one registration path: limits, then `register_user`.
 
     Raises:
-        ratelimit.RateLimited, InvalidEmail, InvalidPassword, EmailTaken.
+        ratelimit.RateLimited, HashingBusy, InvalidEmail, InvalidPassword, EmailTaken.
     """
-    ratelimit.check_register(account=account_key(email), client_address=client_address)
-    return register_user(session=session, email=email, password=password)
+    account = account_key(email)
+    ratelimit.check_register(account=account, client_address=client_address, count=False)
+    with password_check_slot():  # before counting and before any query, as in `login`
+        ratelimit.check_register(account=account, client_address=client_address)
+        return register_user(session=session, email=email, password=password)

@@ -117,24 +117,33 @@ def _window(amount: int) -> RateLimitItem:
     return RateLimitItemPerSecond(amount, get_settings().rate_limit_window_seconds)
 
 
-def _take(item: RateLimitItem, kind: str, *subjects: str, what: str = "attempts") -> None:
-    """Count one attempt against `item`; raise `RateLimited` when it is over."""
+def _take(
+    item: RateLimitItem, kind: str, *subjects: str, what: str = "attempts", count: bool = True
+) -> None:
+    """Count one attempt against `item`; raise `RateLimited` when it is over.
+
+    `count=False` only asks whether one more would be allowed (a check before waiting).
+    """
     limiter = _limiter()
     ids = (kind, *(_id(s) for s in subjects))
-    if not limiter.hit(item, *ids):
+    allowed = limiter.hit(item, *ids) if count else limiter.test(item, *ids)
+    if not allowed:
         reset_at = limiter.get_window_stats(item, *ids).reset_time
         raise RateLimited(math.ceil(reset_at - time.time()), what)
 
 
-def before_login(*, account: str, client_address: str | None) -> None:
+def before_login(*, account: str, client_address: str | None, count: bool = True) -> None:
     """Count a login attempt before the password is checked.
 
-    `account` is the email as login normalizes it. Raises `RateLimited`.
+    `account` is the email as login normalizes it. `count=False` only checks, counting
+    nothing. Raises `RateLimited`.
     """
     client_address = _network(client_address)
     settings = get_settings()
     if client_address:
-        _take(_window(settings.rate_limit_attempts_per_address), "addr", client_address)
+        _take(
+            _window(settings.rate_limit_attempts_per_address), "addr", client_address, count=count
+        )
     ceiling = _window(settings.rate_limit_account_failure_ceiling)
     limiter = _limiter()
     if limiter.test(_daily_ceiling(), "account-failures-day", _id(account)):
@@ -148,12 +157,14 @@ def before_login(*, account: str, client_address: str | None) -> None:
     if slow_for is not None and not _known(account, client_address):
         # Attackers from many addresses could otherwise take every slot, the owner's too;
         # from an address the owner has logged in from, the per-address limits still hold.
-        _take(RateLimitItemPerSecond(1, slow_for), f"account-slow-{slow_for}", account)
+        item = RateLimitItemPerSecond(1, slow_for)
+        _take(item, f"account-slow-{slow_for}", account, count=count)
     _take(
         _window(settings.rate_limit_login_failures_per_account),
         "account-addr",
         account,
         client_address or "-",
+        count=count,
     )
 
 
@@ -198,13 +209,18 @@ def login_succeeded(*, account: str, client_address: str | None) -> None:
         limiter.hit(_known_item(), *ids)
 
 
-def check_register(*, account: str, client_address: str | None) -> None:
-    """Count a registration attempt; raise `RateLimited` when over a limit."""
+def check_register(*, account: str, client_address: str | None, count: bool = True) -> None:
+    """Count a registration attempt; raise `RateLimited` when over a limit.
+
+    `count=False` only checks, counting nothing.
+    """
     client_address = _network(client_address)
     settings = get_settings()
     if client_address:
-        _take(_window(settings.rate_limit_attempts_per_address), "addr", client_address)
-    _take(_window(settings.rate_limit_registrations_per_account), "register", account)
+        _take(
+            _window(settings.rate_limit_attempts_per_address), "addr", client_address, count=count
+        )
+    _take(_window(settings.rate_limit_registrations_per_account), "register", account, count=count)
 
 
 # Card testing -------------------------------------------------------------------------

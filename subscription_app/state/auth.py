@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import reflex as rx
@@ -24,6 +25,11 @@ from subscription_app.models import User
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
+
+# Logins and registrations run on threads of their own: each may wait for a password check
+# (`accounts.password_check_slot`), and a flood of them must queue here, not take the
+# default pool every page's database reads run on.
+SIGN_IN_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sign-in")
 
 
 def _fetch_js(method: str, path: str, body: dict | None = None) -> str:
@@ -237,7 +243,7 @@ class AuthState(rx.State):
                 return sign_in(session, address)
 
         try:
-            issued = await asyncio.to_thread(_do)
+            issued = await asyncio.get_running_loop().run_in_executor(SIGN_IN_THREADS, _do)
         except AppError as exc:
             self.form_error = exc.message
             return

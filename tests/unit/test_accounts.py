@@ -4,8 +4,10 @@ from datetime import timedelta
 
 import jwt
 import pytest
+from sqlalchemy import event
+from sqlmodel import select
 
-from subscription_app import accounts
+from subscription_app import accounts, ratelimit
 from subscription_app.models import AuthSession, User, utcnow
 
 
@@ -166,3 +168,101 @@ def test_a_login_that_waits_too_long_for_a_password_check_is_told_to_retry(sessi
         session=session, email="queued@example.com", password="s3cret-pass", client_address=None
     )
     assert issued.token
+
+
+@pytest.fixture
+def every_check_taken(monkeypatch):
+    """A flood holds every password check this process may run; a wait gives up at once."""
+    monkeypatch.setattr(accounts, "HASHING_WAIT_SECONDS", 0.05)
+    assert accounts._hashing.acquire(timeout=1)
+    yield
+    accounts._hashing.release()
+
+
+@pytest.fixture
+def statements(db_engine):
+    """The SQL statements the app sends to the test database from now on."""
+    sent: list[str] = []
+
+    def record(conn, cursor, statement, *_):
+        sent.append(statement)
+
+    event.listen(db_engine, "before_cursor_execute", record)
+    yield sent
+    event.remove(db_engine, "before_cursor_execute", record)
+
+
+def test_a_login_told_busy_counted_nothing_and_asked_the_database_nothing(
+    session, settings_env, statements, monkeypatch
+):
+    """Waiting for a password check, an attempt holds no database connection; refused, it
+    has used none of the address's or the account's attempts."""
+    accounts.register_user(session=session, email="flood@example.com", password="s3cret-pass")
+    session.commit()
+    settings_env(RATE_LIMIT_ATTEMPTS_PER_ADDRESS="1", RATE_LIMIT_LOGIN_FAILURES_PER_ACCOUNT="1")
+    monkeypatch.setattr(accounts, "HASHING_WAIT_SECONDS", 0.05)
+    statements.clear()
+    assert accounts._hashing.acquire(timeout=1)
+    try:
+        with pytest.raises(accounts.HashingBusy):
+            accounts.login(
+                session=session,
+                email="flood@example.com",
+                password="s3cret-pass",
+                client_address="203.0.113.9",
+            )
+    finally:
+        accounts._hashing.release()
+    assert statements == []
+    # The address's one attempt is still there for the real try.
+    issued = accounts.login(
+        session=session,
+        email="flood@example.com",
+        password="s3cret-pass",
+        client_address="203.0.113.9",
+    )
+    assert issued.token
+
+
+def test_a_registration_told_busy_counted_nothing_and_asked_the_database_nothing(
+    session, settings_env, statements, every_check_taken
+):
+    settings_env(RATE_LIMIT_ATTEMPTS_PER_ADDRESS="1", RATE_LIMIT_REGISTRATIONS_PER_ACCOUNT="1")
+    statements.clear()
+    with pytest.raises(accounts.HashingBusy):
+        accounts.register(
+            session=session,
+            email="new@example.com",
+            password="s3cret-pass",
+            client_address="203.0.113.9",
+        )
+    assert statements == []
+    assert session.exec(select(User)).all() == []
+    # Both the address's and the account's one attempt are left.
+    accounts._hashing.release()
+    try:
+        user = accounts.register(
+            session=session,
+            email="new@example.com",
+            password="s3cret-pass",
+            client_address="203.0.113.9",
+        )
+    finally:
+        assert accounts._hashing.acquire(timeout=1)  # as the fixture left it
+    assert user.email == "new@example.com"
+
+
+@pytest.mark.parametrize("action", ["login", "register"])
+def test_an_attempt_over_a_limit_is_refused_without_waiting_for_a_password_check(
+    session, settings_env, every_check_taken, action
+):
+    """A limited script's requests are answered at once, not queued behind real people."""
+    settings_env(RATE_LIMIT_ATTEMPTS_PER_ADDRESS="1")
+    ratelimit.check_register(account="someone@example.com", client_address="203.0.113.9")
+    with pytest.raises(ratelimit.RateLimited):  # not HashingBusy: it never queued
+        getattr(accounts, action)(
+            session=session,
+            email="limited@example.com",
+            password="s3cret-pass",
+            client_address="203.0.113.9",
+        )

@@ -376,6 +376,25 @@ async def test_a_late_event_of_a_closed_connection_is_dropped(db_engine, session
     assert await auth._still_logged_in_as(issued.session_id)
 
 
+@pytest.mark.parametrize("event", ["login", "register"])
+async def test_sign_ins_wait_on_threads_of_their_own(db_engine, monkeypatch, event):
+    """A flood of logins queued for a password check must not take the default pool, on
+    which every page's database reads run; and "busy" reaches the form."""
+    ran_on: list[str] = []
+
+    def busy(**_):
+        ran_on.append(threading.current_thread().name)
+        raise accounts.HashingBusy()
+
+    monkeypatch.setattr(accounts, event, busy)
+    root = State(_reflex_internal_init=True)
+    auth = _substate(root, AuthState)
+    form = {"email": "someone@example.com", "password": "s3cret-pass"}
+    await _run(getattr(AuthState, event), auth, form)
+    assert ran_on and ran_on[0].startswith("sign-in")
+    assert auth.form_error == accounts.BUSY_MESSAGE and auth.submitting is False
+
+
 async def test_a_login_page_left_open_past_the_tabs_lifetime_still_logs_in(db_engine, session):
     """The store forgot the tab (Redis expires it after an hour): a login or registration
     form carries all it needs and runs on the fresh tab; another event has the page reload."""
