@@ -20,7 +20,7 @@ from subscription_app.billing import card_testing, repository, service, sync
 from subscription_app.billing.client import get_client
 from subscription_app.billing.inbox import ClaimedEvent
 from subscription_app.billing.reader import made_by_us, read_invoice
-from subscription_app.models import EventStatus, User
+from subscription_app.models import LIVE_STATUSES, EventStatus, User
 
 PAYMENT_FAILED_TEXT = "Your last payment failed; Stripe will retry."
 ACTION_REQUIRED_TEXT = (
@@ -98,8 +98,8 @@ class _Refreshed:
 
     user_id: int | None
     why: str | None = None
-    # The invoice is a subscription's first (Stripe's `billing_reason`) that never went
-    # live: its payment is a sign-up's, made while the person is on our page or Checkout's.
+    # The invoice is a subscription's first (Stripe's `billing_reason`), not yet gone live
+    # unpaid: its payment is a sign-up's, made while the person is on our page or Checkout's.
     sign_up: bool = False
 
 
@@ -114,14 +114,27 @@ def _refresh_from_stripe(session: Session, event: ClaimedEvent) -> _Refreshed:
     if not synced.our_plan:
         # Recorded by the sync above; but its payments are another product's business.
         return _Refreshed(None, "subscription to another price")
-    # A first payment that fails after the subscription went live (a bank debit settles
-    # days later; Stripe makes the subscription active while it is processing) is told of
-    # like a renewal's: the person has left our page by then.
-    row = repository.subscription_row(session, invoice.subscription_id)
     return _Refreshed(
         synced.user_id,
-        sign_up=invoice.billing_reason == "subscription_create" and not (row and row.activated),
+        sign_up=invoice.billing_reason == "subscription_create"
+        and not _went_live_unpaid(synced.snapshot.status, invoice.id),
     )
+
+
+def _went_live_unpaid(subscription_status: str, invoice_id: str) -> bool:
+    """Whether a subscription is live now while Stripe still waits for its first invoice.
+
+    Decided when the event is applied, which may be long after it was sent. Until the
+    subscription is live, its first payment is the person's business on our page (or
+    Checkout's): they see the decline or the bank's check there, and an attempt that fails
+    is undone, never retried. Live and still unpaid (a bank debit failing days after
+    sign-up: Stripe makes the subscription active while it is processing), it is told like
+    a renewal's. Paid or voided meanwhile (the person finished 3-D Secure before this event
+    was applied), there is nothing to tell.
+    """
+    if subscription_status not in LIVE_STATUSES:
+        return False
+    return get_client().v1.invoices.retrieve(invoice_id).status not in ("paid", "void")
 
 
 @handles("invoice.paid")

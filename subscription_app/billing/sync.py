@@ -85,8 +85,8 @@ class Synced:
 def _is_our_plan(session: Session, snapshot: SubscriptionSnapshot) -> bool:
     """Whether a subscription is to our plan. Once ours, always ours.
 
-    Decided when the row is first written: by the mark our own form and Checkout pages leave
-    in its metadata, else by its price. A row that was ours stays ours: if
+    By the mark our own form and Checkout pages leave in its metadata (on any write), else
+    by its price when the row is first written. A row that was ours stays ours: if
     the merchant later changes STRIPE_PRICE_ID, existing subscribers must not vanish from their
     dashboards, and no price lookup is needed for them.
     """

@@ -823,13 +823,56 @@ def test_a_sign_ups_first_payment_is_not_told_of_as_a_renewals(
     assert notifications.recent_messages(session, user_id=user.id) == []
 
 
+@pytest.mark.parametrize(
+    "event_type", ["invoice.payment_failed", "invoice.payment_action_required"]
+)
+def test_a_first_payments_event_applied_after_3d_secure_finished_tells_nothing(
+    stripe_hook, session, stripe_client, event_type
+):
+    """The event was sent while the bank's check waited, and is applied only after the
+    person finished it on our page (a backlog, an outage): the subscription is live and its
+    first invoice paid, so there is nothing to tell them."""
+    user = accounts.register_user(
+        session=session, email="finished@example.com", password="pw-12345678"
+    )
+    session.commit()
+    card = stripe_client.v1.payment_methods.create(
+        params={"type": "card", "card": {"token": "tok_threeDSecure2Required"}}
+    )
+    started = service.start_subscription(session=session, user=user, payment_method_id=card.id)
+    assert started.status == "requires_action" and started.client_secret
+    [attempt] = repository.open_subscriptions(session, user.id)
+    stripe_client.raw_request(
+        "post",
+        f"/v1/payment_intents/{started.client_secret.split('_secret_')[0]}/_authenticate",
+        client_secret=started.client_secret,
+        success="true",
+    )
+    assert stripe_client.v1.subscriptions.retrieve(attempt.id).status == "active"
+    post(stripe_hook, _first_invoice_event(stripe_client, event_type, attempt.id))
+    assert drain().done == 1
+    session.rollback()
+    assert view_of(session, user.id).status == "active"
+    assert notifications.recent_messages(session, user_id=user.id) == []
+
+
 def test_a_first_payment_failing_after_the_subscription_went_live_is_told_of(
-    stripe_hook, session, stripe_client
+    stripe_hook, session, stripe_client, monkeypatch
 ):
     """A bank debit settles days after sign-up (Stripe makes the subscription active while
     it is processing): its failure reaches someone who left our page long ago, so it is told
     of like a renewal's, though the invoice is the subscription's first."""
     user_id, sub_id = subscribe_for_real(session, stripe_client, email="debit@example.com")
+    # The emulator takes cards only, paid at once; Stripe's answer for the debit's invoice,
+    # still open while the subscription is active, is stubbed at the SDK.
+    real_retrieve = stripe.InvoiceService.retrieve
+
+    def still_open(self, invoice, *args, **kwargs):
+        answer = real_retrieve(self, invoice, *args, **kwargs)
+        answer["status"] = "open"
+        return answer
+
+    monkeypatch.setattr(stripe.InvoiceService, "retrieve", still_open)
     post(stripe_hook, _first_invoice_event(stripe_client, "invoice.payment_failed", sub_id))
     assert drain().done == 1
     session.rollback()
