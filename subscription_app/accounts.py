@@ -45,8 +45,12 @@ _DUMMY_HASH = _password_hash.hash(secrets.token_urlsafe(16))
 # then get "busy" (503, Retry-After) instead of piling up.
 HASHES_AT_ONCE = 1
 HASHING_WAIT_SECONDS = 5.0
+# At most this many attempts wait for a check at once (about `HASHING_WAIT_SECONDS` of
+# checks); the next is told "busy" at once instead of taking another thread to wait on.
+WAITING_AT_MOST = 25
 BUSY_MESSAGE = "Too many people are signing in right now. Please try again in a moment."
 _hashing = threading.BoundedSemaphore(HASHES_AT_ONCE)
+_queue = threading.BoundedSemaphore(HASHES_AT_ONCE + WAITING_AT_MOST)
 _held = threading.local()  # how deep this thread is inside `password_check_slot`
 
 
@@ -67,16 +71,23 @@ class HashingBusy(AppError):
 def password_check_slot() -> Iterator[None]:
     """Hold one of this process's password checks (`HASHES_AT_ONCE`); re-entrant per thread.
 
-    `login` and `register` take it around their whole attempt, before counting it and before
-    asking the database, so an attempt told "busy" has counted nothing against anyone's
-    limits and held no database connection while it waited.
+    `login` and `register` take it before counting the attempt and before asking the
+    database, so an attempt told "busy" has counted nothing against anyone's limits and
+    held no database connection while it waited. It blocks: call it from a worker thread,
+    never on an event loop, where two coroutines would share one thread's hold (every
+    caller in the app runs in a thread; tests may call it on a loop, one at a time).
 
     Raises:
-        HashingBusy: none came free within `HASHING_WAIT_SECONDS`.
+        HashingBusy: none came free within `HASHING_WAIT_SECONDS`, or `WAITING_AT_MOST`
+            attempts wait already.
     """
     depth = getattr(_held, "depth", 0)
-    if depth == 0 and not _hashing.acquire(timeout=HASHING_WAIT_SECONDS):
-        raise HashingBusy()
+    if depth == 0:
+        if not _queue.acquire(blocking=False):
+            raise HashingBusy()
+        if not _hashing.acquire(timeout=HASHING_WAIT_SECONDS):
+            _queue.release()
+            raise HashingBusy()
     _held.depth = depth + 1
     try:
         yield
@@ -84,6 +95,7 @@ def password_check_slot() -> Iterator[None]:
         _held.depth = depth
         if depth == 0:
             _hashing.release()
+            _queue.release()
 
 
 class InvalidEmail(AccountError):
@@ -160,6 +172,9 @@ def verify_password(password: str, password_hash: str) -> bool:
             return False
 
 
+EMAIL_TAKEN_MESSAGE = "An account with this email already exists. Log in instead."
+
+
 def register_user(*, session: Session, email: str, password: str) -> User:
     """Create an account.
 
@@ -168,15 +183,23 @@ def register_user(*, session: Session, email: str, password: str) -> User:
     """
     normalized = normalize_email(email)
     check_password_rules(password)
+    _refuse_taken(session, normalized)
+    return _add_user(session, normalized, hash_password(password))
+
+
+def _refuse_taken(session: Session, normalized: str) -> None:
     if session.exec(select(User).where(User.email == normalized)).first() is not None:
-        raise EmailTaken("An account with this email already exists. Log in instead.")
-    user = User(email=normalized, password_hash=hash_password(password))
+        raise EmailTaken(EMAIL_TAKEN_MESSAGE)
+
+
+def _add_user(session: Session, normalized: str, password_hash: str) -> User:
+    user = User(email=normalized, password_hash=password_hash)
     session.add(user)
     try:
         session.flush()
     except IntegrityError as exc:  # lost a race with a concurrent registration
         session.rollback()
-        raise EmailTaken("An account with this email already exists. Log in instead.") from exc
+        raise EmailTaken(EMAIL_TAKEN_MESSAGE) from exc
     return user
 
 
@@ -371,4 +394,10 @@ def register(*, session: Session, email: str, password: str, client_address: str
     ratelimit.check_register(account=account, client_address=client_address, count=False)
     with password_check_slot():  # before counting and before any query, as in `login`
         ratelimit.check_register(account=account, client_address=client_address)
-        return register_user(session=session, email=email, password=password)
+        normalized = normalize_email(email)
+        check_password_rules(password)
+        password_hash = hash_password(password)
+    # The write after the check is given back: a write that waits (SQLite waits up to 30 s
+    # for another writer's lock) must not hold every password check of the process.
+    _refuse_taken(session, normalized)
+    return _add_user(session, normalized, password_hash)

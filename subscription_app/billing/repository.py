@@ -129,6 +129,18 @@ def _shown_rows(session: Session, user_id: int) -> list[Subscription]:
     return [r for r in rows if r.activated or r.status == SubscriptionStatus.INCOMPLETE.value]
 
 
+def ever_subscribed(session: Session, user_id: int) -> bool:
+    """Whether any subscription of the user ever went live (paid, or trialing)."""
+    return (
+        session.exec(
+            select(Subscription.id).where(
+                Subscription.user_id == user_id, col(Subscription.activated)
+            )
+        ).first()
+        is not None
+    )
+
+
 def _current_row(session: Session, user_id: int) -> Subscription | None:
     rows = _shown_rows(session, user_id)
     for row in rows:

@@ -995,13 +995,20 @@ def complete_checkout(*, session: Session, user: User, checkout_session_id: str)
 def open_billing_portal(*, session: Session, user: User) -> str:
     """The URL of Stripe's customer portal for `user`, returning to the dashboard.
 
+    Only for someone who has subscribed (there is nothing else to manage there). The portal
+    takes cards too (a new payment method), on SetupIntents Stripe makes for it, which our
+    one-declined-card-per-form rule leaves alone (a person fixing their card there must not
+    find the form gone): so a throwaway account cannot use it to check cards, and a person
+    with no card attempts left gets no portal either.
+
     Raises:
-        BillingError: conflict when the person has no Stripe customer yet.
+        BillingError: conflict when the person never subscribed; limited.
     """
+    _limit_declines(session, user)
 
     def create() -> stripe.billing_portal.Session:
         customer_id = repository.customer_id_for_user(session, _id(user))
-        if customer_id is None:
+        if customer_id is None or not repository.ever_subscribed(session, _id(user)):
             raise BillingError(
                 "You have no billing account yet. Subscribe first, then manage billing here.",
                 kind="conflict",

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -27,9 +28,12 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 # Logins and registrations run on threads of their own: each may wait for a password check
-# (`accounts.password_check_slot`), and a flood of them must queue here, not take the
-# default pool every page's database reads run on.
-SIGN_IN_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sign-in")
+# (`accounts.password_check_slot`), and a flood of them must not take the default pool every
+# page's database reads run on. One more than the threads is told "busy" at once, rather
+# than queue where no time limit applies.
+SIGN_IN_THREAD_COUNT = 8
+SIGN_IN_THREADS = ThreadPoolExecutor(max_workers=SIGN_IN_THREAD_COUNT, thread_name_prefix="sign-in")
+_sign_ins = threading.BoundedSemaphore(SIGN_IN_THREAD_COUNT)
 
 
 def _fetch_js(method: str, path: str, body: dict | None = None) -> str:
@@ -223,6 +227,10 @@ class AuthState(rx.State):
         """The cookie is set (or could not be: the login still works in this tab)."""
         return rx.redirect(self._next_target())
 
+    def _client_address(self) -> str | None:
+        """The client's address, as the rate limits count it (behind TRUSTED_PROXIES)."""
+        return self.router.session.client_ip or None
+
     async def _sign_in(self, sign_in: Callable[[Session, str | None], accounts.IssuedToken]):
         """Run a login or a registration (`sign_in`), then log this tab in (event updates).
 
@@ -236,18 +244,22 @@ class AuthState(rx.State):
             return
         self.submitting, self.form_error = True, ""
         yield
-        address = self.router.session.client_ip or None
+        address = self._client_address()
 
         def _do() -> accounts.IssuedToken:
             with session_scope() as session:
                 return sign_in(session, address)
 
+        if not _sign_ins.acquire(blocking=False):
+            self.submitting, self.form_error = False, accounts.BUSY_MESSAGE
+            return
         try:
             issued = await asyncio.get_running_loop().run_in_executor(SIGN_IN_THREADS, _do)
         except AppError as exc:
             self.form_error = exc.message
             return
         finally:
+            _sign_ins.release()
             self.submitting = False
         yield self._apply_login(issued)
 

@@ -148,9 +148,6 @@ class CheckoutState(AuthState):
         self.processing = self.succeeded = self.pending = self.already_subscribed = False
         self.attempt += 1  # a press on the page as it was does not count any more
 
-    def _client_address(self) -> str | None:
-        return self.router.session.client_ip or None
-
     async def _who(self) -> tuple[str, str | None]:
         """This tab's login session and client address (call inside `async with self`)."""
         auth = await self.get_state(AuthState)

@@ -306,6 +306,28 @@ def test_a_decline_on_a_card_form_not_ours_counts_but_leaves_it_usable(
     assert stripe_client.v1.setup_intents.retrieve(ours).status == "canceled"
 
 
+def test_the_customer_portal_takes_cards_so_only_subscribers_at_no_limit_get_it(
+    hook, stripe_client, make_payment_method
+):
+    """Its SetupIntents are left usable after a decline (above): a throwaway account, with
+    a Stripe customer but no subscription, gets no portal to check cards on, and a
+    subscriber at the decline limit gets none either."""
+    api = client()
+    headers = auth_headers(api, "portal-script@example.com")
+    customer = stripe_client.v1.setup_intents.retrieve(setup_intent_for(api, headers)).customer
+    portal = "/api/v1/subscriptions/portal-session"
+    refused = api.post(portal, headers=headers)
+    assert refused.status_code == 409 and "no billing account" in refused.json()["detail"]
+    assert subscribe(api, headers, make_payment_method()).status_code == 200
+    assert api.post(portal, headers=headers).status_code == 200
+    # At the decline limit (3 here), as Stripe's webhooks told it: no portal.
+    for _ in range(3):
+        envelope = failed_in_stripes_shape(customer=customer)
+        assert post_event(hook, json.dumps(envelope, default=str)).status_code == 200
+    drain()
+    assert_limited(api.post(portal, headers=headers))
+
+
 def test_a_checkout_started_as_the_limit_is_reached_is_refused_under_the_lock(
     card_limits, stripe_client, monkeypatch
 ):

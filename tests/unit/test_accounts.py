@@ -266,3 +266,51 @@ def test_an_attempt_over_a_limit_is_refused_without_waiting_for_a_password_check
             password="s3cret-pass",
             client_address="203.0.113.9",
         )
+
+
+def test_attempts_past_the_waiting_room_are_told_busy_at_once(session, monkeypatch):
+    """`WAITING_AT_MOST` attempts wait already (a flood): the next takes no thread to wait
+    on, though a check would come free in time."""
+    accounts.register_user(session=session, email="late@example.com", password="s3cret-pass")
+    session.commit()
+    taken = 0
+    while accounts._queue.acquire(blocking=False):
+        taken += 1
+    try:
+        assert taken == accounts.HASHES_AT_ONCE + accounts.WAITING_AT_MOST
+        with pytest.raises(accounts.HashingBusy):
+            accounts.login(
+                session=session,
+                email="late@example.com",
+                password="s3cret-pass",
+                client_address=None,
+            )
+    finally:
+        for _ in range(taken):
+            accounts._queue.release()
+    assert accounts.login(
+        session=session, email="late@example.com", password="s3cret-pass", client_address=None
+    ).token
+
+
+def test_a_registration_writes_after_giving_its_password_check_back(session, db_engine):
+    """A write may wait (SQLite waits for another writer's lock): it must not hold every
+    password check of the process meanwhile."""
+    check_free_at_write: list[bool] = []
+
+    def record(conn, cursor, statement, *_):
+        if statement.lstrip().upper().startswith("INSERT"):
+            free = accounts._hashing.acquire(blocking=False)
+            if free:
+                accounts._hashing.release()
+            check_free_at_write.append(free)
+
+    event.listen(db_engine, "before_cursor_execute", record)
+    try:
+        accounts.register(
+            session=session, email="writer@example.com", password="s3cret-pass", client_address=None
+        )
+        session.commit()
+    finally:
+        event.remove(db_engine, "before_cursor_execute", record)
+    assert check_free_at_write and all(check_free_at_write)

@@ -395,6 +395,26 @@ async def test_sign_ins_wait_on_threads_of_their_own(db_engine, monkeypatch, eve
     assert auth.form_error == accounts.BUSY_MESSAGE and auth.submitting is False
 
 
+async def test_a_sign_in_past_its_threads_is_told_busy_at_once(db_engine, monkeypatch):
+    """Every sign-in thread is taken (a flood): the next is not queued where no time limit
+    applies, but told at once, and asks nothing."""
+    asked: list[str] = []
+    monkeypatch.setattr(accounts, "login", lambda **_: asked.append("login"))
+    taken = 0
+    while auth_state._sign_ins.acquire(blocking=False):
+        taken += 1
+    try:
+        assert taken == auth_state.SIGN_IN_THREAD_COUNT
+        root = State(_reflex_internal_init=True)
+        auth = _substate(root, AuthState)
+        await _run(AuthState.login, auth, {"email": "x@example.com", "password": "s3cret-pass"})
+    finally:
+        for _ in range(taken):
+            auth_state._sign_ins.release()
+    assert asked == []
+    assert auth.form_error == accounts.BUSY_MESSAGE and auth.submitting is False
+
+
 async def test_a_login_page_left_open_past_the_tabs_lifetime_still_logs_in(db_engine, session):
     """The store forgot the tab (Redis expires it after an hour): a login or registration
     form carries all it needs and runs on the fresh tab; another event has the page reload."""
