@@ -85,7 +85,12 @@ def password_check_slot() -> Iterator[None]:
     if depth == 0:
         if not _queue.acquire(blocking=False):
             raise HashingBusy()
-        if not _hashing.acquire(timeout=HASHING_WAIT_SECONDS):
+        try:
+            acquired = _hashing.acquire(timeout=HASHING_WAIT_SECONDS)
+        except BaseException:  # interrupted while waiting: its place is given back
+            _queue.release()
+            raise
+        if not acquired:
             _queue.release()
             raise HashingBusy()
     _held.depth = depth + 1
@@ -396,8 +401,9 @@ def register(*, session: Session, email: str, password: str, client_address: str
         ratelimit.check_register(account=account, client_address=client_address)
         normalized = normalize_email(email)
         check_password_rules(password)
+        _refuse_taken(session, normalized)  # a read: refused before a hash is spent on it
         password_hash = hash_password(password)
     # The write after the check is given back: a write that waits (SQLite waits up to 30 s
-    # for another writer's lock) must not hold every password check of the process.
-    _refuse_taken(session, normalized)
+    # for another writer's lock) must not hold every password check of the process. (A
+    # registration of the same email meanwhile: the unique index refuses it, `_add_user`.)
     return _add_user(session, normalized, password_hash)

@@ -219,7 +219,8 @@ def complete_checkout(
 
 @router.post("/portal-session", response_model=UrlOut)
 def portal_session(session: SessionDep, user: CurrentUser) -> UrlOut:
-    """Stripe's customer portal for the caller (returns to the dashboard). 409: no customer yet."""
+    """Stripe's customer portal for the caller (returns to the dashboard). 409: never
+    subscribed; 429: at the card-testing limit (the portal takes cards too)."""
     return UrlOut(url=service.open_billing_portal(session=session, user=user))
 
 

@@ -103,10 +103,20 @@ class _Refreshed:
     sign_up: bool = False
 
 
-def _refresh_from_stripe(session: Session, event: ClaimedEvent) -> _Refreshed:
+def _refresh_from_stripe(
+    session: Session, event: ClaimedEvent, *, about_a_payment_due: bool = False
+) -> _Refreshed:
+    """Re-read the invoice's subscription from Stripe and record it.
+
+    `about_a_payment_due`: the event asks us to tell the person (a failure, a bank's check),
+    so whether its invoice is a sign-up's first one still unpaid is judged too (`sign_up`).
+    """
     invoice = read_invoice(event.payload["data"]["object"])
     if not invoice.subscription_id:
         return _Refreshed(None, "invoice has no subscription")
+    first = about_a_payment_due and invoice.billing_reason == "subscription_create"
+    # Read before the sync below writes: no write lock held while Stripe answers.
+    first_unpaid = first and _still_unpaid(invoice.id)
     # The invoice does not carry the subscription's new state: read it from Stripe.
     synced = sync.sync_subscription(session=session, subscription_id=invoice.subscription_id)
     if synced.user_id is None:
@@ -114,26 +124,22 @@ def _refresh_from_stripe(session: Session, event: ClaimedEvent) -> _Refreshed:
     if not synced.our_plan:
         # Recorded by the sync above; but its payments are another product's business.
         return _Refreshed(None, "subscription to another price")
+    # A sign-up's first payment, judged when the event is applied (maybe long after it was
+    # sent). Until the subscription is live, it is the person's business on our page (or
+    # Checkout's): they see the decline or the bank's check there, and an attempt that fails
+    # is undone, never retried. Paid or voided meanwhile (3-D Secure finished before this
+    # event was applied), there is nothing to tell. Live and still unpaid (a bank debit
+    # failing days after sign-up: Stripe makes the subscription active while it is
+    # processing), it is told like a renewal's. (The invoice is read just before the
+    # subscription: a check finished between the two reads, milliseconds apart, is told.)
     return _Refreshed(
         synced.user_id,
-        sign_up=invoice.billing_reason == "subscription_create"
-        and not _went_live_unpaid(synced.snapshot.status, invoice.id),
+        sign_up=first and not (first_unpaid and synced.snapshot.status in LIVE_STATUSES),
     )
 
 
-def _went_live_unpaid(subscription_status: str, invoice_id: str) -> bool:
-    """Whether a subscription is live now while Stripe still waits for its first invoice.
-
-    Decided when the event is applied, which may be long after it was sent. Until the
-    subscription is live, its first payment is the person's business on our page (or
-    Checkout's): they see the decline or the bank's check there, and an attempt that fails
-    is undone, never retried. Live and still unpaid (a bank debit failing days after
-    sign-up: Stripe makes the subscription active while it is processing), it is told like
-    a renewal's. Paid or voided meanwhile (the person finished 3-D Secure before this event
-    was applied), there is nothing to tell.
-    """
-    if subscription_status not in LIVE_STATUSES:
-        return False
+def _still_unpaid(invoice_id: str) -> bool:
+    """Whether Stripe still waits for the invoice's payment (neither paid nor voided)."""
     return get_client().v1.invoices.retrieve(invoice_id).status not in ("paid", "void")
 
 
@@ -154,7 +160,7 @@ def on_invoice_payment_failed(session: Session, event: ClaimedEvent) -> HandlerR
     payment is not told of: the person saw the decline on our page or Checkout's, and the
     attempt is undone, never retried (telling them "Stripe will retry" would be false).
     """
-    refreshed = _refresh_from_stripe(session, event)
+    refreshed = _refresh_from_stripe(session, event, about_a_payment_due=True)
     if refreshed.user_id is None:
         return HandlerResult(EventStatus.SKIPPED, refreshed.why)
     if not refreshed.sign_up:
@@ -171,7 +177,7 @@ def on_invoice_action_required(session: Session, event: ClaimedEvent) -> Handler
     Not for a sign-up's first payment: its 3-D Secure check runs in our page (or
     Checkout's), while the person is there.
     """
-    refreshed = _refresh_from_stripe(session, event)
+    refreshed = _refresh_from_stripe(session, event, about_a_payment_due=True)
     if refreshed.user_id is None:
         return HandlerResult(EventStatus.SKIPPED, refreshed.why)
     if not refreshed.sign_up:

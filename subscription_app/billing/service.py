@@ -1008,7 +1008,7 @@ def open_billing_portal(*, session: Session, user: User) -> str:
 
     def create() -> stripe.billing_portal.Session:
         customer_id = repository.customer_id_for_user(session, _id(user))
-        if customer_id is None or not repository.ever_subscribed(session, _id(user)):
+        if customer_id is None or not _has_subscribed(session, user, customer_id):
             raise BillingError(
                 "You have no billing account yet. Subscribe first, then manage billing here.",
                 kind="conflict",
@@ -1022,6 +1022,18 @@ def open_billing_portal(*, session: Session, user: User) -> str:
     except stripe.StripeError as exc:
         raise _translate(exc, about_account=True) from exc
     return portal.url
+
+
+def _has_subscribed(session: Session, user: User, customer_id: str) -> bool:
+    """Whether the person has ever had a subscription go live: by our rows, else by a paid
+    invoice at Stripe (a past subscriber whose subscription we first heard of once it had
+    ended, after a restore or a late backlog, has no live row in our records)."""
+    if repository.ever_subscribed(session, _id(user)):
+        return True
+    paid = get_client().v1.invoices.list(
+        params={"customer": customer_id, "status": "paid", "limit": 1}
+    )
+    return bool(paid.data)
 
 
 INVOICE_HISTORY_LIMIT = 24

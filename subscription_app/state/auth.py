@@ -254,12 +254,19 @@ class AuthState(rx.State):
             self.submitting, self.form_error = False, accounts.BUSY_MESSAGE
             return
         try:
-            issued = await asyncio.get_running_loop().run_in_executor(SIGN_IN_THREADS, _do)
+            running = SIGN_IN_THREADS.submit(_do)
+        except BaseException:
+            _sign_ins.release()
+            raise
+        # Given back when the thread is done, not when this handler is (it may be cancelled
+        # while the thread goes on).
+        running.add_done_callback(lambda _: _sign_ins.release())
+        try:
+            issued = await asyncio.wrap_future(running)
         except AppError as exc:
             self.form_error = exc.message
             return
         finally:
-            _sign_ins.release()
             self.submitting = False
         yield self._apply_login(issued)
 

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from sqlmodel import func, select
 
 from subscription_app.api import create_api
-from subscription_app.billing import catalog, handlers, service
+from subscription_app.billing import catalog, handlers, repository, service
 from subscription_app.billing.inbox import ClaimedEvent
 from subscription_app.billing.reader import made_by_us
 from subscription_app.db import session_scope
@@ -182,6 +182,32 @@ def test_portal_session_for_a_customer_only(api, make_payment_method, stripe_cli
     portal = api.post("/api/v1/subscriptions/portal-session", headers=headers)
     assert portal.status_code == 200, portal.text
     assert portal.json()["url"].startswith("http")
+
+
+def test_a_past_subscriber_our_records_never_saw_live_still_gets_the_portal(
+    api, make_payment_method, stripe_client, session
+):
+    """Our records first heard of the subscription once it had ended (a database restored
+    from before it, a late backlog): Stripe's paid invoice says they subscribed."""
+    headers = auth_headers(api, "restored@example.com")
+    assert api.post("/api/v1/subscriptions/setup-intent", headers=headers).status_code == 200
+    session.rollback()
+    user = session.exec(select(User).where(User.email == "restored@example.com")).one()
+    customer_id = repository.customer_id_for_user(session, user.id)
+    assert customer_id
+    card = make_payment_method()
+    stripe_client.v1.payment_methods.attach(card, params={"customer": customer_id})
+    made = stripe_client.v1.subscriptions.create(
+        params={
+            "customer": customer_id,
+            "items": [{"price": catalog.default_price_id()}],
+            "default_payment_method": card,
+        }
+    )
+    assert stripe_client.v1.subscriptions.cancel(made.id).status == "canceled"
+    assert rows(session) == 0
+    portal = api.post("/api/v1/subscriptions/portal-session", headers=headers)
+    assert portal.status_code == 200, portal.text
 
 
 def test_invoices_are_my_own_newest_first_without_drafts(api, make_payment_method, stripe_client):

@@ -856,6 +856,25 @@ def test_a_first_payments_event_applied_after_3d_secure_finished_tells_nothing(
     assert notifications.recent_messages(session, user_id=user.id) == []
 
 
+def test_a_sign_ups_paid_invoice_costs_no_read_of_the_invoice(
+    stripe_hook, session, stripe_client, monkeypatch
+):
+    """Only events that would tell the person (a failure, a bank's check) ask Stripe about
+    the first invoice; `invoice.paid`, sent for every sign-up, does not."""
+    _, sub_id = subscribe_for_real(session, stripe_client, email="paid-first@example.com")
+    reads: list[str] = []
+    real_retrieve = stripe.InvoiceService.retrieve
+
+    def counted(self, invoice, *args, **kwargs):
+        reads.append(invoice)
+        return real_retrieve(self, invoice, *args, **kwargs)
+
+    monkeypatch.setattr(stripe.InvoiceService, "retrieve", counted)
+    post(stripe_hook, _first_invoice_event(stripe_client, "invoice.paid", sub_id))
+    assert drain().done == 1
+    assert reads == []
+
+
 def test_a_first_payment_failing_after_the_subscription_went_live_is_told_of(
     stripe_hook, session, stripe_client, monkeypatch
 ):

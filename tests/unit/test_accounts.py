@@ -314,3 +314,20 @@ def test_a_registration_writes_after_giving_its_password_check_back(session, db_
     finally:
         event.remove(db_engine, "before_cursor_execute", record)
     assert check_free_at_write and all(check_free_at_write)
+
+
+def test_a_registration_of_a_taken_email_spends_no_hash(session, monkeypatch):
+    accounts.register_user(session=session, email="taken@example.com", password="s3cret-pass")
+    session.commit()
+    hashed: list[str] = []
+    real_hash = accounts._password_hash.hash
+    monkeypatch.setattr(
+        accounts._password_hash,
+        "hash",
+        lambda password: hashed.append(password) or real_hash(password),
+    )
+    with pytest.raises(accounts.EmailTaken):
+        accounts.register(
+            session=session, email="Taken@example.com", password="0ther-pass", client_address=None
+        )
+    assert hashed == []

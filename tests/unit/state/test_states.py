@@ -415,6 +415,34 @@ async def test_a_sign_in_past_its_threads_is_told_busy_at_once(db_engine, monkey
     assert auth.form_error == accounts.BUSY_MESSAGE and auth.submitting is False
 
 
+async def test_a_cancelled_sign_in_holds_its_place_until_its_thread_is_done(db_engine, monkeypatch):
+    """The page's handler may be cancelled while its thread goes on checking a password:
+    the place is the thread's, given back when it ends, so the bound stays true."""
+    entered, go = threading.Event(), threading.Event()
+
+    def slow_login(**_):
+        entered.set()
+        go.wait(timeout=30)
+        raise accounts.InvalidCredentials(accounts.INVALID_CREDENTIALS_MESSAGE)
+
+    monkeypatch.setattr(accounts, "login", slow_login)
+    free = auth_state._sign_ins._value
+    root = State(_reflex_internal_init=True)
+    auth = _substate(root, AuthState)
+    form = {"email": "x@example.com", "password": "s3cret-pass"}
+    task = asyncio.ensure_future(_run(AuthState.login, auth, form))
+    assert await asyncio.to_thread(entered.wait, 30)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert auth_state._sign_ins._value == free - 1  # still the running thread's
+    go.set()
+    deadline = time.monotonic() + 30
+    while auth_state._sign_ins._value != free and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)  # until the thread's end gives it back
+    assert auth_state._sign_ins._value == free
+
+
 async def test_a_login_page_left_open_past_the_tabs_lifetime_still_logs_in(db_engine, session):
     """The store forgot the tab (Redis expires it after an hour): a login or registration
     form carries all it needs and runs on the fresh tab; another event has the page reload."""
