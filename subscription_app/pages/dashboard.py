@@ -236,7 +236,7 @@ def _invoices() -> rx.Component:
 
 def _manage_billing() -> rx.Component:
     return rx.cond(
-        DashboardState.has_subscription,
+        DashboardState.can_manage_billing,
         rx.button(
             "Manage billing",
             on_click=DashboardState.open_portal,
