@@ -114,9 +114,13 @@ def _refresh_from_stripe(
     invoice = read_invoice(event.payload["data"]["object"])
     if not invoice.subscription_id:
         return _Refreshed(None, "invoice has no subscription")
-    first = about_a_payment_due and invoice.billing_reason == "subscription_create"
-    # Read before the sync below writes: no write lock held while Stripe answers.
-    first_unpaid = first and _still_unpaid(invoice.id)
+    first = (
+        about_a_payment_due
+        and invoice.billing_reason == "subscription_create"
+        # Someone of ours: another product's first invoices cost no reads here.
+        and sync.owner_of(session, invoice.subscription_id, invoice.customer_id) is not None
+    )
+    went_live_unpaid = first and _went_live_unpaid(invoice.subscription_id, invoice.id)
     # The invoice does not carry the subscription's new state: read it from Stripe.
     synced = sync.sync_subscription(session=session, subscription_id=invoice.subscription_id)
     if synced.user_id is None:
@@ -124,22 +128,24 @@ def _refresh_from_stripe(
     if not synced.our_plan:
         # Recorded by the sync above; but its payments are another product's business.
         return _Refreshed(None, "subscription to another price")
-    # A sign-up's first payment, judged when the event is applied (maybe long after it was
-    # sent). Until the subscription is live, it is the person's business on our page (or
-    # Checkout's): they see the decline or the bank's check there, and an attempt that fails
-    # is undone, never retried. Paid or voided meanwhile (3-D Secure finished before this
-    # event was applied), there is nothing to tell. Live and still unpaid (a bank debit
-    # failing days after sign-up: Stripe makes the subscription active while it is
-    # processing), it is told like a renewal's. (The invoice is read just before the
-    # subscription: a check finished between the two reads, milliseconds apart, is told.)
-    return _Refreshed(
-        synced.user_id,
-        sign_up=first and not (first_unpaid and synced.snapshot.status in LIVE_STATUSES),
-    )
+    return _Refreshed(synced.user_id, sign_up=first and not went_live_unpaid)
 
 
-def _still_unpaid(invoice_id: str) -> bool:
-    """Whether Stripe still waits for the invoice's payment (neither paid nor voided)."""
+def _went_live_unpaid(subscription_id: str, invoice_id: str) -> bool:
+    """Whether a sign-up's subscription is live while its first invoice is still unpaid.
+
+    Judged when the event is applied (maybe long after it was sent), before the sync writes
+    (no write lock is held while Stripe answers). Until the subscription is live, its first
+    payment is the person's business on our page (or Checkout's): they see the decline or
+    the bank's check there, and an attempt that fails is undone, never retried. Paid or
+    voided meanwhile (3-D Secure finished before this event was applied), there is nothing
+    to tell. Live and still unpaid (a bank debit failing days after sign-up: Stripe makes
+    the subscription active while it is processing), it is told like a renewal's. The
+    subscription is read first: a check that finishes between the two reads makes the
+    invoice read paid, never a live subscription beside an invoice read before it was paid.
+    """
+    if sync.fetch_subscription(subscription_id).status not in LIVE_STATUSES:
+        return False
     return get_client().v1.invoices.retrieve(invoice_id).status not in ("paid", "void")
 
 

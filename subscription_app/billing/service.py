@@ -852,6 +852,7 @@ def dashboard(*, session: Session, user: User) -> DashboardView:
         subscription=repository.current_subscription(session, user_id),
         messages=notifications.recent_messages(session, user_id=user_id),
         version=f"{changed.isoformat() if changed else '-'}/{newest_message}",
+        ever_subscribed=repository.ever_subscribed(session, user_id),
     )
 
 
@@ -1005,16 +1006,20 @@ def open_billing_portal(*, session: Session, user: User) -> str:
         BillingError: conflict when the person never subscribed; limited.
     """
     _limit_declines(session, user)
+    # Decided before `_with_customer_replaced_if_gone`: someone refused here gets no new
+    # Stripe customer linked on the way.
+    customer_id = repository.customer_id_for_user(session, _id(user))
+    if customer_id is None or not _has_subscribed(session, user, customer_id):
+        raise BillingError(
+            "You have no billing account yet. Subscribe first, then manage billing here.",
+            kind="conflict",
+        )
 
     def create() -> stripe.billing_portal.Session:
-        customer_id = repository.customer_id_for_user(session, _id(user))
-        if customer_id is None or not _has_subscribed(session, user, customer_id):
-            raise BillingError(
-                "You have no billing account yet. Subscribe first, then manage billing here.",
-                kind="conflict",
-            )
+        # The linked customer, maybe replaced on the retry.
+        linked = repository.customer_id_for_user(session, _id(user)) or customer_id
         return get_client().v1.billing_portal.sessions.create(
-            params={"customer": customer_id, "return_url": _app_url(routes.DASHBOARD)}
+            params={"customer": linked, "return_url": _app_url(routes.DASHBOARD)}
         )
 
     try:
@@ -1030,9 +1035,16 @@ def _has_subscribed(session: Session, user: User, customer_id: str) -> bool:
     ended, after a restore or a late backlog, has no live row in our records)."""
     if repository.ever_subscribed(session, _id(user)):
         return True
-    paid = get_client().v1.invoices.list(
-        params={"customer": customer_id, "status": "paid", "limit": 1}
-    )
+    try:
+        paid = get_client().v1.invoices.list(
+            params={"customer": customer_id, "status": "paid", "limit": 1}
+        )
+    except stripe.InvalidRequestError as exc:
+        if exc.code == "resource_missing":  # Stripe does not know the customer: no invoices
+            return False
+        raise _translate(exc, about_account=True) from exc
+    except stripe.StripeError as exc:
+        raise _translate(exc, about_account=True) from exc
     return bool(paid.data)
 
 

@@ -102,6 +102,8 @@ class DashboardView:
     subscription: SubscriptionView | None
     messages: list[str] = field(default_factory=list)
     version: str = ""
+    # Offer "Manage billing": a subscription of theirs has gone live (the portal's rule).
+    ever_subscribed: bool = False
 
 
 INVOICE_STATUS_LABELS = {

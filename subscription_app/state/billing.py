@@ -27,7 +27,7 @@ from subscription_app.billing.views import (
     SubscriptionView,
 )
 from subscription_app.errors import AppError
-from subscription_app.models import SubscriptionStatus, User
+from subscription_app.models import User
 from subscription_app.state.auth import AuthState, SessionEnded, call_as_user
 
 logger = logging.getLogger(__name__)
@@ -517,8 +517,8 @@ class DashboardState(AuthState):
     invoices_loaded: bool = False
     invoices_error: str = ""
     opening_portal: bool = False
-    # "Manage billing" is for someone who has subscribed: not while their only subscription
-    # is a first payment still waiting (the portal would refuse them).
+    # "Manage billing" is for someone who has subscribed (the portal's own rule): not while
+    # their only subscription is a first payment still waiting.
     can_manage_billing: bool = False
     # Backend-only: the tab's one watcher (see `watch`), and what it last showed.
     _watching: bool = False
@@ -550,10 +550,7 @@ class DashboardState(AuthState):
     def _apply(self, data: DashboardView) -> None:
         self.has_subscription = data.subscription is not None
         self.subscription = data.subscription or NO_SUBSCRIPTION
-        self.can_manage_billing = (
-            data.subscription is not None
-            and data.subscription.status != SubscriptionStatus.INCOMPLETE.value
-        )
+        self.can_manage_billing = data.ever_subscribed
         self.messages, self._seen_version = data.messages, data.version
 
     @rx.event

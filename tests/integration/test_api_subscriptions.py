@@ -1,6 +1,7 @@
 """`/api/v1/subscriptions` against the Stripe emulator, on SQLite and PostgreSQL."""
 
 import pytest
+import stripe
 from fastapi.testclient import TestClient
 from sqlmodel import func, select
 
@@ -274,10 +275,40 @@ def test_replacing_a_customer_only_replaces_the_one_still_linked(api, session):
     assert linked_customer(session, "replaced-twice@example.com") == "cus_NewOne000001"
 
 
-def test_a_customer_stripe_does_not_know_is_an_account_problem_in_portal_and_invoices(api, session):
+def test_a_portal_refused_to_someone_who_never_subscribed_links_no_new_customer(
+    api, session, stripe_client, monkeypatch
+):
+    """Their customer was deleted in Stripe: refused as anyone who never subscribed, with no
+    new Stripe customer made and linked on the way."""
+    email = "never-subscribed@example.com"
+    headers = auth_headers(api, email)
+    assert api.post("/api/v1/subscriptions/setup-intent", headers=headers).status_code == 200
+    [deleted] = stripe_client.v1.customers.list(params={"email": email}).data
+    stripe_client.v1.customers.delete(deleted.id)
+    # Stripe may answer a deleted customer's invoice list with "No such customer" (the
+    # emulator lists none): stubbed at the SDK so.
+    real_list = stripe.InvoiceService.list
+
+    def no_such_customer(self, params=None, *args, **kwargs):
+        if (params or {}).get("customer") == deleted.id:
+            raise stripe.InvalidRequestError(
+                f"No such customer: '{deleted.id}'", "customer", code="resource_missing"
+            )
+        return real_list(self, params, *args, **kwargs)
+
+    monkeypatch.setattr(stripe.InvoiceService, "list", no_such_customer)
+    refused = api.post("/api/v1/subscriptions/portal-session", headers=headers)
+    assert refused.status_code == 409 and "no billing account" in refused.json()["detail"]
+    assert stripe_client.v1.customers.list(params={"email": email}).data == []
+    assert linked_customer(session, email) == deleted.id
+
+
+def test_a_customer_stripe_does_not_know_is_an_account_problem_in_portal_and_invoices(
+    api, session, make_payment_method
+):
     """Not 'That payment method was not found.' where no payment method is involved."""
     headers = auth_headers(api, "unknown-account@example.com")
-    assert api.post("/api/v1/subscriptions/setup-intent", headers=headers).status_code == 200
+    assert subscribe(api, headers, make_payment_method()).status_code == 200  # may use it
     relink(session, "unknown-account@example.com", "cus_OfAnotherAccount2")
     for answer in (
         api.post("/api/v1/subscriptions/portal-session", headers=headers),

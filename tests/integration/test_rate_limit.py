@@ -6,7 +6,7 @@ import threading
 import pytest
 from fastapi.testclient import TestClient
 
-from subscription_app import accounts, ratelimit
+from subscription_app import ratelimit
 from subscription_app.api import create_api
 
 BACKENDS = ["memory"] + (["redis"] if os.environ.get("TEST_REDIS_URL") else [])
@@ -85,7 +85,30 @@ def test_parallel_guesses_cannot_overshoot_the_limit(limits):
     # The rest were refused: over the limit (429), or, past the 25 that may wait for a
     # password check, told the server is busy (503) without being checked or counted.
     assert codes.count(429) + codes.count(503) == 35
-    assert codes.count(503) <= 40 - (accounts.HASHES_AT_ONCE + accounts.WAITING_AT_MOST)
+
+
+def test_parallel_counting_itself_cannot_overshoot_the_limit(limits):
+    """The count alone, 40 threads at once and no password check to take turns at (the
+    login path counts inside one): exactly the limit gets through."""
+    start = threading.Barrier(40)
+    allowed: list[bool] = []
+
+    def attempt() -> None:
+        start.wait()
+        try:
+            ratelimit.before_login(account="victim@example.com", client_address="198.51.100.1")
+        except ratelimit.RateLimited:
+            allowed.append(False)
+        else:
+            allowed.append(True)
+
+    threads = [threading.Thread(target=attempt) for _ in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(allowed) == 40
+    assert allowed.count(True) == 5
 
 
 def test_guessing_from_many_addresses_slows_the_account_but_never_locks_the_owner_out(limits):

@@ -449,3 +449,24 @@ def test_last_changed_at_follows_the_users_latest_change(
     )
     session.commit()
     assert repository.last_changed_at(session, alice.id) == changed
+
+
+def test_ever_subscribed_once_a_subscription_went_live(session, make_user, make_snapshot):
+    """What "Manage billing" and the portal go by: not a first payment still waiting."""
+    from subscription_app.billing import service
+
+    user = make_user()
+    assert not repository.ever_subscribed(session, user.id)
+    repository.apply_snapshot(
+        session, user_id=user.id, snapshot=make_snapshot(status="incomplete"), our_plan=True
+    )
+    session.commit()
+    assert not repository.ever_subscribed(session, user.id)
+    assert service.dashboard(session=session, user=user).ever_subscribed is False
+    for status in ("active", "canceled"):  # and it stays so once ended
+        repository.apply_snapshot(
+            session, user_id=user.id, snapshot=make_snapshot(status=status), our_plan=True
+        )
+        session.commit()
+        assert repository.ever_subscribed(session, user.id)
+        assert service.dashboard(session=session, user=user).ever_subscribed is True
