@@ -1039,11 +1039,9 @@ def _has_subscribed(session: Session, user: User, customer_id: str) -> bool:
         paid = get_client().v1.invoices.list(
             params={"customer": customer_id, "status": "paid", "limit": 1}
         )
-    except stripe.InvalidRequestError as exc:
-        if exc.code == "resource_missing":  # Stripe does not know the customer: no invoices
-            return False
-        raise _translate(exc, about_account=True) from exc
     except stripe.StripeError as exc:
+        if isinstance(exc, stripe.InvalidRequestError) and exc.code == "resource_missing":
+            return False  # Stripe does not know the customer: no invoices of theirs
         raise _translate(exc, about_account=True) from exc
     return bool(paid.data)
 

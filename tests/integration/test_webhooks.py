@@ -787,6 +787,20 @@ def _first_invoice_event(stripe_client, event_type: str, sub_id: str) -> str:
     return stripe_event_body(event_type, invoice)
 
 
+def _sign_up_waiting_for_3d_secure(session: Session, stripe_client, email: str):
+    """A person whose subscribe attempt waits for the bank's 3-D Secure check:
+    (user, the attempt's answer, the open subscription)."""
+    user = accounts.register_user(session=session, email=email, password="pw-12345678")
+    session.commit()
+    card = stripe_client.v1.payment_methods.create(
+        params={"type": "card", "card": {"token": "tok_threeDSecure2Required"}}
+    )
+    started = service.start_subscription(session=session, user=user, payment_method_id=card.id)
+    assert started.status == "requires_action" and started.client_secret
+    [attempt] = repository.open_subscriptions(session, user.id)
+    return user, started, attempt
+
+
 @pytest.mark.parametrize(
     "event_type", ["invoice.payment_failed", "invoice.payment_action_required"]
 )
@@ -797,16 +811,7 @@ def test_a_sign_ups_first_payment_is_not_told_of_as_a_renewals(
     there, and the attempt is undone, not retried. No "Stripe will retry" message or email
     for someone who never subscribed, whether the event comes while the attempt waits or
     after it was undone."""
-    user = accounts.register_user(
-        session=session, email="sign-up@example.com", password="pw-12345678"
-    )
-    session.commit()
-    card = stripe_client.v1.payment_methods.create(
-        params={"type": "card", "card": {"token": "tok_threeDSecure2Required"}}
-    )
-    started = service.start_subscription(session=session, user=user, payment_method_id=card.id)
-    assert started.status == "requires_action"
-    [attempt] = repository.open_subscriptions(session, user.id)
+    user, _, attempt = _sign_up_waiting_for_3d_secure(session, stripe_client, "sign-up@example.com")
     # The first invoice itself, as the emulator made it, is named a sign-up's too.
     first = stripe_client.v1.invoices.retrieve(
         stripe_client.v1.subscriptions.retrieve(attempt.id).latest_invoice
@@ -832,16 +837,9 @@ def test_a_first_payments_event_applied_after_3d_secure_finished_tells_nothing(
     """The event was sent while the bank's check waited, and is applied only after the
     person finished it on our page (a backlog, an outage): the subscription is live and its
     first invoice paid, so there is nothing to tell them."""
-    user = accounts.register_user(
-        session=session, email="finished@example.com", password="pw-12345678"
+    user, started, attempt = _sign_up_waiting_for_3d_secure(
+        session, stripe_client, "finished@example.com"
     )
-    session.commit()
-    card = stripe_client.v1.payment_methods.create(
-        params={"type": "card", "card": {"token": "tok_threeDSecure2Required"}}
-    )
-    started = service.start_subscription(session=session, user=user, payment_method_id=card.id)
-    assert started.status == "requires_action" and started.client_secret
-    [attempt] = repository.open_subscriptions(session, user.id)
     stripe_client.raw_request(
         "post",
         f"/v1/payment_intents/{started.client_secret.split('_secret_')[0]}/_authenticate",

@@ -1,5 +1,7 @@
 """Accounts service: hashing, registration, login failures, tokens."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import jwt
@@ -146,21 +148,27 @@ def test_password_checks_run_one_at_a_time_per_process(monkeypatch):
     assert most[0] == accounts.HASHES_AT_ONCE == 1
 
 
+@contextmanager
+def every_check_taken(monkeypatch) -> Iterator[None]:
+    """A flood holds every password check this process may run; a wait gives up at once."""
+    monkeypatch.setattr(accounts, "HASHING_WAIT_SECONDS", 0.05)
+    assert accounts._hashing.acquire(timeout=1)
+    try:
+        yield
+    finally:
+        accounts._hashing.release()
+
+
 def test_a_login_that_waits_too_long_for_a_password_check_is_told_to_retry(session, monkeypatch):
     accounts.register_user(session=session, email="queued@example.com", password="s3cret-pass")
     session.commit()
-    monkeypatch.setattr(accounts, "HASHING_WAIT_SECONDS", 0.05)
-    assert accounts._hashing.acquire(timeout=1)  # every check this process may run is taken
-    try:
-        with pytest.raises(accounts.HashingBusy) as busy:
-            accounts.login(
-                session=session,
-                email="queued@example.com",
-                password="s3cret-pass",
-                client_address="203.0.113.9",
-            )
-    finally:
-        accounts._hashing.release()
+    with every_check_taken(monkeypatch), pytest.raises(accounts.HashingBusy) as busy:
+        accounts.login(
+            session=session,
+            email="queued@example.com",
+            password="s3cret-pass",
+            client_address="203.0.113.9",
+        )
     assert busy.value.kind == "busy" and busy.value.retry_after
     assert "try again in a moment" in busy.value.message
     # Nothing was decided: the same login goes through once a check is free.
@@ -168,15 +176,6 @@ def test_a_login_that_waits_too_long_for_a_password_check_is_told_to_retry(sessi
         session=session, email="queued@example.com", password="s3cret-pass", client_address=None
     )
     assert issued.token
-
-
-@pytest.fixture
-def every_check_taken(monkeypatch):
-    """A flood holds every password check this process may run; a wait gives up at once."""
-    monkeypatch.setattr(accounts, "HASHING_WAIT_SECONDS", 0.05)
-    assert accounts._hashing.acquire(timeout=1)
-    yield
-    accounts._hashing.release()
 
 
 @pytest.fixture
@@ -200,19 +199,14 @@ def test_a_login_told_busy_counted_nothing_and_asked_the_database_nothing(
     accounts.register_user(session=session, email="flood@example.com", password="s3cret-pass")
     session.commit()
     settings_env(RATE_LIMIT_ATTEMPTS_PER_ADDRESS="1", RATE_LIMIT_LOGIN_FAILURES_PER_ACCOUNT="1")
-    monkeypatch.setattr(accounts, "HASHING_WAIT_SECONDS", 0.05)
     statements.clear()
-    assert accounts._hashing.acquire(timeout=1)
-    try:
-        with pytest.raises(accounts.HashingBusy):
-            accounts.login(
-                session=session,
-                email="flood@example.com",
-                password="s3cret-pass",
-                client_address="203.0.113.9",
-            )
-    finally:
-        accounts._hashing.release()
+    with every_check_taken(monkeypatch), pytest.raises(accounts.HashingBusy):
+        accounts.login(
+            session=session,
+            email="flood@example.com",
+            password="s3cret-pass",
+            client_address="203.0.113.9",
+        )
     assert statements == []
     # The address's one attempt is still there for the real try.
     issued = accounts.login(
@@ -225,11 +219,11 @@ def test_a_login_told_busy_counted_nothing_and_asked_the_database_nothing(
 
 
 def test_a_registration_told_busy_counted_nothing_and_asked_the_database_nothing(
-    session, settings_env, statements, every_check_taken
+    session, settings_env, statements, monkeypatch
 ):
     settings_env(RATE_LIMIT_ATTEMPTS_PER_ADDRESS="1", RATE_LIMIT_REGISTRATIONS_PER_ACCOUNT="1")
     statements.clear()
-    with pytest.raises(accounts.HashingBusy):
+    with every_check_taken(monkeypatch), pytest.raises(accounts.HashingBusy):
         accounts.register(
             session=session,
             email="new@example.com",
@@ -239,27 +233,24 @@ def test_a_registration_told_busy_counted_nothing_and_asked_the_database_nothing
     assert statements == []
     assert session.exec(select(User)).all() == []
     # Both the address's and the account's one attempt are left.
-    accounts._hashing.release()
-    try:
-        user = accounts.register(
-            session=session,
-            email="new@example.com",
-            password="s3cret-pass",
-            client_address="203.0.113.9",
-        )
-    finally:
-        assert accounts._hashing.acquire(timeout=1)  # as the fixture left it
+    user = accounts.register(
+        session=session,
+        email="new@example.com",
+        password="s3cret-pass",
+        client_address="203.0.113.9",
+    )
     assert user.email == "new@example.com"
 
 
 @pytest.mark.parametrize("action", ["login", "register"])
 def test_an_attempt_over_a_limit_is_refused_without_waiting_for_a_password_check(
-    session, settings_env, every_check_taken, action
+    session, settings_env, monkeypatch, action
 ):
     """A limited script's requests are answered at once, not queued behind real people."""
     settings_env(RATE_LIMIT_ATTEMPTS_PER_ADDRESS="1")
     ratelimit.check_register(account="someone@example.com", client_address="203.0.113.9")
-    with pytest.raises(ratelimit.RateLimited):  # not HashingBusy: it never queued
+    # Not HashingBusy: it never queued.
+    with every_check_taken(monkeypatch), pytest.raises(ratelimit.RateLimited):
         getattr(accounts, action)(
             session=session,
             email="limited@example.com",
