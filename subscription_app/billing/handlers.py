@@ -20,9 +20,9 @@ from subscription_app.billing import card_testing, repository, service, sync
 from subscription_app.billing.client import get_client
 from subscription_app.billing.inbox import ClaimedEvent
 from subscription_app.billing.reader import made_by_us, read_invoice
+from subscription_app.billing.views import PAYMENT_FAILED_FINAL_TEXT, PAYMENT_FAILED_TEXT
 from subscription_app.models import LIVE_STATUSES, EventStatus, User
 
-PAYMENT_FAILED_TEXT = "Your last payment failed; Stripe will retry."
 ACTION_REQUIRED_TEXT = (
     "Your bank asked you to confirm a payment. Check your email from Stripe to complete it."
 )
@@ -93,14 +93,22 @@ def on_subscription_changed(session: Session, event: ClaimedEvent) -> HandlerRes
 
 
 @dataclass(frozen=True)
+class _Due:
+    """A payment of a live subscription still owed when its event is applied."""
+
+    # Stripe will try to collect it again (Smart Retries): `next_payment_attempt` is set.
+    retrying: bool
+
+
+@dataclass(frozen=True)
 class _Refreshed:
     """What an invoice event's handler learnt: whose subscription, or why it is not ours."""
 
     user_id: int | None
     why: str | None = None
-    # The invoice is a subscription's first (Stripe's `billing_reason`), not yet gone live
-    # unpaid: its payment is a sign-up's, made while the person is on our page or Checkout's.
-    sign_up: bool = False
+    # Only for events asking us to tell the person (`about_a_payment_due`): the payment is
+    # still owed now, on a live subscription; None when there is nothing to tell.
+    due: _Due | None = None
 
 
 def _refresh_from_stripe(
@@ -109,18 +117,18 @@ def _refresh_from_stripe(
     """Re-read the invoice's subscription from Stripe and record it.
 
     `about_a_payment_due`: the event asks us to tell the person (a failure, a bank's check),
-    so whether its invoice is a sign-up's first one still unpaid is judged too (`sign_up`).
+    so whether its invoice is still owed now is judged too (`due`, see `_still_due`).
     """
     invoice = read_invoice(event.payload["data"]["object"])
     if not invoice.subscription_id:
         return _Refreshed(None, "invoice has no subscription")
-    first = (
-        about_a_payment_due
-        and invoice.billing_reason == "subscription_create"
-        # Someone of ours: another product's first invoices cost no reads here.
+    due = (
+        _still_due(invoice.subscription_id, invoice.id)
+        # Someone of ours: another product's payments cost no reads here.
+        if about_a_payment_due
         and sync.owner_of(session, invoice.subscription_id, invoice.customer_id) is not None
+        else None
     )
-    went_live_unpaid = first and _went_live_unpaid(invoice.subscription_id, invoice.id)
     # The invoice does not carry the subscription's new state: read it from Stripe.
     synced = sync.sync_subscription(session=session, subscription_id=invoice.subscription_id)
     if synced.user_id is None:
@@ -128,25 +136,33 @@ def _refresh_from_stripe(
     if not synced.our_plan:
         # Recorded by the sync above; but its payments are another product's business.
         return _Refreshed(None, "subscription to another price")
-    return _Refreshed(synced.user_id, sign_up=first and not went_live_unpaid)
+    return _Refreshed(synced.user_id, due=due)
 
 
-def _went_live_unpaid(subscription_id: str, invoice_id: str) -> bool:
-    """Whether a sign-up's subscription is live while its first invoice is still unpaid.
+def _still_due(subscription_id: str, invoice_id: str) -> _Due | None:
+    """Whether the person is to be told of this invoice's payment now: their subscription is
+    live and the invoice still open. None when there is nothing to tell.
 
-    Judged when the event is applied (maybe long after it was sent), before the sync writes
-    (no write lock is held while Stripe answers). Until the subscription is live, its first
-    payment is the person's business on our page (or Checkout's): they see the decline or
-    the bank's check there, and an attempt that fails is undone, never retried. Paid or
-    voided meanwhile (3-D Secure finished before this event was applied), there is nothing
-    to tell. Live and still unpaid (a bank debit failing days after sign-up: Stripe makes
-    the subscription active while it is processing), it is told like a renewal's. The
-    subscription is read first: a check that finishes between the two reads makes the
-    invoice read paid, never a live subscription beside an invoice read before it was paid.
+    Judged when the event is applied, maybe long after Stripe sent it (a backlog, an outage,
+    a delivery retried for days), and before the sync writes (no write lock is held while
+    Stripe answers). Nothing to tell:
+    - paid (a later retry, or the person fixed their card in the portal, or finished the
+      bank's check), voided or written off since: "your payment failed" would be false;
+    - the subscription is not live: a sign-up's first payment, which the person handles on
+      our page (or Checkout's), where an attempt that fails is undone, never retried; or a
+      subscription Stripe ended after its last retry, which the dashboard shows as ended.
+    A sign-up whose subscription is live while its first invoice is unpaid (a bank debit
+    failing days later: Stripe makes the subscription active while it is processing) is
+    told like a renewal. The subscription is read first: a payment completing between the
+    two reads makes the invoice read paid, never a live subscription beside an invoice read
+    before it was paid.
     """
     if sync.fetch_subscription(subscription_id).status not in LIVE_STATUSES:
-        return False
-    return get_client().v1.invoices.retrieve(invoice_id).status not in ("paid", "void")
+        return None
+    invoice = read_invoice(get_client().v1.invoices.retrieve(invoice_id))
+    if invoice.status != "open":
+        return None
+    return _Due(retrying=invoice.next_payment_attempt is not None)
 
 
 @handles("invoice.paid")
@@ -160,33 +176,33 @@ def on_invoice_paid(session: Session, event: ClaimedEvent) -> HandlerResult:
 
 @handles("invoice.payment_failed")
 def on_invoice_payment_failed(session: Session, event: ClaimedEvent) -> HandlerResult:
-    """A payment failed: refresh the subscription (past_due) and tell the user.
+    """A payment failed: refresh the subscription (past_due) and tell the user, if it is
+    still owed (`_still_due`), saying whether Stripe will try again.
 
-    We rely on Stripe's Smart Retries and never retry charges ourselves. A sign-up's first
-    payment is not told of: the person saw the decline on our page or Checkout's, and the
-    attempt is undone, never retried (telling them "Stripe will retry" would be false).
+    We rely on Stripe's Smart Retries and never retry charges ourselves.
     """
     refreshed = _refresh_from_stripe(session, event, about_a_payment_due=True)
     if refreshed.user_id is None:
         return HandlerResult(EventStatus.SKIPPED, refreshed.why)
-    if not refreshed.sign_up:
+    if refreshed.due is not None:
         notifications.tell(
-            session, user_id=refreshed.user_id, kind="payment_failed", text=PAYMENT_FAILED_TEXT
+            session,
+            user_id=refreshed.user_id,
+            kind="payment_failed",
+            text=PAYMENT_FAILED_TEXT if refreshed.due.retrying else PAYMENT_FAILED_FINAL_TEXT,
         )
     return HandlerResult(changed_users={refreshed.user_id})
 
 
 @handles("invoice.payment_action_required")
 def on_invoice_action_required(session: Session, event: ClaimedEvent) -> HandlerResult:
-    """The bank wants the customer to authenticate a payment: tell the user.
-
-    Not for a sign-up's first payment: its 3-D Secure check runs in our page (or
-    Checkout's), while the person is there.
-    """
+    """The bank wants the customer to authenticate a payment: tell the user, if it is still
+    owed (`_still_due`; a sign-up's check runs on our page, or Checkout's, while the
+    person is there)."""
     refreshed = _refresh_from_stripe(session, event, about_a_payment_due=True)
     if refreshed.user_id is None:
         return HandlerResult(EventStatus.SKIPPED, refreshed.why)
-    if not refreshed.sign_up:
+    if refreshed.due is not None:
         notifications.tell(
             session,
             user_id=refreshed.user_id,

@@ -169,6 +169,8 @@ class InvoiceSnapshot:
     # Why Stripe made it: "subscription_create" for a subscription's first invoice (its
     # sign-up payment), "subscription_cycle" for a renewal, ...
     billing_reason: str | None = None
+    # When Stripe will next try to collect it (Smart Retries); None once it will not.
+    next_payment_attempt: datetime | None = None
 
 
 def read_invoice(obj: Any) -> InvoiceSnapshot:
@@ -185,6 +187,7 @@ def read_invoice(obj: Any) -> InvoiceSnapshot:
         subscription_id=_id(parent.get("subscription")) or _id(data.get("subscription")),
         status=data.get("status"),
         billing_reason=data.get("billing_reason"),
+        next_payment_attempt=_ts(data.get("next_payment_attempt")),
     )
 
 

@@ -25,6 +25,19 @@ STATUS_LABELS = {
     "canceled": "Canceled",
 }
 PERIOD_END_FALLBACK = "the end of the period"
+# What a person owing a payment is told (the dashboard's warning, and messages).
+PAYMENT_FAILED_TEXT = "Your last payment failed; Stripe will retry."
+# Stripe will not try again (its retries are used up, or the merchant collects by hand).
+PAYMENT_FAILED_FINAL_TEXT = (
+    "Your last payment failed, and Stripe will not retry it. "
+    "Please update your card in Manage billing."
+)
+# Stripe marks a subscription unpaid once its retries are used up: it tries no more.
+UNPAID_TEXT = (
+    "Your payment is overdue, and Stripe will not retry it. "
+    "Please update your card in Manage billing."
+)
+PAYMENT_WARNINGS = {"past_due": PAYMENT_FAILED_TEXT, "unpaid": UNPAID_TEXT}
 
 
 def format_date(value: datetime | None, missing: str = "") -> str:
@@ -62,6 +75,8 @@ class SubscriptionView:
     canceled_on: str = ""
     is_live: bool = False
     past_due: bool = False
+    # The dashboard's warning about a payment owed ("" when none).
+    payment_warning: str = ""
     # Set to end through `cancel_at` only: undoing it unsets that (`resume_subscription`).
     ends_by_cancel_at: bool = False
 
@@ -84,7 +99,8 @@ def view_of(row: Subscription) -> SubscriptionView:
         renews_on=format_date((row.cancel_at if ending else None) or row.current_period_end),
         canceled_on=format_date(row.canceled_at),
         is_live=is_live,
-        past_due=row.status in ("past_due", "unpaid"),
+        past_due=row.status in PAYMENT_WARNINGS,
+        payment_warning=PAYMENT_WARNINGS.get(row.status, ""),
         ends_by_cancel_at=ends_by_cancel_at,
     )
 

@@ -4,7 +4,6 @@ import reflex as rx
 from reflex.experimental.client_state import ClientStateVar
 
 from subscription_app import routes
-from subscription_app.billing.handlers import PAYMENT_FAILED_TEXT
 from subscription_app.components.layout import error_callout, page_frame
 from subscription_app.state.auth import AuthState, require_login
 from subscription_app.state.billing import CANCEL_AT_PERIOD_END, CANCEL_NOW, DashboardState
@@ -48,8 +47,10 @@ def _subscription_details() -> rx.Component:
 
 def _past_due_warning() -> rx.Component:
     return rx.cond(
-        SUBSCRIPTION.past_due,
-        rx.callout(PAYMENT_FAILED_TEXT, icon="triangle_alert", color_scheme="amber", role="alert"),
+        SUBSCRIPTION.payment_warning != "",
+        rx.callout(
+            SUBSCRIPTION.payment_warning, icon="triangle_alert", color_scheme="amber", role="alert"
+        ),
     )
 
 

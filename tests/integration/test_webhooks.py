@@ -641,7 +641,7 @@ def test_a_subscription_to_another_price_is_recorded_but_not_shown_as_our_plan(
     # Its failed payments are the other product's business: no message to the person here.
     told = len(notifications.recent_messages(session, user_id=user_id, limit=100))
     invoice = stripe_fixture("invoice")
-    invoice.update(id="in_other_1", customer=customer_id)
+    invoice.update(id=theirs.latest_invoice, customer=customer_id, status="open")
     invoice["parent"] = {
         "type": "subscription_details",
         "quote_details": None,
@@ -740,8 +740,22 @@ def stripe_reads(monkeypatch) -> list[str]:
     return reads
 
 
+def _stub_invoices_still_open(monkeypatch) -> None:
+    """Stripe's answer for an invoice still owed, Smart Retries pending (open, with a
+    `next_payment_attempt`), for invoices the emulator paid at once: stubbed at the SDK."""
+    real_retrieve = stripe.InvoiceService.retrieve
+
+    def still_open(self, invoice_id, *args, **kwargs):
+        answer = real_retrieve(self, invoice_id, *args, **kwargs)
+        answer["status"] = "open"
+        answer["next_payment_attempt"] = int(time.time()) + 3 * 24 * 3600
+        return answer
+
+    monkeypatch.setattr(stripe.InvoiceService, "retrieve", still_open)
+
+
 def test_a_burst_about_one_subscription_is_one_stripe_read_and_every_event_counts(
-    stripe_hook, session, stripe_client, stripe_reads
+    stripe_hook, session, stripe_client, stripe_reads, monkeypatch
 ):
     user_id, sub_id = subscribe_for_real(session, stripe_client)
     stripe_reads.clear()
@@ -749,12 +763,14 @@ def test_a_burst_about_one_subscription_is_one_stripe_read_and_every_event_count
         sub_id, params={"cancel_at_period_end": True}
     ).to_dict()
     invoice = stripe_fixture("invoice")  # Stripe's current shape: the subscription is a parent
-    invoice.update(id="in_burst_1", customer=current["customer"])
+    invoice.update(id=current["latest_invoice"], customer=current["customer"])
     invoice["parent"] = {
         "type": "subscription_details",
         "quote_details": None,
         "subscription_details": {"metadata": {}, "subscription": sub_id},
     }
+    # Still owed when applied (a bank debit; the emulator's card invoice is paid at once).
+    _stub_invoices_still_open(monkeypatch)
     for event_type, obj in [
         ("customer.subscription.updated", current),
         ("customer.subscription.updated", current),
@@ -764,7 +780,9 @@ def test_a_burst_about_one_subscription_is_one_stripe_read_and_every_event_count
 
     result = drain()
     assert result.done == 3
-    assert stripe_reads == [sub_id]  # read once, after all three were received
+    # Applied from one read, after all three were received; the failure is also judged by a
+    # read of its own (`handlers._still_due`), made when it is applied.
+    assert stripe_reads == [sub_id, sub_id]
     assert view_of(session, user_id).cancel_at_period_end is True
     assert {e.status for e in events(session)} == {"done"}
     # The payment_failed event's own effect is not lost to the shared read.
@@ -882,18 +900,113 @@ def test_a_first_payment_failing_after_the_subscription_went_live_is_told_of(
     user_id, sub_id = subscribe_for_real(session, stripe_client, email="debit@example.com")
     # The emulator takes cards only, paid at once; Stripe's answer for the debit's invoice,
     # still open while the subscription is active, is stubbed at the SDK.
-    real_retrieve = stripe.InvoiceService.retrieve
-
-    def still_open(self, invoice, *args, **kwargs):
-        answer = real_retrieve(self, invoice, *args, **kwargs)
-        answer["status"] = "open"
-        return answer
-
-    monkeypatch.setattr(stripe.InvoiceService, "retrieve", still_open)
+    _stub_invoices_still_open(monkeypatch)
     post(stripe_hook, _first_invoice_event(stripe_client, "invoice.payment_failed", sub_id))
     assert drain().done == 1
     session.rollback()
     assert notifications.recent_messages(session, user_id=user_id) == [handlers.PAYMENT_FAILED_TEXT]
+
+
+def _failed_renewal(session: Session, stripe_client, stripe_env, email: str):
+    """A subscriber whose renewal was just declined: (user id, subscription id, the renewal's
+    invoice, still open, as Stripe's `invoice.payment_failed` event carries it)."""
+    user_id, sub_id = subscribe_for_real(session, stripe_client, email=email)
+    failing = stripe_client.v1.payment_methods.create(
+        params={"type": "card", "card": {"token": "tok_chargeCustomerFail"}}
+    )
+    customer_id = repository.customer_id_for_user(session, user_id)
+    stripe_client.v1.payment_methods.attach(failing.id, params={"customer": customer_id})
+    stripe_client.v1.subscriptions.update(sub_id, params={"default_payment_method": failing.id})
+    renewed = renew_subscription(stripe_env["emulator"].url, sub_id)
+    assert renewed["status"] == "past_due"
+    invoice = stripe_client.v1.invoices.retrieve(renewed["latest_invoice"])
+    assert (invoice.status, invoice.billing_reason) == ("open", "subscription_cycle")
+    assert invoice.next_payment_attempt  # Stripe will retry it
+    shape = stripe_fixture("invoice")  # Stripe's current shape: the subscription is a parent
+    shape.update(id=invoice.id, customer=customer_id, status="open")
+    shape.update(billing_reason="subscription_cycle")
+    shape["parent"] = {
+        "type": "subscription_details",
+        "quote_details": None,
+        "subscription_details": {"metadata": {}, "subscription": sub_id},
+    }
+    return user_id, sub_id, shape
+
+
+def test_a_renewals_failure_is_told_while_it_is_still_owed(
+    stripe_hook, session, stripe_client, stripe_env
+):
+    user_id, _, invoice = _failed_renewal(session, stripe_client, stripe_env, "owed@example.com")
+    post(stripe_hook, stripe_event_body("invoice.payment_failed", invoice))
+    assert drain().done == 1
+    session.rollback()
+    assert view_of(session, user_id).status == "past_due"
+    assert notifications.recent_messages(session, user_id=user_id) == [handlers.PAYMENT_FAILED_TEXT]
+
+
+def test_a_renewals_failure_applied_after_it_was_paid_tells_nothing(
+    stripe_hook, session, stripe_client, stripe_env
+):
+    """The failure's delivery was held up (a 503, an outage: Stripe retries for days), and
+    meanwhile the person paid with another card: "your last payment failed" would be false."""
+    user_id, sub_id, invoice = _failed_renewal(
+        session, stripe_client, stripe_env, "paid-since@example.com"
+    )
+    good = stripe_client.v1.payment_methods.create(
+        params={"type": "card", "card": {"token": "tok_visa"}}
+    )
+    stripe_client.v1.payment_methods.attach(good.id, params={"customer": invoice["customer"]})
+    stripe_client.v1.customers.update(
+        invoice["customer"], params={"invoice_settings": {"default_payment_method": good.id}}
+    )
+    assert stripe_client.v1.invoices.pay(invoice["id"]).status == "paid"
+    assert stripe_client.v1.subscriptions.retrieve(sub_id).status == "active"
+    post(stripe_hook, stripe_event_body("invoice.payment_failed", invoice))
+    post(stripe_hook, stripe_event_body("invoice.payment_action_required", invoice))
+    assert drain().done == 2
+    session.rollback()
+    assert view_of(session, user_id).status == "active"
+    assert notifications.recent_messages(session, user_id=user_id) == []
+
+
+def test_a_renewals_failure_applied_after_the_subscription_ended_tells_nothing(
+    stripe_hook, session, stripe_client, stripe_env
+):
+    """Stripe ended the subscription after its last retry (or the person cancelled): the
+    dashboard shows it ended; a "Stripe will retry" message would be false."""
+    user_id, sub_id, invoice = _failed_renewal(
+        session, stripe_client, stripe_env, "ended-since@example.com"
+    )
+    assert stripe_client.v1.subscriptions.cancel(sub_id).status == "canceled"
+    post(stripe_hook, stripe_event_body("invoice.payment_failed", invoice))
+    assert drain().done == 1
+    session.rollback()
+    assert view_of(session, user_id).status == "canceled"
+    assert notifications.recent_messages(session, user_id=user_id) == []
+
+
+def test_a_failure_stripe_will_not_retry_is_told_as_final(
+    stripe_hook, session, stripe_client, stripe_env, monkeypatch
+):
+    """Stripe's last retry failed and the subscription stays past due (the merchant's
+    setting), or the merchant collects by hand: the invoice has no `next_payment_attempt`."""
+    user_id, _, invoice = _failed_renewal(session, stripe_client, stripe_env, "last@example.com")
+    # The emulator schedules no retries of its own; Stripe's answer after the last one is
+    # stubbed at the SDK.
+    real_retrieve = stripe.InvoiceService.retrieve
+
+    def no_more_retries(self, invoice_id, *args, **kwargs):
+        answer = real_retrieve(self, invoice_id, *args, **kwargs)
+        answer["next_payment_attempt"] = None
+        return answer
+
+    monkeypatch.setattr(stripe.InvoiceService, "retrieve", no_more_retries)
+    post(stripe_hook, stripe_event_body("invoice.payment_failed", invoice))
+    assert drain().done == 1
+    session.rollback()
+    assert notifications.recent_messages(session, user_id=user_id) == [
+        handlers.PAYMENT_FAILED_FINAL_TEXT
+    ]
 
 
 def test_an_event_received_after_a_batch_was_claimed_is_read_again(

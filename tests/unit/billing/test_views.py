@@ -110,23 +110,27 @@ def test_view_of_leaves_missing_dates_empty():
 
 
 @pytest.mark.parametrize(
-    ("status", "is_live", "past_due"),
+    ("status", "is_live", "past_due", "warning"),
     [
-        ("active", True, False),
-        ("trialing", True, False),
-        ("past_due", True, True),
-        ("unpaid", True, True),
-        ("paused", True, False),
-        ("incomplete", False, False),
-        ("incomplete_expired", False, False),
-        ("canceled", False, False),
+        ("active", True, False, ""),
+        ("trialing", True, False, ""),
+        ("past_due", True, True, views.PAYMENT_FAILED_TEXT),
+        # Stripe's retries are used up: it tries no more, so "Stripe will retry" is not said.
+        ("unpaid", True, True, views.UNPAID_TEXT),
+        ("paused", True, False, ""),
+        ("incomplete", False, False, ""),
+        ("incomplete_expired", False, False, ""),
+        ("canceled", False, False, ""),
     ],
 )
-def test_view_of_says_whether_live_and_whether_payment_is_overdue(status, is_live, past_due):
+def test_view_of_says_whether_live_and_whether_payment_is_overdue(
+    status, is_live, past_due, warning
+):
     view = view_of(_row(status))
     assert view.status == status
     assert view.is_live is is_live
     assert view.past_due is past_due
+    assert view.payment_warning == warning
 
 
 def test_every_stripe_status_has_a_label():
