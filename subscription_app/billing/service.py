@@ -28,7 +28,7 @@ from sqlmodel import Session
 from subscription_app import locks, notifications, ratelimit, routes
 from subscription_app.billing import card_testing, catalog, repository, sync
 from subscription_app.billing.client import get_client
-from subscription_app.billing.errors import AlreadySubscribed, BillingError
+from subscription_app.billing.errors import AlreadySubscribed, BillingError, NotSetUp
 from subscription_app.billing.reader import (
     APP_METADATA,
     SubscriptionSnapshot,
@@ -145,6 +145,18 @@ def _translate(exc: stripe.StripeError, *, about_account: bool = False) -> Billi
             # account's key deployed, say): nothing the person can fix.
             logger.error("Stripe does not know the linked customer (param %s)", exc.param)
             return BillingError(BILLING_ACCOUNT_MISSING, kind="conflict")
+        if "price" in (exc.param or ""):
+            # The plan's price is not in this Stripe account (a test-mode id deployed with a
+            # live key, a deleted price): the operator must act, and everyone trying would
+            # otherwise be told their card was not found. A lookup-key price is looked up
+            # afresh next time.
+            catalog.forget_default_price()
+            detail = (
+                f"Stripe does not know the plan's price (param {exc.param}). Set "
+                "STRIPE_PRICE_ID to a price of this Stripe account, in the key's mode."
+            )
+            logger.error(detail)
+            return NotSetUp(detail)
         return BillingError("That payment method was not found.", kind="invalid")
     logger.error("Stripe call failed: %s (%s)", type(exc).__name__, exc.code or "no code")
     if isinstance(exc, stripe.InvalidRequestError):

@@ -183,6 +183,27 @@ def test_a_missing_price_is_a_clear_424(api, make_payment_method, settings_env, 
     assert count(session, Subscription) == 0
 
 
+def test_a_configured_price_stripe_does_not_know_is_a_clear_424(
+    api, make_payment_method, settings_env, session, caplog
+):
+    """STRIPE_PRICE_ID names a price this Stripe account does not have (a test-mode id
+    deployed with a live key, a deleted price): not "That payment method was not found"
+    for everyone who tries, and the operator is told what to fix."""
+    from subscription_app.billing import catalog
+
+    headers = auth_headers(api, "unknown-price@example.com")
+    settings_env(STRIPE_PRICE_ID="price_NotInThisAccount")
+    catalog.forget_default_price()
+    for response in (
+        subscribe(api, headers, make_payment_method("tok_visa")),
+        api.post("/api/v1/subscriptions/checkout-session", headers=headers),
+    ):
+        assert response.status_code == 424, response.text
+        assert "payments are not set up" in response.json()["detail"]
+    assert count(session, Subscription) == 0
+    assert "STRIPE_PRICE_ID" in caplog.text
+
+
 @pytest.mark.parametrize("path", ["card form", "subscribe", "checkout", "portal"])
 def test_a_customer_deleted_in_stripe_is_replaced_not_a_dead_end(
     api, make_payment_method, stripe_client, session, path
