@@ -488,11 +488,27 @@ def _outcome(
     raise BillingError("Your subscription could not be started. Please try again.", kind="card")
 
 
-def _attempt_key(session: Session, user: User, customer_id: str) -> str:
-    # One key per attempt: the same until this attempt's subscription is recorded (so a
-    # retried request gets the same subscription back from Stripe), new for the next attempt.
+# Stripe replays a key's first answer for a day, a 500 included: a key naming only the
+# attempt would answer every retry of that day with one outage. So keys also name a window of
+# this many seconds: a retry within it gets the first answer (the same subscription, or
+# Checkout page); a later one is a request of its own, which is safe because whatever an
+# earlier one made is found first (`_adopt_unrecorded`, the open Checkout pages listed).
+KEY_WINDOW_SECONDS = 600
+
+
+def _key_window() -> int:
+    """The idempotency-key window now (see KEY_WINDOW_SECONDS)."""
+    return int(time.time() // KEY_WINDOW_SECONDS)
+
+
+def _attempt_key(session: Session, user: User, customer_id: str, payment_method_id: str) -> str:
+    # One key per attempt, card and window: the same until this attempt's subscription is
+    # recorded (so a retried request gets the same subscription back from Stripe), new for
+    # the next attempt, for another card (a page hands out a new card form after an error)
+    # and after KEY_WINDOW_SECONDS.
     attempt = repository.attempt_number(session, _id(user))
-    return hashlib.sha256(f"subscribe:{user.id}:{customer_id}:{attempt}".encode()).hexdigest()
+    parts = f"subscribe:{user.id}:{customer_id}:{attempt}:{payment_method_id}:{_key_window()}"
+    return hashlib.sha256(parts.encode()).hexdigest()
 
 
 # How long Stripe is sure to keep an idempotency key (it keeps them at least 24 hours).
@@ -501,7 +517,7 @@ IDEMPOTENCY_KEYS_KEPT = timedelta(hours=23)
 
 def _adopt_unrecorded(
     session: Session, user: User, customer_id: str, *, except_attempt: str | None = None
-) -> None:
+) -> bool:
     """Record subscriptions Stripe has for this customer that we never got to record.
 
     Called under the person's subscribe lock before each attempt: our rows may lag behind
@@ -509,10 +525,11 @@ def _adopt_unrecorded(
     Stripe says proves that a person has no subscription yet. One made by the attempt
     `except_attempt` (its key, in the subscription's metadata) is left to that attempt's
     retry, which gets it back from Stripe by the same idempotency key and answers as the
-    first request would have.
+    first request would have. True if it recorded any.
     """
     listed = get_client().v1.subscriptions.list(params={"customer": customer_id, "status": "all"})
     kept_since = time.time() - IDEMPOTENCY_KEYS_KEPT.total_seconds()
+    adopted = False
     for item in listed.auto_paging_iter():
         metadata = item.metadata.to_dict() if item.metadata else {}
         if (
@@ -528,6 +545,8 @@ def _adopt_unrecorded(
                 # Open beside one we have recorded (made in the Stripe dashboard, say): the
                 # person has a subscription already.
                 raise AlreadySubscribed() from None
+            adopted = True
+    return adopted
 
 
 def _start_locked(
@@ -541,12 +560,13 @@ def _start_locked(
     expire_open_checkouts(client, customer_id)
     # The key a previous request of this same attempt created its subscription under: that
     # one is left to this retry's idempotency key. Anything else adopted is recorded, which
-    # makes this a new attempt with a new key.
-    _adopt_unrecorded(
-        session, user, customer_id, except_attempt=_attempt_key(session, user, customer_id)
-    )
+    # makes this a new attempt with a new key. The key is computed once, unless this request
+    # adopted something: a webhook recording the excluded subscription meanwhile must not
+    # turn this retry into a new attempt creating a second one.
+    attempt = _attempt_key(session, user, customer_id, payment_method_id)
+    if _adopt_unrecorded(session, user, customer_id, except_attempt=attempt):
+        attempt = _attempt_key(session, user, customer_id, payment_method_id)
     _settle_open_attempts(client, session, user)
-    attempt = _attempt_key(session, user, customer_id)
     payment_method = client.v1.payment_methods.retrieve(payment_method_id)
     owner = payment_method.customer
     owner_id = owner if isinstance(owner, str) or owner is None else owner.id
@@ -918,8 +938,9 @@ def _start_checkout_locked(session: Session, user: User) -> str:
     attempt = repository.attempt_number(session, _id(user))
     # A retried request (same attempt, nothing expired meanwhile) gets the same session from
     # Stripe. Once that session has expired (the person went back, or tried a card), the key
-    # is a new one: Stripe would otherwise replay the dead session's page for 24 hours.
-    key = f"checkout-{_id(user)}-{customer_id}-{attempt}-{last_expired}"
+    # is a new one: Stripe would otherwise replay the dead session's page for 24 hours. So it
+    # is after KEY_WINDOW_SECONDS (a failed create's answer would be replayed too).
+    key = f"checkout-{_id(user)}-{customer_id}-{attempt}-{last_expired}-{_key_window()}"
     created = client.v1.checkout.sessions.create(
         params={
             "mode": "subscription",

@@ -233,3 +233,39 @@ def pay_checkout(url: str, card: str = "4242 4242 4242 4242") -> httpx.Response:
         if label in answers and field_id in form.fields:
             data[form.fields[field_id]] = answers[label]
     return httpx.post(urljoin(url, form.action or url), data=data, timeout=30)
+
+
+@pytest.fixture
+def key_window(monkeypatch) -> list[int]:
+    """The idempotency-key window (`service._key_window`), held still: a test's retries fall
+    in one window unless the test moves it (append the next one)."""
+    from subscription_app.billing import service
+
+    windows = [0]
+    monkeypatch.setattr(service, "_key_window", lambda: windows[-1])
+    return windows
+
+
+@pytest.fixture
+def stripe_500_replayed(monkeypatch):
+    """Install on an SDK service class (e.g. `stripe.SubscriptionService`): its first `create`
+    gets a Stripe 500, and, as Stripe does, every later request with that idempotency key
+    gets the same 500 replayed (Stripe keeps a key's first answer for a day, errors too)."""
+    import stripe
+
+    failed: set[str | None] = set()
+
+    def install(service_class) -> set[str | None]:
+        real = service_class.create
+
+        def create(self, params=None, options=None):
+            key = (options or {}).get("idempotency_key")
+            if not failed or key in failed:
+                failed.add(key)
+                raise stripe.APIError("An unknown error occurred.", http_status=500)
+            return real(self, params, options)
+
+        monkeypatch.setattr(service_class, "create", create)
+        return failed
+
+    return install

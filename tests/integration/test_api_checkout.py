@@ -333,6 +333,25 @@ def test_an_expired_checkout_is_replaced_not_handed_out_again(api, stripe_client
     assert pay_checkout(urls[-1]).status_code not in (302, 303)  # the expired one takes nothing
 
 
+def test_a_stripe_error_replayed_under_the_checkout_key_ends_with_the_key_window(
+    api, stripe_client, key_window, stripe_500_replayed
+):
+    """Stripe answered the Checkout Session's create with a 500 and keeps that answer under
+    its key for a day; the key's window moves on, so the person is not kept from Checkout
+    until tomorrow."""
+    import stripe
+
+    stripe_500_replayed(stripe.checkout.SessionService)
+    headers = auth_headers(api, "checkout-500@example.com")
+    assert start(api, headers).status_code == 424
+    assert start(api, headers).status_code == 424  # within the window: the same answer
+    key_window.append(key_window[-1] + 1)  # KEY_WINDOW_SECONDS later
+    later = start(api, headers)
+    assert later.status_code == 201, later.text
+    cs_id = later.json()["url"].rstrip("/").rsplit("/", 1)[-1]
+    assert stripe_client.v1.checkout.sessions.retrieve(cs_id).status == "open"
+
+
 def _use_new_price(stripe_client, settings_env) -> str:
     """The merchant moves the plan to a new price."""
     price = make_monthly_price(stripe_client, "Pro, new price", 1500)

@@ -110,7 +110,7 @@ def recording_dies_once(monkeypatch):
 
 
 def test_retry_after_a_request_died_half_way_returns_the_same_subscription(
-    api, make_payment_method, stripe_client, session, recording_dies_once
+    api, make_payment_method, stripe_client, session, recording_dies_once, key_window
 ):
     # The first request created the subscription in Stripe, then died before recording it.
     # Only the idempotency key keeps the retry from creating a second one.
@@ -121,6 +121,76 @@ def test_retry_after_a_request_died_half_way_returns_the_same_subscription(
     assert retry.status_code == 200, retry.text
     assert retry.json()["status"] == "active"
     subs, paid = stripe_state(session, stripe_client, "retry@example.com")
+    assert len(subs) == 1 and len(paid) == 1
+
+
+def test_a_stripe_error_replayed_under_the_key_does_not_block_the_next_try(
+    api, make_payment_method, stripe_client, session, key_window, stripe_500_replayed
+):
+    """Stripe answered the create with a 500 and keeps that answer under its key for a day:
+    the page's next try (a new card form) and a retry after KEY_WINDOW_SECONDS are
+    requests of their own, not the same outage replayed until tomorrow."""
+    import stripe
+
+    failed = stripe_500_replayed(stripe.SubscriptionService)
+    headers = auth_headers(api, "replayed-500@example.com")
+    card = make_payment_method("tok_visa")
+    outage = subscribe(api, headers, card)
+    assert outage.status_code == 424, outage.text
+    assert subscribe(api, headers, card).status_code == 424  # a retry: the same answer
+    assert len(failed) == 1
+    # Another card (the page hands out a new card form after an error) goes through.
+    other = subscribe(api, headers, make_payment_method("tok_visa"))
+    assert other.status_code == 200, other.text
+    assert other.json()["status"] == "active"
+    subs, paid = stripe_state(session, stripe_client, "replayed-500@example.com")
+    assert len(subs) == 1 and len(paid) == 1
+
+
+def test_the_same_card_after_the_key_window_is_not_the_replayed_error(
+    api, make_payment_method, stripe_client, session, key_window, stripe_500_replayed
+):
+    import stripe
+
+    stripe_500_replayed(stripe.SubscriptionService)
+    headers = auth_headers(api, "replayed-500-later@example.com")
+    card = make_payment_method("tok_visa")
+    assert subscribe(api, headers, card).status_code == 424
+    key_window.append(key_window[-1] + 1)  # KEY_WINDOW_SECONDS later
+    later = subscribe(api, headers, card)
+    assert later.status_code == 200, later.text
+    subs, paid = stripe_state(session, stripe_client, "replayed-500-later@example.com")
+    assert len(subs) == 1 and len(paid) == 1
+
+
+def test_a_webhook_recording_the_first_subscription_mid_retry_does_not_make_a_second(
+    api,
+    make_payment_method,
+    stripe_client,
+    session,
+    recording_dies_once,
+    key_window,
+    monkeypatch,
+):
+    """The retry leaves the dead request's subscription to its idempotency key; the webhook
+    processor records that subscription just after the retry checked the open ones. The
+    retry still uses the dead request's key (Stripe answers with that subscription), rather
+    than count the new row as a new attempt and create, and charge, a second one."""
+    headers = auth_headers(api, "mid-retry@example.com")
+    card = make_payment_method("tok_visa")
+    assert subscribe(api, headers, card).status_code == 500
+    real_settle = service._settle_open_attempts
+
+    def webhook_records_it_meanwhile(client, session_, user):
+        real_settle(client, session_, user)
+        customer = stripe_client.v1.customers.list(params={"email": user.email}).data[0]
+        [first] = stripe_client.v1.subscriptions.list(params={"customer": customer.id}).data
+        sync.sync_subscription(session=session_, subscription_id=first.id)
+
+    monkeypatch.setattr(service, "_settle_open_attempts", webhook_records_it_meanwhile)
+    retry = subscribe(api, headers, card)
+    assert retry.status_code == 200, retry.text
+    subs, paid = stripe_state(session, stripe_client, "mid-retry@example.com")
     assert len(subs) == 1 and len(paid) == 1
 
 
