@@ -16,7 +16,7 @@ ErrorKind = Literal[
     "conflict",  # the current state does not allow it (409)
     "card",  # the card was refused (402)
     "limited",  # too many attempts; retry after `retry_after` seconds (429)
-    "unavailable",  # Stripe unreachable or not set up; nothing was charged (424)
+    "unavailable",  # Stripe unreachable or not set up; a retry never charges twice (424)
     "busy",  # the server is at capacity for this work; retry after `retry_after` seconds (503)
 ]
 

@@ -25,7 +25,7 @@ STATUS_FOR_KIND: dict[ErrorKind, int] = {
     "card": status.HTTP_402_PAYMENT_REQUIRED,
     "limited": status.HTTP_429_TOO_MANY_REQUESTS,
     # Stripe unreachable, timing out or not set up: a service the request depends on failed
-    # (nothing was charged; the client may retry).
+    # (the client may retry; a retry never charges twice).
     "unavailable": status.HTTP_424_FAILED_DEPENDENCY,
     "busy": status.HTTP_503_SERVICE_UNAVAILABLE,
 }

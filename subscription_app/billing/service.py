@@ -75,6 +75,13 @@ MESSAGES = {
 UNAVAILABLE = (
     "We could not reach our payment provider. Nothing was charged; please try again in a minute."
 )
+# Stripe could not be reached after a payment may have been made (the create call was sent,
+# or the bank's check finished): "nothing was charged" may be false. A retry is safe: it
+# gets the same subscription back, or finds it (`_adopt_unrecorded`), and charges once.
+UNCONFIRMED = (
+    "We could not reach our payment provider to confirm your payment. Check your dashboard "
+    "in a minute before trying again; you will not be charged twice."
+)
 AUTHENTICATION_FAILED = "Card authentication failed. Your subscription was not started."
 ATTEMPT_IN_PROGRESS = (
     "Another change to your subscription is still in progress. Please try again in a moment."
@@ -129,11 +136,14 @@ def _card_message(code: str | None, fallback: str | None) -> str:
     return fallback or MESSAGES["card_declined"]
 
 
-def _translate(exc: stripe.StripeError, *, about_account: bool = False) -> BillingError:
+def _translate(
+    exc: stripe.StripeError, *, about_account: bool = False, payment_sent: bool = False
+) -> BillingError:
     """Turn a Stripe error into one a user may read (and log what they may not).
 
     `about_account`: the call names only the person's Stripe customer (the billing portal,
     the invoice list), so "not found" is about that account, not a payment method.
+    `payment_sent`: a payment may have been made (see UNCONFIRMED).
     """
     if isinstance(exc, stripe.CardError):
         error = exc.error
@@ -161,7 +171,7 @@ def _translate(exc: stripe.StripeError, *, about_account: bool = False) -> Billi
     logger.error("Stripe call failed: %s (%s)", type(exc).__name__, exc.code or "no code")
     if isinstance(exc, stripe.InvalidRequestError):
         return BillingError("The payment details were not accepted. Please try again.")
-    return BillingError(UNAVAILABLE, kind="unavailable")
+    return BillingError(UNCONFIRMED if payment_sent else UNAVAILABLE, kind="unavailable")
 
 
 def validate_payment_method_id(payment_method_id: object) -> str:
@@ -598,6 +608,9 @@ def _start_locked(
         # got recorded here (the request died half-way): record it, then start afresh.
         _adopt_unrecorded(session, user, customer_id)
         return _start_locked(session, user, payment_method_id, retried=True)
+    except (stripe.APIConnectionError, stripe.APIError, stripe.RateLimitError) as exc:
+        # Stripe may have made (and charged) it: not "nothing was charged".
+        raise _translate(exc, payment_sent=True) from exc
     snapshot = read_subscription(created)
     try:
         sync.record_created(session=session, user_id=_id(user), snapshot=snapshot)
@@ -607,7 +620,10 @@ def _start_locked(
         logger.error("a subscribe attempt met another open subscription; cancelling the new one")
         client.v1.subscriptions.cancel(snapshot.id)
         raise AlreadySubscribed() from None
-    return _outcome(client, session, user, snapshot)
+    try:
+        return _outcome(client, session, user, snapshot)
+    except stripe.StripeError as exc:  # made, maybe paid: reading how it went failed
+        raise _translate(exc, payment_sent=True) from exc
 
 
 def record_card_failure(*, user: User, client_address: str | None = None) -> None:
@@ -696,8 +712,8 @@ def confirm_subscription(
             raise BillingError(AUTHENTICATION_FAILED, kind="card")
     except locks.LockTimeout as exc:
         raise BillingError(ATTEMPT_IN_PROGRESS, kind="conflict") from exc
-    except stripe.StripeError as exc:
-        raise _translate(exc) from exc
+    except stripe.StripeError as exc:  # the bank's check may have completed the payment
+        raise _translate(exc, payment_sent=True) from exc
 
 
 @dataclass(frozen=True)

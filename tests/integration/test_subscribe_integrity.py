@@ -465,3 +465,55 @@ def test_undoing_an_attempt_that_ended_meanwhile_is_not_a_payment_method_error(
     assert second.json()["status"] == "active"
     subs, paid = stripe_state(session, stripe_client, "expired-meanwhile@example.com")
     assert len(live(subs)) == 1 and len(paid) == 1
+
+
+def test_an_answer_lost_after_stripe_made_the_subscription_does_not_say_nothing_was_charged(
+    api, make_payment_method, stripe_client, session, key_window, monkeypatch
+):
+    """Stripe made (and charged) the subscription, and its answer was lost on the way back:
+    the person is not told "Nothing was charged"; their retry gets the same subscription."""
+    import stripe
+
+    real_create = stripe.SubscriptionService.create
+    made: list[str] = []
+
+    def answer_lost_once(self, params=None, options=None):
+        subscription = real_create(self, params, options)
+        made.append(subscription.id)
+        if len(made) == 1:
+            raise stripe.APIConnectionError("The connection was reset.")
+        return subscription
+
+    monkeypatch.setattr(stripe.SubscriptionService, "create", answer_lost_once)
+    headers = auth_headers(api, "lost-answer@example.com")
+    card = make_payment_method("tok_visa")
+    lost = subscribe(api, headers, card)
+    assert lost.status_code == 424, lost.text
+    assert lost.json()["detail"] == service.UNCONFIRMED
+    assert "Nothing was charged" not in lost.text
+    retry = subscribe(api, headers, card)
+    assert retry.status_code == 200, retry.text
+    assert retry.json()["status"] == "active"
+    subs, paid = stripe_state(session, stripe_client, "lost-answer@example.com")
+    assert len(subs) == 1 and len(paid) == 1
+
+
+def test_confirm_that_cannot_reach_stripe_does_not_say_nothing_was_charged(
+    api, make_payment_method, stripe_client, session, monkeypatch
+):
+    """The bank's check finished (the payment went through); reading the subscription back
+    fails: "Nothing was charged" would be false."""
+    import stripe
+
+    headers = auth_headers(api, "confirm-unreachable@example.com")
+    first = subscribe(api, headers, make_payment_method("tok_threeDSecure2Required"))
+    assert first.json()["status"] == "requires_action"
+    _authenticate(stripe_client, first.json()["client_secret"])
+
+    def unreachable(*args, **kwargs):
+        raise stripe.APIConnectionError("The connection was reset.")
+
+    monkeypatch.setattr(sync, "fetch_subscription", unreachable)
+    confirmed = api.post("/api/v1/subscriptions/confirm", headers=headers)
+    assert confirmed.status_code == 424, confirmed.text
+    assert confirmed.json()["detail"] == service.UNCONFIRMED
