@@ -156,7 +156,7 @@ def forwarded_client(peer: str | None, forwarded_for: str | None, settings: Sett
     """
     if not is_trusted_proxy(peer, settings) or not forwarded_for:
         return peer
-    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    hops = [_without_port(hop.strip()) for hop in forwarded_for.split(",") if hop.strip()]
     while hops:
         hop = hops.pop()
         if not hops or not is_trusted_proxy(hop, settings):
@@ -164,14 +164,38 @@ def forwarded_client(peer: str | None, forwarded_for: str | None, settings: Sett
     return peer
 
 
+def _without_port(hop: str) -> str:
+    """A hop as an address: "203.0.113.9:41234" and "[2001:db8::1]:443" lose their port (some
+    proxies send one), so one client is one address, not one per connection."""
+    if hop.startswith("["):
+        end = hop.find("]")
+        return hop[1:end] if end > 0 else hop
+    if hop.count(":") == 1:  # an IPv4 address (or name) and a port; IPv6 has more colons
+        return hop.split(":", 1)[0]
+    return hop
+
+
+def header_list(scope: Scope, name: str) -> str | None:
+    """Every line of header `name`, in order, as one comma-separated list (HTTP's rule for
+    list-valued headers): a proxy that adds its own line instead of extending the client's
+    (HAProxy's `option forwardfor`) must be read after it, not behind it."""
+    values = Headers(scope=scope).getlist(name)
+    return ", ".join(values) if values else None
+
+
 def request_scheme(scope: Scope, settings: Settings) -> str:
-    """The scheme the client used: ours, or the trusted proxy's word for it."""
+    """The scheme the client used: ours, or the trusted proxy's word for it.
+
+    The proxy's word is the last entry: a proxy that appends rather than sets the header
+    leaves the client's own (forgeable) entries in front of it.
+    """
     scheme: str = scope.get("scheme", "http")
     client = scope.get("client")
     if is_trusted_proxy(client[0] if client else None, settings):
-        forwarded = Headers(scope=scope).get("x-forwarded-proto")
-        if forwarded:
-            scheme = forwarded.split(",")[0].strip().lower()
+        forwarded = header_list(scope, "x-forwarded-proto")
+        entries = [entry.strip().lower() for entry in (forwarded or "").split(",")]
+        if entries[-1]:
+            scheme = entries[-1]
     if scope["type"] == "websocket":
         return {"ws": "http", "wss": "https"}.get(scheme, scheme)
     return scheme
@@ -198,7 +222,7 @@ class SecurityMiddleware:
                 scope["scheme"] = "wss" if secure else "ws"
             else:
                 scope["scheme"] = "https" if secure else "http"
-            forwarded_for = Headers(scope=scope).get("x-forwarded-for")
+            forwarded_for = header_list(scope, "x-forwarded-for")
             if forwarded_for:
                 peer = client[0] if client else None
                 scope["client"] = (forwarded_client(peer, forwarded_for, settings), 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 from functools import cached_property, lru_cache
 from typing import Literal
@@ -211,6 +212,16 @@ class Settings(BaseSettings):
             problems.append(
                 "APP_BLIND_INDEX_KEY must not reuse a key of APP_ENCRYPTION_KEYS: one key, one use"
             )
+        for part in (p.strip() for p in self.trusted_proxies.split(",")):
+            try:
+                if part:
+                    ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                # Found here, not by every request answering 500.
+                problems.append(
+                    f"TRUSTED_PROXIES must list IP addresses or networks, comma-separated "
+                    f"(got {part!r})"
+                )
         app_url = urlsplit(self.app_url)
         if app_url.scheme not in ("http", "https") or not app_url.hostname:
             problems.append(f"APP_URL must be an absolute http(s):// URL (got {self.app_url!r})")

@@ -12,7 +12,7 @@ from sqlmodel import Session
 from subscription_app import accounts
 from subscription_app.db import session_scope
 from subscription_app.models import User
-from subscription_app.security import forwarded_client
+from subscription_app.security import forwarded_client, header_list
 from subscription_app.settings import get_settings
 
 _bearer = HTTPBearer(auto_error=False)
@@ -61,4 +61,4 @@ CurrentUser = Annotated[User, Depends(get_current_user)]
 def client_address(request: Request) -> str | None:
     """The client's IP: the connection's, or the rightmost untrusted hop behind our proxies."""
     peer = request.client.host if request.client else None
-    return forwarded_client(peer, request.headers.get("x-forwarded-for"), get_settings())
+    return forwarded_client(peer, header_list(request.scope, "x-forwarded-for"), get_settings())

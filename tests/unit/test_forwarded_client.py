@@ -25,6 +25,11 @@ def settings(settings_env):
         ("203.0.113.9", "192.0.2.10", "203.0.113.9"),
         ("10.0.0.1", None, "10.0.0.1"),
         ("10.0.0.1", " , ", "10.0.0.1"),
+        # A proxy that sends the port too: one client is one address, not one per connection.
+        ("10.0.0.1", "192.0.2.10:51234", "192.0.2.10"),
+        ("10.0.0.1", "[2001:db8::7]:443", "2001:db8::7"),
+        ("10.0.0.1", "198.51.100.1, 10.0.1.5:8080", "198.51.100.1"),
+        ("10.0.0.1", "2001:db8::7", "2001:db8::7"),
     ],
 )
 def test_forwarded_client(settings, peer, header, client):

@@ -29,23 +29,49 @@ def test_a_relative_app_url_is_refused_rather_than_allowing_every_origin():
         load_settings(_env_file=None, app_url="billing.example.org", app_env="development")
 
 
-def _websocket_client(peer: str, forwarded_for: str, settings_env) -> str:
-    """The `client` a websocket app (Reflex's event socket) sees through the middleware."""
+def _seen_through_the_middleware(peer: str, headers: list[tuple[str, str]], settings_env):
+    """(client, scheme) a websocket app (Reflex's event socket) sees through the middleware."""
     settings_env(TRUSTED_PROXIES="10.0.0.2")
     seen: dict = {}
 
     async def inner(scope, receive, send):
-        seen["client"] = scope["client"][0]
+        seen["client"], seen["scheme"] = scope["client"][0], scope["scheme"]
 
     scope = {
         "type": "websocket",
         "scheme": "ws",
         "path": "/_event/",
-        "headers": [(b"x-forwarded-for", forwarded_for.encode())],
+        "headers": [(name.encode(), value.encode()) for name, value in headers],
         "client": (peer, 1234),
     }
     asyncio.run(SecurityMiddleware(inner)(scope, None, None))
-    return seen["client"]
+    return seen["client"], seen["scheme"]
+
+
+def _websocket_client(peer: str, forwarded_for: str, settings_env) -> str:
+    """The `client` a websocket app sees through the middleware."""
+    return _seen_through_the_middleware(peer, [("x-forwarded-for", forwarded_for)], settings_env)[0]
+
+
+def test_a_proxy_adding_its_own_header_line_is_read_after_the_clients(settings_env):
+    """HAProxy's `option forwardfor` adds a line rather than extending the client's: the
+    client's forged lines come first and must not be believed."""
+    client, scheme = _seen_through_the_middleware(
+        "10.0.0.2",
+        [
+            ("x-forwarded-for", "6.6.6.6"),  # the client's, forged
+            ("x-forwarded-proto", "https"),  # the client's, forged
+            ("x-forwarded-for", "198.51.100.4"),  # the proxy's
+            ("x-forwarded-proto", "http"),  # the proxy's
+        ],
+        settings_env,
+    )
+    assert (client, scheme) == ("198.51.100.4", "ws")
+    # One line from a proxy that sets the header (deploy/'s nginx): its word.
+    assert (
+        _seen_through_the_middleware("10.0.0.2", [("x-forwarded-proto", "https")], settings_env)[1]
+        == "wss"
+    )
 
 
 def test_the_websocket_sees_the_client_behind_a_trusted_proxy(settings_env):

@@ -92,6 +92,14 @@ def test_secrets_do_not_show_in_repr():
     assert GOOD_PROD["app_secret_key"] not in repr(settings)
 
 
+@pytest.mark.parametrize("value", ["10.0.0.1, nginx", "10.0.0.0/33", "127.0.0.1;10.0.0.2"])
+def test_a_trusted_proxies_entry_that_is_no_address_is_refused_at_start(value):
+    # Not found later by every request answering 500.
+    with pytest.raises(SettingsError, match="TRUSTED_PROXIES must list IP addresses"):
+        make(app_env="development", trusted_proxies=value)
+    assert make(app_env="development", trusted_proxies=" 10.0.0.1, 10.0.1.0/24 ,::1")
+
+
 def test_invalid_app_env_is_refused():
     with pytest.raises(SettingsError, match="APP_ENV"):
         make(app_env="staging")
