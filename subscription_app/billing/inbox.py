@@ -266,6 +266,18 @@ def renew(session: Session, lease_token: str) -> datetime:
     return until
 
 
+def still_held(session: Session, lease_token: str) -> set[int]:
+    """The row ids of one claim's unfinished events that are still its own (not taken over
+    by another worker after its lease ran out)."""
+    table = _events_table()
+    rows = session.connection().execute(
+        select(table.c.id).where(text(PENDING_EVENT), table.c.locked_by == lease_token)
+    )
+    held = {row_id for (row_id,) in rows}
+    session.commit()
+    return held
+
+
 def release(session: Session, lease_token: str) -> int:
     """Give up the lease of every event of one claim not finished yet; returns how many.
 

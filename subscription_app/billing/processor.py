@@ -132,17 +132,31 @@ class _Lease:
     def __init__(self, claimed: list[inbox.ClaimedEvent]) -> None:
         self.token = claimed[0].lease_token if claimed else None
         self.until = claimed[0].locked_until if claimed else None
+        # Once the lease ran out before it was renewed: the row ids still ours (None: all).
+        self.held: set[int] | None = None
 
     def due(self) -> bool:
         """Whether less than `RENEW_WHEN_LEFT` of the lease is left."""
         return self.until is not None and inbox.utcnow() >= self.until - RENEW_WHEN_LEFT
 
     def renew(self) -> None:
-        """Extend the lease of the batch's unfinished events. Blocking."""
+        """Extend the lease of the batch's unfinished events. Blocking.
+
+        If it had run out already (one event took longer than the lease: lock waits, slow
+        Stripe), another worker may have taken some over meanwhile: those are noted, so this
+        worker does not apply them too (twice the Stripe calls, during a slowdown).
+        """
         if self.token is None:
             return
+        lapsed = self.until is not None and inbox.utcnow() >= self.until
         with Session(db.get_engine()) as session:
             self.until = inbox.renew(session, self.token)
+            if lapsed:
+                self.held = inbox.still_held(session, self.token)
+
+    def holds(self, event: inbox.ClaimedEvent) -> bool:
+        """Whether `event` is still this batch's to apply (see `renew`)."""
+        return self.held is None or event.row_id in self.held
 
     def release(self) -> None:
         """Hand the batch's unfinished events back: due again at once, for any worker."""
@@ -177,7 +191,8 @@ def process_batch(
                 break
             if lease.due():
                 lease.renew()
-            process_one(event, result)
+            if lease.holds(event):  # else another worker took it over: it applies it
+                process_one(event, result)
     return result
 
 
@@ -201,7 +216,8 @@ async def _process_pass(
             await intake.quiet(YIELD_TO_INTAKE_SECONDS)
             if lease.due():
                 await asyncio.to_thread(lease.renew)
-            await asyncio.to_thread(process_one, event, result)
+            if lease.holds(event):  # else another worker took it over: it applies it
+                await asyncio.to_thread(process_one, event, result)
     return result
 
 

@@ -322,6 +322,42 @@ def test_the_lease_of_a_long_batch_is_renewed_so_nobody_takes_its_rest(
     assert statuses(session) == dict.fromkeys(ids, "done")
 
 
+@pytest.mark.parametrize(
+    "process",
+    [processor.process_batch, lambda: asyncio.run(processor._process_pass())],
+    ids=["process_batch", "run_processor"],
+)
+def test_a_batch_whose_lease_ran_out_leaves_what_was_taken_over_to_the_taker(
+    session, db_engine, clock, monkeypatch, process
+):
+    """One event took longer than the lease (lock waits, a slow Stripe), and another worker
+    took the batch over meanwhile: the first worker does not go on applying those events
+    too (its writes would be rolled back, but its Stripe calls would be made twice)."""
+    monkeypatch.setattr(inbox, "utcnow", clock)
+    applied: list[int] = []
+    taken_over: list[list[inbox.ClaimedEvent]] = []
+
+    def slow_first(s, e):
+        n = e.payload["data"]["object"]["n"]
+        applied.append(n)
+        if n == 0:
+            clock.advance(70)  # past the 60 s lease
+            with Session(db_engine) as other:
+                taken_over.append(inbox.claim(other))
+        return handlers.HandlerResult()
+
+    monkeypatch.setitem(handlers._REGISTRY, "test.slow", slow_first)
+    for n in range(3):
+        store_event(session, "test.slow", {"n": n})
+
+    result = process()
+
+    assert len(taken_over[0]) == 3  # every unfinished event, the one under way included
+    assert applied == [0]
+    assert (result.claimed, result.done) == (3, 0)
+    assert set(statuses(session).values()) == {"pending"}  # the taker's to apply
+
+
 def test_a_claim_takes_its_batch_with_one_update(session, sql_log, clock, monkeypatch):
     monkeypatch.setattr(inbox, "utcnow", clock)
     for n in range(5):
