@@ -30,6 +30,7 @@ import hashlib
 import ipaddress
 import math
 import time
+from collections.abc import Callable
 from functools import lru_cache
 
 from limits import RateLimitItem, RateLimitItemPerSecond
@@ -113,6 +114,41 @@ def _network(client_address: str | None) -> str | None:
     return str(address)
 
 
+# Wider IPv6 networks, each with a larger allowance (times the per-address one): a /64 is one
+# subscriber, but one party may route a /56 (a home connection) or a /48 (a free tunnel, a
+# hosting provider) and take a fresh /64 for every attempt, each with a fresh budget.
+IPV6_WIDER = ((56, 4), (48, 16))
+
+
+def _counted_as(network: str) -> list[tuple[str, int]]:
+    """Each address limit `network` (as `_network` gave it) is counted under, with how many
+    times the per-address allowance that limit has: itself, then for IPv6 its wider
+    networks (`IPV6_WIDER`)."""
+    counted = [(network, 1)]
+    try:
+        parsed = ipaddress.ip_network(network, strict=False)
+    except ValueError:
+        return counted
+    if isinstance(parsed, ipaddress.IPv6Network):
+        counted += [(str(parsed.supernet(new_prefix=p)), times) for p, times in IPV6_WIDER]
+    return counted
+
+
+def _take_per_address(
+    window: Callable[[int], RateLimitItem],
+    per_address: int,
+    kind: str,
+    network: str,
+    *,
+    what: str = "attempts",
+    count: bool = True,
+) -> None:
+    """`_take` under every limit `network` is counted under (`_counted_as`), each allowing
+    `window(per_address * times)`."""
+    for subject, times in _counted_as(network):
+        _take(window(per_address * times), kind, subject, what=what, count=count)
+
+
 def _window(amount: int) -> RateLimitItem:
     return RateLimitItemPerSecond(amount, get_settings().rate_limit_window_seconds)
 
@@ -141,8 +177,8 @@ def before_login(*, account: str, client_address: str | None, count: bool = True
     client_address = _network(client_address)
     settings = get_settings()
     if client_address:
-        _take(
-            _window(settings.rate_limit_attempts_per_address), "addr", client_address, count=count
+        _take_per_address(
+            _window, settings.rate_limit_attempts_per_address, "addr", client_address, count=count
         )
     ceiling = _window(settings.rate_limit_account_failure_ceiling)
     limiter = _limiter()
@@ -217,8 +253,8 @@ def check_register(*, account: str, client_address: str | None, count: bool = Tr
     client_address = _network(client_address)
     settings = get_settings()
     if client_address:
-        _take(
-            _window(settings.rate_limit_attempts_per_address), "addr", client_address, count=count
+        _take_per_address(
+            _window, settings.rate_limit_attempts_per_address, "addr", client_address, count=count
         )
     _take(_window(settings.rate_limit_registrations_per_account), "register", account, count=count)
 
@@ -247,7 +283,9 @@ def _take_per_account_and_address(
     # behind the same address: look before counting there.
     _refuse_if_spent(_card_window(per_account), f"{kind}-account", account)
     if client_address:
-        _take(_card_window(per_address), f"{kind}-addr", client_address, what=CARD_ATTEMPTS)
+        _take_per_address(
+            _card_window, per_address, f"{kind}-addr", client_address, what=CARD_ATTEMPTS
+        )
     _take(_card_window(per_account), f"{kind}-account", account, what=CARD_ATTEMPTS)
 
 
@@ -278,9 +316,12 @@ def check_card_attempts_left(*, account: str, client_address: str | None) -> Non
         _card_window(settings.rate_limit_card_attempts_per_account), "card-account", account
     )
     if client_address:
-        _refuse_if_spent(
-            _card_window(settings.rate_limit_card_attempts_per_address), "card-addr", client_address
-        )
+        for subject, times in _counted_as(client_address):
+            _refuse_if_spent(
+                _card_window(settings.rate_limit_card_attempts_per_address * times),
+                "card-addr",
+                subject,
+            )
 
 
 def before_setup_intent(*, account: str, client_address: str | None) -> None:

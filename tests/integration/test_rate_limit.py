@@ -173,6 +173,16 @@ def test_an_ipv6_client_is_counted_by_its_64_not_by_each_address_it_takes(limits
     assert login(client("2001:db8:1:3::1"), "user-new@example.com").status_code == 401
 
 
+def test_an_ipv6_party_taking_a_fresh_64_each_time_is_counted_by_its_56(limits):
+    # A home connection's /56 (256 /64s) allows 4 times one address's attempts, a /48
+    # (a free tunnel: 65,536 /64s) 16 times: not 12 attempts for every /64 it holds.
+    for i in range(48):
+        answer = login(client(f"2001:db8:7:{i:x}::1"), f"spray{i}@example.com")
+        assert answer.status_code == 401, i
+    assert login(client("2001:db8:7:ff::1"), "spray-new@example.com").status_code == 429
+    assert login(client("2001:db8:7:100::1"), "spray-new@example.com").status_code == 401
+
+
 def test_registrations_per_account_are_limited(limits):
     api = client("198.51.100.4")
     body = {"email": "spam@example.com", "password": "s3cret-pass"}
