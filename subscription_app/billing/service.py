@@ -498,26 +498,37 @@ def _outcome(
     raise BillingError("Your subscription could not be started. Please try again.", kind="card")
 
 
-# Stripe replays a key's first answer for a day, a 500 included: a key naming only the
-# attempt would answer every retry of that day with one outage. So keys also name a window of
-# this many seconds: a retry within it gets the first answer (the same subscription, or
-# Checkout page); a later one is a request of its own, which is safe because whatever an
-# earlier one made is found first (`_adopt_unrecorded`, the open Checkout pages listed).
-KEY_WINDOW_SECONDS = 600
+# Stripe replays a key's first answer for a day, a server error included: a key naming only
+# the attempt would answer every retry of that day with one outage. So after Stripe answers
+# a create with a server error, the person's keys move on (`_key_moved_on`): their next request
+# is one of its own, which is safe because whatever an earlier one made is found first
+# (`_adopt_unrecorded`, the open Checkout pages listed). A lost answer (no answer at all)
+# moves nothing: the retry is to get what Stripe made back under the same key. Counted in the
+# rate limits' store (Redis in production, so every worker sees it), for as long as Stripe
+# keeps keys.
+KEY_MOVES_KEPT_SECONDS = 24 * 3600
 
 
-def _key_window() -> int:
-    """The idempotency-key window now (see KEY_WINDOW_SECONDS)."""
-    return int(time.time() // KEY_WINDOW_SECONDS)
+def _key_moves(user: User) -> int:
+    """How often this person's keys moved on past a stored server error (see above)."""
+    return ratelimit.storage().get(f"idempotency-key-moves/{_id(user)}")
+
+
+def _key_moved_on(user: User, exc: stripe.StripeError) -> None:
+    """After Stripe answered `exc`: if it is a server error (which Stripe keeps under the
+    key), the person's next request gets a new key."""
+    status = getattr(exc, "http_status", None)
+    if isinstance(status, int) and status >= 500:
+        ratelimit.storage().incr(f"idempotency-key-moves/{_id(user)}", KEY_MOVES_KEPT_SECONDS)
 
 
 def _attempt_key(session: Session, user: User, customer_id: str, payment_method_id: str) -> str:
-    # One key per attempt, card and window: the same until this attempt's subscription is
-    # recorded (so a retried request gets the same subscription back from Stripe), new for
-    # the next attempt, for another card (a page hands out a new card form after an error)
-    # and after KEY_WINDOW_SECONDS.
+    # One key per attempt and card: the same until this attempt's subscription is recorded
+    # (so a retried request gets the same subscription back from Stripe), new for the next
+    # attempt, for another card (a page hands out a new card form after an error) and after
+    # a server error Stripe keeps under the key (`_key_moved_on`).
     attempt = repository.attempt_number(session, _id(user))
-    parts = f"subscribe:{user.id}:{customer_id}:{attempt}:{payment_method_id}:{_key_window()}"
+    parts = f"subscribe:{user.id}:{customer_id}:{attempt}:{payment_method_id}:{_key_moves(user)}"
     return hashlib.sha256(parts.encode()).hexdigest()
 
 
@@ -571,12 +582,14 @@ def _start_locked(
     # The key a previous request of this same attempt created its subscription under: that
     # one is left to this retry's idempotency key. Anything else adopted is recorded, which
     # makes this a new attempt with a new key. The key is computed once, unless this request
-    # adopted something: a webhook recording the excluded subscription meanwhile must not
+    # changed something: a webhook recording the excluded subscription meanwhile must not
     # turn this retry into a new attempt creating a second one.
     attempt = _attempt_key(session, user, customer_id, payment_method_id)
-    if _adopt_unrecorded(session, user, customer_id, except_attempt=attempt):
+    adopted = _adopt_unrecorded(session, user, customer_id, except_attempt=attempt)
+    if _settle_open_attempts(client, session, user) or adopted:
+        # Something was recorded, or an attempt undone (the one the key would replay, if a
+        # webhook recorded it meanwhile): a new attempt, with a new key.
         attempt = _attempt_key(session, user, customer_id, payment_method_id)
-    _settle_open_attempts(client, session, user)
     payment_method = client.v1.payment_methods.retrieve(payment_method_id)
     owner = payment_method.customer
     owner_id = owner if isinstance(owner, str) or owner is None else owner.id
@@ -601,14 +614,15 @@ def _start_locked(
             },
             options={"idempotency_key": attempt},
         )
-    except stripe.IdempotencyError:
-        if retried:
-            raise
+    except stripe.IdempotencyError as exc:
+        if retried:  # the key was used before: a subscription may exist
+            raise _translate(exc, payment_sent=True) from exc
         # This attempt's key was used before with other details and its subscription never
         # got recorded here (the request died half-way): record it, then start afresh.
         _adopt_unrecorded(session, user, customer_id)
         return _start_locked(session, user, payment_method_id, retried=True)
     except (stripe.APIConnectionError, stripe.APIError, stripe.RateLimitError) as exc:
+        _key_moved_on(user, exc)
         # Stripe may have made (and charged) it: not "nothing was charged".
         raise _translate(exc, payment_sent=True) from exc
     snapshot = read_subscription(created)
@@ -618,7 +632,10 @@ def _start_locked(
         # The database's last guard: another subscription of this person is open in Stripe
         # (made outside this app meanwhile). Do not leave a second one running.
         logger.error("a subscribe attempt met another open subscription; cancelling the new one")
-        client.v1.subscriptions.cancel(snapshot.id)
+        try:
+            client.v1.subscriptions.cancel(snapshot.id)
+        except stripe.StripeError as exc:  # made, maybe charged: not "nothing was charged"
+            raise _translate(exc, payment_sent=True) from exc
         raise AlreadySubscribed() from None
     try:
         return _outcome(client, session, user, snapshot)
@@ -955,9 +972,23 @@ def _start_checkout_locked(session: Session, user: User) -> str:
     # A retried request (same attempt, nothing expired meanwhile) gets the same session from
     # Stripe. Once that session has expired (the person went back, or tried a card), the key
     # is a new one: Stripe would otherwise replay the dead session's page for 24 hours. So it
-    # is after KEY_WINDOW_SECONDS (a failed create's answer would be replayed too).
-    key = f"checkout-{_id(user)}-{customer_id}-{attempt}-{last_expired}-{_key_window()}"
-    created = client.v1.checkout.sessions.create(
+    # is after a server error Stripe keeps under the key (`_key_moved_on`).
+    key = f"checkout-{_id(user)}-{customer_id}-{attempt}-{last_expired}-{_key_moves(user)}"
+    try:
+        created = _create_checkout(client, user, customer_id, price_id, key)
+    except stripe.StripeError as exc:
+        _key_moved_on(user, exc)
+        raise
+    if not created.url:
+        raise BillingError(UNAVAILABLE, kind="unavailable")
+    return created.url
+
+
+def _create_checkout(
+    client: stripe.StripeClient, user: User, customer_id: str, price_id: str, key: str
+) -> stripe.checkout.Session:
+    """Stripe's call making `user`'s Checkout Session for `price_id` under `key`."""
+    return client.v1.checkout.sessions.create(
         params={
             "mode": "subscription",
             "customer": customer_id,
@@ -972,9 +1003,6 @@ def _start_checkout_locked(session: Session, user: User) -> str:
         },
         options={"idempotency_key": key},
     )
-    if not created.url:
-        raise BillingError(UNAVAILABLE, kind="unavailable")
-    return created.url
 
 
 def start_checkout(*, session: Session, user: User) -> str:
@@ -1021,11 +1049,11 @@ def complete_checkout(*, session: Session, user: User, checkout_session_id: str)
     except stripe.InvalidRequestError as exc:
         if exc.code == "resource_missing":
             raise BillingError(NOT_YOUR_CHECKOUT, kind="forbidden") from exc
-        raise _translate(exc) from exc
+        raise _translate(exc, payment_sent=True) from exc
     except locks.LockTimeout as exc:
         raise BillingError(ATTEMPT_IN_PROGRESS, kind="conflict") from exc
-    except stripe.StripeError as exc:
-        raise _translate(exc) from exc
+    except stripe.StripeError as exc:  # back from paying on Stripe's page, maybe
+        raise _translate(exc, payment_sent=True) from exc
     if fulfilled is None:
         raise BillingError("Checkout is not finished yet.", kind="conflict")
     if fulfilled.duplicate:

@@ -236,17 +236,6 @@ def pay_checkout(url: str, card: str = "4242 4242 4242 4242") -> httpx.Response:
 
 
 @pytest.fixture
-def key_window(monkeypatch) -> list[int]:
-    """The idempotency-key window (`service._key_window`), held still: a test's retries fall
-    in one window unless the test moves it (append the next one)."""
-    from subscription_app.billing import service
-
-    windows = [0]
-    monkeypatch.setattr(service, "_key_window", lambda: windows[-1])
-    return windows
-
-
-@pytest.fixture
 def stripe_500_replayed(monkeypatch):
     """Install on an SDK service class (e.g. `stripe.SubscriptionService`): its first `create`
     gets a Stripe 500, and, as Stripe does, every later request with that idempotency key
