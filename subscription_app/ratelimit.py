@@ -30,7 +30,6 @@ import hashlib
 import ipaddress
 import math
 import time
-from collections.abc import Callable
 from functools import lru_cache
 
 from limits import RateLimitItem, RateLimitItemPerSecond
@@ -114,9 +113,11 @@ def _network(client_address: str | None) -> str | None:
     return str(address)
 
 
-# Wider IPv6 networks, each with a larger allowance (times the per-address one): a /64 is one
-# subscriber, but one party may route a /56 (a home connection) or a /48 (a free tunnel, a
-# hosting provider) and take a fresh /64 for every attempt, each with a fresh budget.
+# Wider IPv6 networks for login and registration attempts, each with a larger allowance
+# (times the per-address one): a /64 is one subscriber, but one party may route a /56 (a
+# home connection) or a /48 (a free tunnel, a hosting provider) and take a fresh /64 for every
+# attempt, each with a fresh budget. Not for the card limits, whose allowances are a few an
+# hour: a carrier's /48 may hold thousands of phones' /64s.
 IPV6_WIDER = ((56, 4), (48, 16))
 
 
@@ -135,18 +136,12 @@ def _counted_as(network: str) -> list[tuple[str, int]]:
 
 
 def _take_per_address(
-    window: Callable[[int], RateLimitItem],
-    per_address: int,
-    kind: str,
-    network: str,
-    *,
-    what: str = "attempts",
-    count: bool = True,
+    per_address: int, kind: str, network: str, *, wider: bool = True, count: bool = True
 ) -> None:
     """`_take` under every limit `network` is counted under (`_counted_as`), each allowing
-    `window(per_address * times)`."""
-    for subject, times in _counted_as(network):
-        _take(window(per_address * times), kind, subject, what=what, count=count)
+    `per_address * times` attempts per window; with `wider` False under its own only."""
+    for subject, times in _counted_as(network)[: None if wider else 1]:
+        _take(_window(per_address * times), kind, subject, count=count)
 
 
 def _window(amount: int) -> RateLimitItem:
@@ -176,9 +171,16 @@ def before_login(*, account: str, client_address: str | None, count: bool = True
     """
     client_address = _network(client_address)
     settings = get_settings()
+    known = _known(account, client_address)
     if client_address:
+        # From an address the owner logged in from, only its own limit: others in its wider
+        # network (a carrier's, a campus's) must not keep the owner out there.
         _take_per_address(
-            _window, settings.rate_limit_attempts_per_address, "addr", client_address, count=count
+            settings.rate_limit_attempts_per_address,
+            "addr",
+            client_address,
+            wider=not known,
+            count=count,
         )
     ceiling = _window(settings.rate_limit_account_failure_ceiling)
     limiter = _limiter()
@@ -190,7 +192,7 @@ def before_login(*, account: str, client_address: str | None, count: bool = True
         )
     else:
         slow_for = ACCOUNT_SLOWER_SECONDS
-    if slow_for is not None and not _known(account, client_address):
+    if slow_for is not None and not known:
         # Attackers from many addresses could otherwise take every slot, the owner's too;
         # from an address the owner has logged in from, the per-address limits still hold.
         item = RateLimitItemPerSecond(1, slow_for)
@@ -254,7 +256,7 @@ def check_register(*, account: str, client_address: str | None, count: bool = Tr
     settings = get_settings()
     if client_address:
         _take_per_address(
-            _window, settings.rate_limit_attempts_per_address, "addr", client_address, count=count
+            settings.rate_limit_attempts_per_address, "addr", client_address, count=count
         )
     _take(_window(settings.rate_limit_registrations_per_account), "register", account, count=count)
 
@@ -283,9 +285,7 @@ def _take_per_account_and_address(
     # behind the same address: look before counting there.
     _refuse_if_spent(_card_window(per_account), f"{kind}-account", account)
     if client_address:
-        _take_per_address(
-            _card_window, per_address, f"{kind}-addr", client_address, what=CARD_ATTEMPTS
-        )
+        _take(_card_window(per_address), f"{kind}-addr", client_address, what=CARD_ATTEMPTS)
     _take(_card_window(per_account), f"{kind}-account", account, what=CARD_ATTEMPTS)
 
 
@@ -316,12 +316,9 @@ def check_card_attempts_left(*, account: str, client_address: str | None) -> Non
         _card_window(settings.rate_limit_card_attempts_per_account), "card-account", account
     )
     if client_address:
-        for subject, times in _counted_as(client_address):
-            _refuse_if_spent(
-                _card_window(settings.rate_limit_card_attempts_per_address * times),
-                "card-addr",
-                subject,
-            )
+        _refuse_if_spent(
+            _card_window(settings.rate_limit_card_attempts_per_address), "card-addr", client_address
+        )
 
 
 def before_setup_intent(*, account: str, client_address: str | None) -> None:

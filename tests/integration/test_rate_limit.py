@@ -183,6 +183,16 @@ def test_an_ipv6_party_taking_a_fresh_64_each_time_is_counted_by_its_56(limits):
     assert login(client("2001:db8:7:100::1"), "spray-new@example.com").status_code == 401
 
 
+def test_others_in_the_owners_56_do_not_keep_the_owner_out_where_they_log_in(limits):
+    home = client("2001:db8:9:1::1")
+    register(home, "owner56@example.com")
+    assert login(home, "owner56@example.com").status_code == 200  # known there from now on
+    for i in range(2, 50):  # strangers elsewhere in the /56 spend its allowance
+        login(client(f"2001:db8:9:{i:x}::1"), f"stranger{i}@example.com")
+    assert login(client("2001:db8:9:ff::1"), "stranger@example.com").status_code == 429
+    assert login(home, "owner56@example.com").status_code == 200
+
+
 def test_registrations_per_account_are_limited(limits):
     api = client("198.51.100.4")
     body = {"email": "spam@example.com", "password": "s3cret-pass"}
