@@ -122,13 +122,9 @@ def _refresh_from_stripe(
     invoice = read_invoice(event.payload["data"]["object"])
     if not invoice.subscription_id:
         return _Refreshed(None, "invoice has no subscription")
-    due = (
-        _still_due(invoice.subscription_id, invoice.id)
-        # Someone of ours: another product's payments cost no reads here.
-        if about_a_payment_due
-        and sync.owner_of(session, invoice.subscription_id, invoice.customer_id) is not None
-        else None
-    )
+    due = None
+    if about_a_payment_due and _maybe_ours(session, invoice.subscription_id, invoice.customer_id):
+        due = _still_due(invoice.subscription_id, invoice.id)
     # The invoice does not carry the subscription's new state: read it from Stripe.
     synced = sync.sync_subscription(session=session, subscription_id=invoice.subscription_id)
     if synced.user_id is None:
@@ -137,6 +133,15 @@ def _refresh_from_stripe(
         # Recorded by the sync above; but its payments are another product's business.
         return _Refreshed(None, "subscription to another price")
     return _Refreshed(synced.user_id, due=due)
+
+
+def _maybe_ours(session: Session, subscription_id: str, customer_id: str | None) -> bool:
+    """Whether a subscription may be one of our plan's: someone of ours holds it, and our row
+    (if we have one) does not say it is another product's. Others' payments cost no reads."""
+    row = repository.subscription_row(session, subscription_id)
+    if row is not None:
+        return row.our_plan
+    return sync.owner_of(session, subscription_id, customer_id) is not None
 
 
 def _still_due(subscription_id: str, invoice_id: str) -> _Due | None:
