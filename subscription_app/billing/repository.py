@@ -220,6 +220,7 @@ def apply_snapshot(
     our_plan: bool,
     only_if_new: bool = False,
     row: Subscription | _Unread | None = UNREAD,
+    went_live: bool = False,
 ) -> bool:
     """Make our row for `snapshot.id` say what the snapshot says; True if anything changed.
 
@@ -229,6 +230,7 @@ def apply_snapshot(
     overwrite what a webhook already read fresher). `our_plan` is False for a subscription to
     another price: stored, but not shown or counted as our plan. `row`: what
     `subscription_row` returned for `snapshot.id` in this transaction (read here if not given).
+    `went_live`: Stripe says it was live once, though the snapshot is of its end (`activated`).
 
     Raises:
         SecondOpenSubscription: the user already has another live or in-progress row.
@@ -252,7 +254,7 @@ def apply_snapshot(
         "cancel_at": snapshot.cancel_at,
         "canceled_at": snapshot.canceled_at,
         "ended_at": snapshot.ended_at,
-        "activated": bool(row and row.activated) or status.is_live,
+        "activated": bool(row and row.activated) or status.is_live or went_live,
         "our_plan": our_plan,
     }
     if row is not None and all(getattr(row, name) == value for name, value in values.items()):
@@ -289,6 +291,7 @@ def apply_snapshot(
                 snapshot=snapshot,
                 our_plan=our_plan,
                 only_if_new=only_if_new,
+                went_live=went_live,
             )
         raise SecondOpenSubscription(
             "Stripe reports a second live or in-progress subscription for one user"

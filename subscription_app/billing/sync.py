@@ -141,6 +141,10 @@ def _apply(
     # neither shown as our plan nor counted against the one-open-subscription rule.
     # `ours`: made by our own Checkout for our plan, whatever its price is now.
     our_plan = ours or _our_plan_by_row(bool(row and row.our_plan), snapshot)
+    # First heard of once it had ended (a backlog, a restore and resync, a Checkout paid and
+    # cancelled before its return page): whether it ever went live is Stripe's to say, or the
+    # person's past subscription would be hidden from them (see `repository.ever_subscribed`).
+    went_live = row is None and snapshot.status == "canceled" and _ever_paid(snapshot.id)
     try:
         changed = repository.apply_snapshot(
             session,
@@ -149,6 +153,7 @@ def _apply(
             only_if_new=only_if_new,
             our_plan=our_plan,
             row=row,
+            went_live=went_live,
         )
     except repository.SecondOpenSubscription:
         # Our other open row may be stale (its own events still on the way): ask Stripe about
@@ -158,13 +163,27 @@ def _apply(
         session.rollback()
         _refresh_other_open(session, owner, snapshot.id)
         changed = repository.apply_snapshot(
-            session, user_id=owner, snapshot=snapshot, only_if_new=only_if_new, our_plan=our_plan
+            session,
+            user_id=owner,
+            snapshot=snapshot,
+            only_if_new=only_if_new,
+            our_plan=our_plan,
+            went_live=went_live,
         )
     # Committed before the caller releases the lock: the next holder must see this write.
     # (`commit=False`: the caller commits it before releasing the lock; see `one_transaction`.)
     if commit:
         session.commit()
     return Synced(snapshot, owner, changed, our_plan)
+
+
+def _ever_paid(subscription_id: str) -> bool:
+    """Whether Stripe holds a paid invoice of this subscription: it went live (a trial's is a
+    paid one of $0); one undone while waiting for its first payment has none."""
+    paid = get_client().v1.invoices.list(
+        params={"subscription": subscription_id, "status": "paid", "limit": 1}
+    )
+    return bool(paid.data)
 
 
 def _refresh_other_open(session: Session, user_id: int, except_id: str) -> None:

@@ -282,6 +282,57 @@ def test_event_for_an_unknown_subscription_links_through_the_customer(
     assert session.exec(select(func.count()).select_from(Subscription)).one() == 1
 
 
+def test_a_subscription_first_heard_of_once_it_ended_is_still_shown_if_it_went_live(
+    stripe_hook, session, stripe_client
+):
+    """Made and paid outside our pages, then cancelled, before any of its events was applied
+    (a backlog, a restore): the person's past subscription is theirs to see, and "Manage
+    billing" theirs to use. One undone before its first payment is not."""
+    user = accounts.register_user(session=session, email="ended@example.com", password="pw-1234567")
+    customer_id = service.ensure_customer(session=session, user=user)
+    session.commit()
+    card = stripe_client.v1.payment_methods.create(
+        params={"type": "card", "card": {"token": "tok_visa"}}
+    )
+    stripe_client.v1.payment_methods.attach(card.id, params={"customer": customer_id})
+    stripe_client.v1.customers.update(
+        customer_id, params={"invoice_settings": {"default_payment_method": card.id}}
+    )
+    made = stripe_client.v1.subscriptions.create(
+        params={"customer": customer_id, "items": [{"price": catalog.resolve_price_id()}]}
+    )
+    assert made.status == "active"
+    ended = stripe_client.v1.subscriptions.cancel(made.id)
+    post(stripe_hook, stripe_event_body("customer.subscription.deleted", ended.to_dict()))
+    assert drain().done == 1
+    session.rollback()
+    assert view_of(session, user.id).status == "canceled"
+    assert repository.ever_subscribed(session, user.id)
+
+    # Another person's, never paid: waiting for 3-D Secure, then undone.
+    other = accounts.register_user(session=session, email="undone@example.com", password="pw-12345")
+    other_customer = service.ensure_customer(session=session, user=other)
+    session.commit()
+    check = stripe_client.v1.payment_methods.create(
+        params={"type": "card", "card": {"token": "tok_threeDSecure2Required"}}
+    )
+    stripe_client.v1.payment_methods.attach(check.id, params={"customer": other_customer})
+    waiting = stripe_client.v1.subscriptions.create(
+        params={
+            "customer": other_customer,
+            "items": [{"price": catalog.resolve_price_id()}],
+            "default_payment_method": check.id,
+            "payment_behavior": "default_incomplete",
+        }
+    )
+    assert waiting.status == "incomplete"
+    undone = stripe_client.v1.subscriptions.cancel(waiting.id)
+    post(stripe_hook, stripe_event_body("customer.subscription.deleted", undone.to_dict()))
+    assert drain().done == 1
+    session.rollback()
+    assert not repository.ever_subscribed(session, other.id)
+
+
 def test_deleted_event_marks_the_subscription_canceled(stripe_hook, session, stripe_client):
     user_id, sub_id = subscribe_for_real(session, stripe_client)
     gone = stripe_client.v1.subscriptions.cancel(sub_id)

@@ -52,11 +52,16 @@ class FakeStripe:
         self.reads.append(subscription_id)
         return sync.read_subscription(dict(self.state[subscription_id]))
 
+    def ever_paid(self, subscription_id: str) -> bool:
+        """Stripe's paid invoices of a subscription first heard of once it ended: none here."""
+        return False
+
 
 @pytest.fixture
 def stripe_state(monkeypatch) -> FakeStripe:
     fake = FakeStripe()
     monkeypatch.setattr(sync, "fetch_subscription", fake.fetch)
+    monkeypatch.setattr(sync, "_ever_paid", fake.ever_paid)
     monkeypatch.setattr(catalog, "default_price_id", lambda: PRICE)
     return fake
 
