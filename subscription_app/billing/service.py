@@ -499,27 +499,48 @@ def _outcome(
 
 
 # Stripe replays a key's first answer for a day, a server error included: a key naming only
-# the attempt would answer every retry of that day with one outage. So after Stripe answers
-# a create with a server error, the person's keys move on (`_key_moved_on`): their next request
-# is one of its own, which is safe because whatever an earlier one made is found first
-# (`_adopt_unrecorded`, the open Checkout pages listed). A lost answer (no answer at all)
-# moves nothing: the retry is to get what Stripe made back under the same key. Counted in the
-# rate limits' store (Redis in production, so every worker sees it), for as long as Stripe
-# keeps keys.
-KEY_MOVES_KEPT_SECONDS = 24 * 3600
+# the attempt would answer every retry of that day with one outage. So after Stripe's API
+# answers a create with an error it keeps under the key (a 5xx with Stripe's own JSON error,
+# or a key refused as used with other details), the person's keys move on (`_key_moved_on`):
+# their next request is one of its own, which is safe because whatever an earlier one made is
+# found first (`_adopt_unrecorded`, the open Checkout pages listed). A lost answer, or a
+# gateway's 5xx (Stripe may still be running the request), moves nothing: the retry is to
+# get what Stripe made back under the same key. Counted in the rate limits' store (Redis in
+# production, so every worker sees it), kept for two days after the last move (longer than
+# Stripe keeps keys, so a count never comes back to a value whose key Stripe still holds).
+KEY_MOVES_KEPT_SECONDS = 2 * 24 * 3600
+
+
+def _key_moves_name(user: User) -> str:
+    return f"idempotency-key-moves/{_id(user)}"
 
 
 def _key_moves(user: User) -> int:
-    """How often this person's keys moved on past a stored server error (see above)."""
-    return ratelimit.storage().get(f"idempotency-key-moves/{_id(user)}")
+    """How often this person's keys moved on (see above); 0 if the store cannot say (a key
+    used again replays, or finds, what it made: never a second charge)."""
+    try:
+        return ratelimit.storage().get(_key_moves_name(user))
+    except Exception:
+        logger.warning("could not read idempotency key moves; using the unmoved key")
+        return 0
 
 
 def _key_moved_on(user: User, exc: stripe.StripeError) -> None:
-    """After Stripe answered `exc`: if it is a server error (which Stripe keeps under the
-    key), the person's next request gets a new key."""
-    status = getattr(exc, "http_status", None)
-    if isinstance(status, int) and status >= 500:
-        ratelimit.storage().incr(f"idempotency-key-moves/{_id(user)}", KEY_MOVES_KEPT_SECONDS)
+    """After Stripe answered `exc`: if Stripe keeps that answer under the key (see above), the
+    person's next request gets a new key. Call it under the person's subscribe lock."""
+    status, body = getattr(exc, "http_status", None), getattr(exc, "json_body", None)
+    kept = isinstance(exc, stripe.IdempotencyError) or (
+        isinstance(status, int) and status >= 500 and isinstance(body, dict) and "error" in body
+    )
+    if not kept:
+        return
+    try:
+        store, name = ratelimit.storage(), _key_moves_name(user)
+        moves = store.get(name)
+        store.clear(name)  # so the expiry counts from this move, not the first one
+        store.incr(name, KEY_MOVES_KEPT_SECONDS, amount=moves + 1)
+    except Exception:  # the person's answer (the Stripe error) matters more
+        logger.warning("could not move idempotency keys on", exc_info=True)
 
 
 def _attempt_key(session: Session, user: User, customer_id: str, payment_method_id: str) -> str:
@@ -616,6 +637,7 @@ def _start_locked(
         )
     except stripe.IdempotencyError as exc:
         if retried:  # the key was used before: a subscription may exist
+            _key_moved_on(user, exc)
             raise _translate(exc, payment_sent=True) from exc
         # This attempt's key was used before with other details and its subscription never
         # got recorded here (the request died half-way): record it, then start afresh.

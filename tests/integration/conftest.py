@@ -251,7 +251,8 @@ def stripe_500_replayed(monkeypatch):
             key = (options or {}).get("idempotency_key")
             if not failed or key in failed:
                 failed.add(key)
-                raise stripe.APIError("An unknown error occurred.", http_status=500)
+                body = {"error": {"type": "api_error", "message": "An unknown error occurred."}}
+                raise stripe.APIError("An unknown error occurred.", http_status=500, json_body=body)
             return real(self, params, options)
 
         monkeypatch.setattr(service_class, "create", create)

@@ -351,6 +351,20 @@ def test_a_stripe_server_error_kept_under_the_checkout_key_is_not_replayed(
     assert stripe_client.v1.checkout.sessions.retrieve(cs_id).status == "open"
 
 
+def test_checkout_works_while_the_counter_store_is_down(api, monkeypatch):
+    """Checkout needs no Redis of its own: a store that cannot be reached leaves its key
+    unmoved, not the person with a 500."""
+    from subscription_app import ratelimit
+
+    def unreachable():
+        raise ConnectionError("Redis is down")
+
+    headers = auth_headers(api, "no-redis@example.com")
+    monkeypatch.setattr(ratelimit, "storage", unreachable)
+    created = start(api, headers)
+    assert created.status_code == 201, created.text
+
+
 def test_a_return_page_that_cannot_reach_stripe_does_not_say_nothing_was_charged(api, monkeypatch):
     """Back from paying on Stripe's page, Stripe cannot be asked how it went: "Nothing was
     charged" would be false; the person is told to check their dashboard."""

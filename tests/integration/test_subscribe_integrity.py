@@ -145,6 +145,35 @@ def test_a_stripe_server_error_kept_under_the_key_is_not_replayed_to_the_next_tr
     assert len(subs) == 1 and len(paid) == 1
 
 
+def test_a_gateways_5xx_keeps_the_key_so_the_retry_gets_what_stripe_made(
+    api, make_payment_method, stripe_client, session, monkeypatch
+):
+    """A 502 from in front of Stripe's API (no Stripe error body): Stripe may have made the
+    subscription, or still be making it. The retry uses the same key and gets it back,
+    rather than a new key and (were it not listed yet) a second one."""
+    import stripe
+
+    real_create = stripe.SubscriptionService.create
+    made: list[str] = []
+
+    def gateway_error_once(self, params=None, options=None):
+        subscription = real_create(self, params, options)
+        made.append(subscription.id)
+        if len(made) == 1:
+            raise stripe.APIError("Invalid response body from API: <html>", http_status=502)
+        return subscription
+
+    monkeypatch.setattr(stripe.SubscriptionService, "create", gateway_error_once)
+    headers = auth_headers(api, "gateway-502@example.com")
+    card = make_payment_method("tok_visa")
+    assert subscribe(api, headers, card).status_code == 424
+    retry = subscribe(api, headers, card)
+    assert retry.status_code == 200, retry.text
+    assert made[0] == made[1]  # the same subscription, replayed by its key
+    subs, paid = stripe_state(session, stripe_client, "gateway-502@example.com")
+    assert len(subs) == 1 and len(paid) == 1
+
+
 def test_a_webhook_recording_the_first_subscription_mid_retry_does_not_make_a_second(
     api,
     make_payment_method,
