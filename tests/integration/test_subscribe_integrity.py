@@ -145,6 +145,25 @@ def test_a_stripe_server_error_kept_under_the_key_is_not_replayed_to_the_next_tr
     assert len(subs) == 1 and len(paid) == 1
 
 
+def _made_then_failed_once(monkeypatch, error: Exception) -> list[str]:
+    """Stripe makes the first subscription asked for, but its answer does not come back:
+    `error` is raised instead (a lost connection, a gateway's 5xx). The ids made, in order."""
+    import stripe
+
+    real_create = stripe.SubscriptionService.create
+    made: list[str] = []
+
+    def made_then_failed(self, params=None, options=None):
+        subscription = real_create(self, params, options)
+        made.append(subscription.id)
+        if len(made) == 1:
+            raise error
+        return subscription
+
+    monkeypatch.setattr(stripe.SubscriptionService, "create", made_then_failed)
+    return made
+
+
 def test_a_gateways_5xx_keeps_the_key_so_the_retry_gets_what_stripe_made(
     api, make_payment_method, stripe_client, session, monkeypatch
 ):
@@ -153,17 +172,9 @@ def test_a_gateways_5xx_keeps_the_key_so_the_retry_gets_what_stripe_made(
     rather than a new key and (were it not listed yet) a second one."""
     import stripe
 
-    real_create = stripe.SubscriptionService.create
-    made: list[str] = []
-
-    def gateway_error_once(self, params=None, options=None):
-        subscription = real_create(self, params, options)
-        made.append(subscription.id)
-        if len(made) == 1:
-            raise stripe.APIError("Invalid response body from API: <html>", http_status=502)
-        return subscription
-
-    monkeypatch.setattr(stripe.SubscriptionService, "create", gateway_error_once)
+    made = _made_then_failed_once(
+        monkeypatch, stripe.APIError("Invalid response body from API: <html>", http_status=502)
+    )
     headers = auth_headers(api, "gateway-502@example.com")
     card = make_payment_method("tok_visa")
     assert subscribe(api, headers, card).status_code == 424
@@ -515,17 +526,7 @@ def test_an_answer_lost_after_stripe_made_the_subscription_does_not_say_nothing_
     the person is not told "Nothing was charged"; their retry gets the same subscription."""
     import stripe
 
-    real_create = stripe.SubscriptionService.create
-    made: list[str] = []
-
-    def answer_lost_once(self, params=None, options=None):
-        subscription = real_create(self, params, options)
-        made.append(subscription.id)
-        if len(made) == 1:
-            raise stripe.APIConnectionError("The connection was reset.")
-        return subscription
-
-    monkeypatch.setattr(stripe.SubscriptionService, "create", answer_lost_once)
+    _made_then_failed_once(monkeypatch, stripe.APIConnectionError("The connection was reset."))
     headers = auth_headers(api, "lost-answer@example.com")
     card = make_payment_method("tok_visa")
     lost = subscribe(api, headers, card)

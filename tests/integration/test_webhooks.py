@@ -214,15 +214,8 @@ def test_change_in_stripe_in_the_same_second_as_our_own_write_is_applied(
 def test_past_due_right_after_subscribing_is_applied(
     stripe_hook, session, stripe_client, stripe_env
 ):
-    user_id, sub_id = subscribe_for_real(session, stripe_client)
-    failing = stripe_client.v1.payment_methods.create(
-        params={"type": "card", "card": {"token": "tok_chargeCustomerFail"}}
-    )
-    customer_id = repository.customer_id_for_user(session, user_id)
-    stripe_client.v1.payment_methods.attach(failing.id, params={"customer": customer_id})
-    stripe_client.v1.subscriptions.update(sub_id, params={"default_payment_method": failing.id})
-    renewed = renew_subscription(stripe_env["emulator"].url, sub_id)
-    assert renewed["status"] == "past_due"
+    user_id, sub_id, _ = _failed_renewal(session, stripe_client, stripe_env, "a@example.com")
+    renewed = stripe_client.v1.subscriptions.retrieve(sub_id).to_dict()
     post(stripe_hook, stripe_event_body("customer.subscription.updated", renewed))
     drain()
     assert view_of(session, user_id).status == "past_due"
@@ -243,19 +236,25 @@ def test_older_event_after_a_newer_one_changes_nothing(stripe_hook, session, str
     assert view.status == "active" and view.cancel_at_period_end is True
 
 
+def _pays_by_card(stripe_client, customer_id: str) -> None:
+    """Give a Stripe customer a 4242 card as its invoices' default, so a subscription made
+    for it outside our pages (the Stripe dashboard, say) is paid at once."""
+    card = stripe_client.v1.payment_methods.create(
+        params={"type": "card", "card": {"token": "tok_visa"}}
+    )
+    stripe_client.v1.payment_methods.attach(card.id, params={"customer": customer_id})
+    stripe_client.v1.customers.update(
+        customer_id, params={"invoice_settings": {"default_payment_method": card.id}}
+    )
+
+
 def test_event_for_an_unknown_subscription_links_through_the_customer(
     stripe_hook, session, stripe_client
 ):
     user = accounts.register_user(session=session, email="a@example.com", password="s3cret-pass")
     customer_id = service.ensure_customer(session=session, user=user)
     session.commit()
-    pm = stripe_client.v1.payment_methods.create(
-        params={"type": "card", "card": {"token": "tok_visa"}}
-    )
-    stripe_client.v1.payment_methods.attach(pm.id, params={"customer": customer_id})
-    stripe_client.v1.customers.update(
-        customer_id, params={"invoice_settings": {"default_payment_method": pm.id}}
-    )
+    _pays_by_card(stripe_client, customer_id)
     made_elsewhere = stripe_client.v1.subscriptions.create(
         params={"customer": customer_id, "items": [{"price": catalog.resolve_price_id()}]}
     )
@@ -265,13 +264,7 @@ def test_event_for_an_unknown_subscription_links_through_the_customer(
     assert view_of(session, user.id).status == "active"
     # A customer nobody here owns: recorded and skipped, nothing created.
     stranger = stripe_client.v1.customers.create(params={"email": "x@example.com"})
-    their_card = stripe_client.v1.payment_methods.create(
-        params={"type": "card", "card": {"token": "tok_visa"}}
-    )
-    stripe_client.v1.payment_methods.attach(their_card.id, params={"customer": stranger.id})
-    stripe_client.v1.customers.update(
-        stranger.id, params={"invoice_settings": {"default_payment_method": their_card.id}}
-    )
+    _pays_by_card(stripe_client, stranger.id)
     theirs = stripe_client.v1.subscriptions.create(
         params={"customer": stranger.id, "items": [{"price": catalog.resolve_price_id()}]}
     )
@@ -291,13 +284,7 @@ def test_a_subscription_first_heard_of_once_it_ended_is_still_shown_if_it_went_l
     user = accounts.register_user(session=session, email="ended@example.com", password="pw-1234567")
     customer_id = service.ensure_customer(session=session, user=user)
     session.commit()
-    card = stripe_client.v1.payment_methods.create(
-        params={"type": "card", "card": {"token": "tok_visa"}}
-    )
-    stripe_client.v1.payment_methods.attach(card.id, params={"customer": customer_id})
-    stripe_client.v1.customers.update(
-        customer_id, params={"invoice_settings": {"default_payment_method": card.id}}
-    )
+    _pays_by_card(stripe_client, customer_id)
     made = stripe_client.v1.subscriptions.create(
         params={"customer": customer_id, "items": [{"price": catalog.resolve_price_id()}]}
     )
