@@ -187,6 +187,10 @@ class Subscription(SQLModel, table=True):
     # elsewhere, or made in the Stripe dashboard) is recorded, but never shown or counted as
     # our plan.
     our_plan: bool = Field(default=True, sa_column_kwargs={"server_default": sa.true()})
+    # Past due only: whether Stripe will try the payment again (False: its retries are used
+    # up, or the merchant collects by hand), so the dashboard never promises a retry that
+    # will not come. None when not past due, or not known (`sync.payment_retrying`).
+    payment_retrying: bool | None = Field(default=None)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
 

@@ -83,6 +83,9 @@ class SubscriptionSnapshot:
     # Made by our own form or Checkout page for our plan (`APP_METADATA`): ours whatever its
     # price is now, on every path that first records it (webhook, return page, resync).
     made_for_our_plan: bool = False
+    # Past due only: whether Stripe will try its open latest invoice again (None: not past
+    # due, or not known). Not part of the subscription object: `sync` reads the invoice.
+    payment_retrying: bool | None = None
 
 
 def read_payment_intent(obj: Any) -> PaymentInfo:

@@ -256,6 +256,7 @@ def apply_snapshot(
         "ended_at": snapshot.ended_at,
         "activated": bool(row and row.activated) or status.is_live or went_live,
         "our_plan": our_plan,
+        "payment_retrying": snapshot.payment_retrying,  # past due only (`sync.payment_retrying`)
     }
     if row is not None and all(getattr(row, name) == value for name, value in values.items()):
         return False

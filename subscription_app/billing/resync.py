@@ -180,9 +180,12 @@ def _would_change(session: Session, snapshot: SubscriptionSnapshot) -> bool:
         return True
     # The rule the write itself applies (sticky once ours, else by price).
     our_plan = sync._is_our_plan(session, snapshot)
+    status = SubscriptionStatus(snapshot.status)
     before = (
         row.price_id,
         row.our_plan,
+        row.activated,
+        row.payment_retrying,
         row.status,
         row.started_at,
         row.current_period_end,
@@ -194,7 +197,9 @@ def _would_change(session: Session, snapshot: SubscriptionSnapshot) -> bool:
     after = (
         snapshot.price_id or row.price_id,
         our_plan,
-        SubscriptionStatus(snapshot.status).value,
+        row.activated or status.is_live,
+        sync.payment_retrying(snapshot),  # one read of Stripe, for a past-due one only
+        status.value,
         snapshot.started_at,
         snapshot.current_period_end,
         snapshot.cancel_at_period_end,

@@ -33,6 +33,7 @@ from subscription_app.billing.reader import (
     CheckoutSnapshot,
     SubscriptionSnapshot,
     read_checkout_session,
+    read_invoice,
     read_subscription,
 )
 
@@ -126,10 +127,25 @@ def _apply(
     *,
     commit: bool = True,
     ours: bool = False,
+    done_in_stripe: bool = False,
 ) -> Synced:
+    # Asked of Stripe before our row is read, so no database transaction waits on Stripe.
+    # `done_in_stripe`: the snapshot is the answer to a change Stripe has made (a cancel):
+    # a failed read must not report that change as failed; the row keeps what it said.
+    asked = True
+    try:
+        retrying = payment_retrying(snapshot)
+    except stripe.StripeError:
+        if not done_in_stripe:
+            raise
+        logger.warning("could not ask Stripe whether it will retry a past-due payment")
+        asked, retrying = False, None
     # One read of our row gives its owner, whether it is ours, and what the write compares
     # against (`owner_of`, `_is_our_plan` and `apply_snapshot` would each read it again).
     row = repository.subscription_row(session, snapshot.id)
+    if not asked and row is not None:
+        retrying = row.payment_retrying  # kept as it was
+    snapshot = dataclasses.replace(snapshot, payment_retrying=retrying)
     owner = (
         user_id
         if user_id is not None
@@ -186,12 +202,35 @@ def _ever_paid(subscription_id: str) -> bool:
     return bool(paid.data)
 
 
+def payment_retrying(snapshot: SubscriptionSnapshot) -> bool | None:
+    """Whether Stripe will try a past-due subscription's payment again (None when it is not
+    past due): the dashboard promises a retry only if so (`Subscription.payment_retrying`).
+
+    True while its latest invoice is open with a `next_payment_attempt`. False once Stripe
+    will not: open with none (the retries are used up and the merchant's setting leaves the
+    subscription past due, or the merchant collects by hand), or voided or marked
+    uncollectible. None (not known) if the invoice was paid since the subscription was read
+    (its own event brings the next state) or is a draft. One read, only for a past-due
+    subscription, after the subscription's (as `handlers._still_due` reads).
+
+    Raises:
+        stripe.StripeError: Stripe could not be asked.
+    """
+    if snapshot.status != "past_due" or not snapshot.latest_invoice_id:
+        return None
+    invoice = read_invoice(get_client().v1.invoices.retrieve(snapshot.latest_invoice_id))
+    if invoice.status == "open":
+        return invoice.next_payment_attempt is not None
+    return False if invoice.status in ("void", "uncollectible") else None
+
+
 def _refresh_other_open(session: Session, user_id: int, except_id: str) -> None:
     for other in repository.open_subscriptions(session, user_id):
         if other.id == except_id:
             continue
         with subscription_lock(other.id, session, timeout=NESTED_LOCK_TIMEOUT_SECONDS):
             current = fetch_subscription(other.id)
+            current = dataclasses.replace(current, payment_retrying=payment_retrying(current))
             repository.apply_snapshot(
                 session,
                 user_id=user_id,
@@ -357,7 +396,9 @@ def change_subscription(
         if check is not None:
             check()
         updated = call(get_client())
-        return _apply(session, read_subscription(updated), user_id, only_if_new=False)
+        return _apply(
+            session, read_subscription(updated), user_id, only_if_new=False, done_in_stripe=True
+        )
 
 
 def record_created(*, session: Session, user_id: int, snapshot: SubscriptionSnapshot) -> Synced:

@@ -100,9 +100,17 @@ def view_of(row: Subscription) -> SubscriptionView:
         canceled_on=format_date(row.canceled_at),
         is_live=is_live,
         past_due=row.status in PAYMENT_WARNINGS,
-        payment_warning=PAYMENT_WARNINGS.get(row.status, ""),
+        payment_warning=payment_warning(row),
         ends_by_cancel_at=ends_by_cancel_at,
     )
+
+
+def payment_warning(row: Subscription) -> str:
+    """The dashboard's warning about a payment owed: whether Stripe will retry it is Stripe's
+    to say (`Subscription.payment_retrying`); "" when nothing is owed."""
+    if row.status == SubscriptionStatus.PAST_DUE and row.payment_retrying is False:
+        return PAYMENT_FAILED_FINAL_TEXT
+    return PAYMENT_WARNINGS.get(row.status, "")
 
 
 NO_SUBSCRIPTION = SubscriptionView()

@@ -39,6 +39,7 @@ def test_migrations_apply_to_an_empty_database_and_round_trip(empty_database_url
         "cancel_at",
         "canceled_at",
         "stripe_updated_at",
+        "payment_retrying",
     } <= columns
     # Claims read an index of pending events only (0006), however many are done.
     indexes = {i["name"] for i in sa.inspect(engine).get_indexes("stripe_event")}
@@ -50,7 +51,7 @@ def test_migrations_apply_to_an_empty_database_and_round_trip(empty_database_url
     assert (EXPECTED_TABLES - {"alembic_version"}) & remaining == set()
     upgrade(empty_database_url)  # and back up again
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0008"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0009"
     engine.dispose()
 
 

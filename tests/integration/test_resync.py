@@ -186,6 +186,9 @@ STALE_FIELDS = {
     "ended_at": datetime(2001, 1, 1, tzinfo=UTC),
     "price_id": "price_old",
     "our_plan": False,
+    "activated": False,
+    "payment_retrying": False,  # only a past-due one has it
+    "cancel_at": datetime(2001, 1, 1, tzinfo=UTC),
 }
 
 

@@ -23,7 +23,7 @@ from subscription_app.api.webhooks import dispatch_webhooks_first
 from subscription_app.billing import catalog, handlers, inbox, processor, repository, service, sync
 from subscription_app.billing.reader import APP_METADATA
 from subscription_app.billing.webhooks import sign
-from subscription_app.models import EventStatus, StripeEvent, Subscription
+from subscription_app.models import EventStatus, StripeEvent, Subscription, User
 from tests.conftest import free_port, stripe_fixture
 from tests.integration.conftest import T0, event_body, make_monthly_price, subscription_object
 
@@ -201,7 +201,7 @@ def test_change_in_stripe_in_the_same_second_as_our_own_write_is_applied(
     # We cancel at period end; within the same second it is undone in Stripe (the portal,
     # another worker). The undo's event must win: Stripe will renew and charge.
     user_id, sub_id = subscribe_for_real(session, stripe_client)
-    user = session.get(accounts.User, user_id)
+    user = session.get(User, user_id)
     service.cancel_subscription(session=session, user=user, at_period_end=True)
     assert view_of(session, user_id).cancel_at_period_end is True
     undone = stripe_client.v1.subscriptions.update(sub_id, params={"cancel_at_period_end": False})
@@ -979,7 +979,8 @@ def test_a_renewals_failure_is_told_while_it_is_still_owed(
     post(stripe_hook, stripe_event_body("invoice.payment_failed", invoice))
     assert drain().done == 1
     session.rollback()
-    assert view_of(session, user_id).status == "past_due"
+    shown = view_of(session, user_id)
+    assert (shown.status, shown.payment_warning) == ("past_due", handlers.PAYMENT_FAILED_TEXT)
     assert notifications.recent_messages(session, user_id=user_id) == [handlers.PAYMENT_FAILED_TEXT]
 
 
@@ -1029,7 +1030,9 @@ def test_a_failure_stripe_will_not_retry_is_told_as_final(
 ):
     """Stripe's last retry failed and the subscription stays past due (the merchant's
     setting), or the merchant collects by hand: the invoice has no `next_payment_attempt`."""
-    user_id, _, invoice = _failed_renewal(session, stripe_client, stripe_env, "last@example.com")
+    user_id, sub_id, invoice = _failed_renewal(
+        session, stripe_client, stripe_env, "last@example.com"
+    )
     # The emulator schedules no retries of its own; Stripe's answer after the last one is
     # stubbed at the SDK.
     real_retrieve = stripe.InvoiceService.retrieve
@@ -1046,6 +1049,77 @@ def test_a_failure_stripe_will_not_retry_is_told_as_final(
     assert notifications.recent_messages(session, user_id=user_id) == [
         handlers.PAYMENT_FAILED_FINAL_TEXT
     ]
+    # The dashboard's warning says the same, not "Stripe will retry".
+    shown = view_of(session, user_id)
+    assert (shown.status, shown.payment_warning) == ("past_due", handlers.PAYMENT_FAILED_FINAL_TEXT)
+    # The person pays with another card (the portal): the next event's re-read clears it.
+    good = stripe_client.v1.payment_methods.create(
+        params={"type": "card", "card": {"token": "tok_visa"}}
+    )
+    stripe_client.v1.payment_methods.attach(good.id, params={"customer": invoice["customer"]})
+    stripe_client.v1.customers.update(
+        invoice["customer"], params={"invoice_settings": {"default_payment_method": good.id}}
+    )
+    assert stripe_client.v1.invoices.pay(invoice["id"]).status == "paid"
+    assert stripe_client.v1.subscriptions.retrieve(sub_id).status == "active"
+    post(stripe_hook, stripe_event_body("invoice.paid", {**invoice, "status": "paid"}))
+    assert drain().done == 1
+    session.rollback()
+    shown = view_of(session, user_id)
+    assert (shown.status, shown.payment_warning) == ("active", "")
+
+
+@pytest.mark.parametrize(
+    ("status", "next_attempt", "retrying"),
+    [
+        ("open", 1_900_000_000, True),  # Smart Retries will try it
+        ("open", None, False),  # retries used up, or the merchant collects by hand
+        ("void", None, False),
+        ("uncollectible", None, False),
+        ("paid", None, None),  # paid since: its own event brings the active state
+        ("draft", None, None),
+    ],
+)
+def test_whether_stripe_will_retry_a_past_due_payment_is_read_from_its_invoice(
+    session, stripe_client, stripe_env, monkeypatch, status, next_attempt, retrying
+):
+    _, sub_id, _ = _failed_renewal(session, stripe_client, stripe_env, "judged@example.com")
+    real_retrieve = stripe.InvoiceService.retrieve
+
+    def as_stripe_says(self, invoice_id, *args, **kwargs):
+        answer = real_retrieve(self, invoice_id, *args, **kwargs)
+        answer["status"], answer["next_payment_attempt"] = status, next_attempt
+        return answer
+
+    monkeypatch.setattr(stripe.InvoiceService, "retrieve", as_stripe_says)
+    snapshot = sync.fetch_subscription(sub_id)
+    assert snapshot.status == "past_due"
+    assert sync.payment_retrying(snapshot) is retrying
+
+
+def test_cancelling_a_past_due_subscription_works_when_its_invoice_cannot_be_read(
+    stripe_hook, session, stripe_client, stripe_env, monkeypatch
+):
+    """The cancel is done in Stripe: a failed read of whether Stripe will retry the payment
+    (asked while applying Stripe's answer) must not report it as failed."""
+    user_id, sub_id, invoice = _failed_renewal(
+        session, stripe_client, stripe_env, "cancel-owed@example.com"
+    )
+    post(stripe_hook, stripe_event_body("invoice.payment_failed", invoice))
+    assert drain().done == 1
+    assert repository.subscription_row(session, sub_id).payment_retrying is True
+
+    def unreachable(self, *args, **kwargs):
+        raise stripe.APIConnectionError("Stripe could not be reached")
+
+    monkeypatch.setattr(stripe.InvoiceService, "retrieve", unreachable)
+    user = session.get(User, user_id)
+    result = service.cancel_subscription(session=session, user=user, at_period_end=True)
+    assert result.subscription is not None and result.subscription.cancel_at_period_end
+    assert stripe_client.v1.subscriptions.retrieve(sub_id).cancel_at_period_end is True
+    session.rollback()
+    row = repository.subscription_row(session, sub_id)
+    assert (row.cancel_at_period_end, row.payment_retrying) == (True, True)  # kept as it was
 
 
 def test_an_event_received_after_a_batch_was_claimed_is_read_again(

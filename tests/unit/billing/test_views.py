@@ -133,6 +133,19 @@ def test_view_of_says_whether_live_and_whether_payment_is_overdue(
     assert view.payment_warning == warning
 
 
+@pytest.mark.parametrize(
+    ("retrying", "warning"),
+    [
+        (True, views.PAYMENT_FAILED_TEXT),
+        (None, views.PAYMENT_FAILED_TEXT),  # not known yet (a row from before it was read)
+        # The merchant's setting leaves it past due after the last retry: no retry is promised.
+        (False, views.PAYMENT_FAILED_FINAL_TEXT),
+    ],
+)
+def test_a_past_due_warning_says_whether_stripe_will_retry(retrying, warning):
+    assert view_of(_row("past_due", payment_retrying=retrying)).payment_warning == warning
+
+
 def test_every_stripe_status_has_a_label():
     assert {status.value for status in SubscriptionStatus} == set(views.STATUS_LABELS)
     assert status_label("past_due") == "Past due"
