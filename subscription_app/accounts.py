@@ -18,8 +18,9 @@ from datetime import datetime, timedelta
 import jwt
 from email_validator import EmailNotValidError, validate_email
 from pwdlib import PasswordHash
+from sqlalchemy import or_
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from subscription_app import changes, ratelimit
 from subscription_app.errors import AppError
@@ -348,15 +349,49 @@ def user_for_token(*, session: Session, token: str) -> User | None:
 
 
 def revoke_session(*, session: Session, session_id: str) -> bool:
-    """Log out a login session by its id. False if it was not active."""
+    """Log out a login session by its id, with every login of its browser (`join_browser`).
+    False if it was not active."""
     auth = session.get(AuthSession, session_id) if session_id else None
     if auth is None or auth.revoked_at is not None:
         return False
-    auth.revoked_at = utcnow()
-    session.add(auth)
-    # The user's open pages learn of it at once (they leave the dashboard).
-    changes.mark(session, auth.user_id)
+    now = utcnow()
+    group = auth.browser_id or auth.id
+    ending = {auth.id: auth}
+    for member in session.exec(
+        select(AuthSession).where(
+            or_(col(AuthSession.id) == group, col(AuthSession.browser_id) == group),
+            col(AuthSession.revoked_at).is_(None),
+        )
+    ):
+        ending[member.id] = member
+    for member in ending.values():
+        member.revoked_at = now
+        session.add(member)
+    # The users' open pages learn of it at once (they leave the dashboard).
+    for user_id in sorted({member.user_id for member in ending.values()}):
+        changes.mark(session, user_id)
     return True
+
+
+def join_browser(*, session: Session, session_id: str, replaced_token: str) -> None:
+    """The browser's cookie now names login `session_id` instead of `replaced_token`'s.
+
+    Two tabs of one browser, each logged in on its own, hold two logins while the cookie
+    names only the newer; logging out (in either tab) must end both, or the other tab keeps
+    acting. So the new login joins the replaced one's group (`AuthSession.browser_id`), and
+    `revoke_session` ends the group. Also when the two are different people's: logging out
+    on a shared computer ends every login of the browser.
+    """
+    replaced_id = session_id_for_token(replaced_token) if replaced_token else None
+    if replaced_id is None or replaced_id == session_id:
+        return
+    replaced = session.get(AuthSession, replaced_id)
+    current = session.get(AuthSession, session_id)
+    if replaced is None or current is None:
+        return
+    if current.browser_id is None and current.id != (replaced.browser_id or replaced.id):
+        current.browser_id = replaced.browser_id or replaced.id
+        session.add(current)
 
 
 def revoke_token(*, session: Session, token: str) -> bool:

@@ -125,6 +125,10 @@ class AuthSession(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
     revoked_at: datetime | None = _ts()
+    # The logins that took turns in one browser's session cookie share the id of the first
+    # (None: a group of its own). Logging out ends the group (`accounts.revoke_session`), so
+    # a tab still holding a login the cookie no longer names cannot keep acting.
+    browser_id: str | None = Field(default=None, max_length=64, index=True)
 
 
 class BillingCustomer(SQLModel, table=True):

@@ -9,7 +9,13 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from subscription_app import accounts, session_cookie
-from subscription_app.api.deps import CurrentUser, SessionDep, client_address, get_token
+from subscription_app.api.deps import (
+    CurrentUser,
+    SessionDep,
+    client_address,
+    from_our_pages,
+    get_token,
+)
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -93,9 +99,15 @@ class HandoffIn(BaseModel):
     handoff: str = Field(min_length=1, max_length=4096)
 
 
-@router.post("/session", status_code=status.HTTP_204_NO_CONTENT)
-def start_browser_session(body: HandoffIn, session: SessionDep) -> Response:
-    """Exchange a login's handoff code for the HttpOnly session cookie (web app use)."""
+@router.post(
+    "/session", status_code=status.HTTP_204_NO_CONTENT, dependencies=[Depends(from_our_pages)]
+)
+def start_browser_session(body: HandoffIn, session: SessionDep, request: Request) -> Response:
+    """Exchange a login's handoff code for the HttpOnly session cookie (web app use).
+
+    A cookie of another login it replaces (another tab logged in on its own) joins the two,
+    so logging out in either tab ends both (`accounts.join_browser`).
+    """
     try:
         token = session_cookie.redeem_handoff(body.handoff)
     except session_cookie.InvalidHandoff as exc:
@@ -104,6 +116,11 @@ def start_browser_session(body: HandoffIn, session: SessionDep) -> Response:
         ) from exc
     if accounts.user_for_token(session=session, token=token) is None:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail="That login has ended.")
+    accounts.join_browser(
+        session=session,
+        session_id=accounts.session_id_for_token(token) or "",
+        replaced_token=request.cookies.get(session_cookie.cookie_name(), ""),
+    )
     response = Response(status_code=status.HTTP_204_NO_CONTENT)
     response.set_cookie(value=token, **session_cookie.cookie_options())
     return response

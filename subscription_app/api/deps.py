@@ -12,7 +12,7 @@ from sqlmodel import Session
 from subscription_app import accounts
 from subscription_app.db import session_scope
 from subscription_app.models import User
-from subscription_app.security import forwarded_client, header_list
+from subscription_app.security import allowed_origins, forwarded_client, header_list
 from subscription_app.settings import get_settings
 
 _bearer = HTTPBearer(auto_error=False)
@@ -62,3 +62,24 @@ def client_address(request: Request) -> str | None:
     """The client's IP: the connection's, or the rightmost untrusted hop behind our proxies."""
     peer = request.client.host if request.client else None
     return forwarded_client(peer, header_list(request.scope, "x-forwarded-for"), get_settings())
+
+
+def from_our_pages(request: Request) -> None:
+    """Refuse (403) a browser's request that our own pages did not send.
+
+    For the cookie endpoints: another site, or a sibling subdomain (same-site, so SameSite
+    does not stop it), must not post to them with the person's cookie attached. A browser's
+    POST names its page's origin (`Origin`), which must be the app's own (as CORS allows;
+    our pages may be served from another port than the backend's). Without it, the
+    browser's `Sec-Fetch-Site` must say same-origin; a client that is not a browser sends
+    neither and is not refused.
+    """
+    origin = request.headers.get("origin")
+    if origin is not None:
+        ours = origin in allowed_origins(get_settings())
+    else:
+        ours = request.headers.get("sec-fetch-site") in (None, "same-origin", "none")
+    if not ours:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, detail="This request must come from the app's own pages."
+        )

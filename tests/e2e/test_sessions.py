@@ -10,6 +10,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from subscription_app import session_cookie
 from tests.e2e.conftest import (
+    log_in,
     path_is,
     register,
     stripe_subscriptions_for,
@@ -59,6 +60,33 @@ def test_logout_in_one_tab_stops_an_older_tab_from_cancelling(browser: Browser, 
         try_to_cancel(second)
         expect(second).to_have_url(path_is("/login"))
         expect(second.get_by_role("button", name="Log in")).to_be_visible()
+        expect_nothing_cancelled(live_app, email)
+    finally:
+        context.close()
+
+
+def test_logout_in_one_tab_ends_another_tabs_own_login(browser: Browser, live_app):
+    """Two tabs of one browser, each logged in on its own: the cookie names only the newer
+    login, and logging out there must end the older tab's login too."""
+    context = browser.new_context(base_url=live_app.url)
+    try:
+        second = context.new_page()
+        second.goto("/login")  # opened while logged out: it logs in on its own below
+        expect(second.get_by_role("button", name="Log in")).to_be_visible()
+        first = context.new_page()
+        email = unique_email("own-logins")
+        register(first, email)
+        subscribe_with_card(first)
+        first.goto("/dashboard")
+        expect(first.get_by_text("Active", exact=True)).to_be_visible()
+
+        log_in(second, email)
+        expect(second).to_have_url(path_is("/dashboard"))
+        second.get_by_role("button", name="Log out").click()
+        expect(second).to_have_url(path_is("/"))
+
+        try_to_cancel(first)  # the first tab stays as it was, on its dashboard
+        expect(first).to_have_url(path_is("/login"))
         expect_nothing_cancelled(live_app, email)
     finally:
         context.close()

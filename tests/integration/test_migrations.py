@@ -51,7 +51,7 @@ def test_migrations_apply_to_an_empty_database_and_round_trip(empty_database_url
     assert (EXPECTED_TABLES - {"alembic_version"}) & remaining == set()
     upgrade(empty_database_url)  # and back up again
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0009"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0010"
     engine.dispose()
 
 

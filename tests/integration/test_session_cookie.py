@@ -7,7 +7,8 @@ from fastapi.testclient import TestClient
 
 from subscription_app import accounts, crypto, session_cookie
 from subscription_app.api import create_api
-from subscription_app.security import SecurityMiddleware
+from subscription_app.security import SecurityMiddleware, allowed_origins
+from subscription_app.settings import get_settings
 from tests.integration.conftest import PRODUCTION
 
 
@@ -97,6 +98,71 @@ def test_delete_revokes_the_session_and_clears_the_cookie(db_engine, session, lo
     )
     session.rollback()
     assert accounts.user_for_token(session=session, token=login_token) is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "allowed"),
+    [
+        ({"origin": "https://evil.example"}, False),  # another site
+        ({"origin": "https://pay.evil.example"}, False),
+        ({"sec-fetch-site": "same-site"}, False),  # a sibling subdomain: SameSite lets it
+        ({"sec-fetch-site": "cross-site"}, False),
+        ({"sec-fetch-site": "same-origin"}, True),  # our own page's fetch
+        ({}, True),  # not a browser: no cookie of anyone's rides along
+    ],
+)
+def test_only_our_own_pages_may_set_the_cookie(db_engine, login_token, headers, allowed):
+    api = TestClient(create_api())
+    handoff = session_cookie.make_handoff(login_token)
+    response = api.post("/api/v1/auth/session", json={"handoff": handoff}, headers=headers)
+    assert response.status_code == (204 if allowed else 403)
+    assert ("set-cookie" in response.headers) is allowed
+
+
+@pytest.mark.parametrize("fetch_site", ["same-origin", "same-site"])
+def test_our_own_origin_may_set_the_cookie(db_engine, login_token, fetch_site):
+    """Also from another port of the same host (our pages apart from the backend)."""
+    api = TestClient(create_api())
+    [origin, *_] = allowed_origins(get_settings())
+    handoff = session_cookie.make_handoff(login_token)
+    headers = {"origin": origin, "sec-fetch-site": fetch_site}
+    assert (
+        api.post("/api/v1/auth/session", json={"handoff": handoff}, headers=headers).status_code
+        == 204
+    )
+
+
+def _browser_login(api: TestClient, token: str) -> None:
+    """The page's step after a login: the handoff sets the browser's cookie to `token`."""
+    handoff = session_cookie.make_handoff(token)
+    assert api.post("/api/v1/auth/session", json={"handoff": handoff}).status_code == 204
+    assert api.cookies.get("sa_session") == token
+
+
+@pytest.mark.parametrize("in_tab", ["older", "newer"])
+def test_logging_out_ends_every_login_that_took_turns_in_the_browsers_cookie(
+    db_engine, session, in_tab
+):
+    """Two tabs of one browser, each logged in on its own (a third person's login came
+    between on a shared computer): the cookie names only the newest, and logging out in any
+    tab ends them all, or a tab still holding an older login keeps acting."""
+    alice = accounts.register_user(session=session, email="a@example.com", password="s3cret-pass")
+    bob = accounts.register_user(session=session, email="b@example.com", password="s3cret-pass")
+    tokens = [accounts.issue_token(session=session, user=user).token for user in (alice, bob)]
+    tokens.append(accounts.issue_token(session=session, user=alice).token)
+    elsewhere = accounts.issue_token(session=session, user=alice).token  # another device
+    session.commit()
+    api = TestClient(create_api())
+    for token in tokens:
+        _browser_login(api, token)
+    if in_tab == "newer":
+        assert api.delete("/api/v1/auth/session").status_code == 204
+    else:  # the first tab logs out with the login it holds (the cookie names another)
+        accounts.revoke_token(session=session, token=tokens[0])
+        session.commit()
+    session.rollback()
+    assert [accounts.user_for_token(session=session, token=t) for t in tokens] == [None] * 3
+    assert accounts.user_for_token(session=session, token=elsewhere) is not None
 
 
 @pytest.mark.parametrize(
