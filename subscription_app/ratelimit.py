@@ -32,7 +32,7 @@ import math
 import time
 from functools import lru_cache
 
-from limits import RateLimitItem, RateLimitItemPerSecond
+from limits import RateLimitItem, RateLimitItemPerMinute, RateLimitItemPerSecond
 from limits.storage import Storage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 
@@ -319,6 +319,20 @@ def check_card_attempts_left(*, account: str, client_address: str | None) -> Non
         _refuse_if_spent(
             _card_window(settings.rate_limit_card_attempts_per_address), "card-addr", client_address
         )
+
+
+STRIPE_REQUESTS = "requests"
+
+
+def before_stripe_request(*, account: str) -> None:
+    """Count one Stripe call a person's own request makes (their invoice list, the billing
+    portal, a Checkout return page). Raises `RateLimited`.
+
+    `account` names the person (any stable id). Stripe limits the whole Stripe account's
+    requests per second, and every subscribe, cancel and webhook re-read shares that budget.
+    """
+    item = RateLimitItemPerMinute(get_settings().rate_limit_stripe_requests_per_minute)
+    _take(item, "stripe-requests", account, what=STRIPE_REQUESTS)
 
 
 def before_setup_intent(*, account: str, client_address: str | None) -> None:

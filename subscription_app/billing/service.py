@@ -270,6 +270,15 @@ def _limit(check: Callable[..., None], user: User, client_address: str | None) -
         raise BillingError(exc.message, kind="limited", retry_after=exc.retry_after) from exc
 
 
+def _limit_stripe_requests(user: User) -> None:
+    """Count a Stripe call of `user`'s own request (`ratelimit.before_stripe_request`); a
+    `BillingError` ("limited") when over."""
+    try:
+        ratelimit.before_stripe_request(account=f"user:{user.id}")
+    except ratelimit.RateLimited as exc:
+        raise BillingError(exc.message, kind="limited", retry_after=exc.retry_after) from exc
+
+
 def _limit_declines(session: Session, user: User) -> None:
     """Refuse (`BillingError`, "limited") a person whose card checks Stripe declined too
     often, as its webhooks told us (`card_testing`), whatever our page saw."""
@@ -1054,10 +1063,13 @@ def complete_checkout(*, session: Session, user: User, checkout_session_id: str)
     and it names them); someone else's or an unknown id is refused alike (forbidden).
 
     Raises:
-        BillingError: forbidden (not theirs), conflict (not completed, or already subscribed).
+        BillingError: forbidden (not theirs), conflict (not completed, or already
+            subscribed), limited (too many requests to Stripe from this person).
     """
     if not CHECKOUT_SESSION_ID.fullmatch(checkout_session_id or ""):
         raise BillingError(NOT_YOUR_CHECKOUT, kind="forbidden")
+    # Counted: made-up session ids would each cost a Stripe read.
+    _limit_stripe_requests(user)
     try:
         checkout = sync.read_checkout(checkout_session_id)
         if sync.checkout_owner(session, checkout) != _id(user):
@@ -1102,8 +1114,10 @@ def open_billing_portal(*, session: Session, user: User) -> str:
     with no card attempts left gets no portal either.
 
     Raises:
-        BillingError: conflict when the person never subscribed; limited.
+        BillingError: conflict when the person never subscribed; limited (card checks, or
+            too many requests to Stripe from this person).
     """
+    _limit_stripe_requests(user)
     _limit_declines(session, user)
     # Decided before `_with_customer_replaced_if_gone`: someone refused here gets no new
     # Stripe customer linked on the way.
@@ -1148,10 +1162,20 @@ def _has_subscribed(session: Session, user: User, customer_id: str) -> bool:
 INVOICE_HISTORY_LIMIT = 24
 
 
-def list_invoices(*, session: Session, user: User) -> InvoiceHistory:
+def list_invoices(*, session: Session, user: User, asked: bool = True) -> InvoiceHistory:
     """The person's `INVOICE_HISTORY_LIMIT` latest invoices, newest first, drafts left out
     (they are not bills yet); `has_more` when Stripe holds older ones (the portal lists
-    them all)."""
+    them all).
+
+    `asked`: the person's own request (a page load, the API), counted against their Stripe
+    requests (`ratelimit.before_stripe_request`); False for the live page's re-read after a
+    change, which Stripe's own events pace.
+
+    Raises:
+        BillingError: limited, too many requests to Stripe from this person.
+    """
+    if asked:
+        _limit_stripe_requests(user)
     customer_id = repository.customer_id_for_user(session, _id(user))
     if customer_id is None:
         return InvoiceHistory([])

@@ -635,7 +635,9 @@ class DashboardState(AuthState):
         """Re-read the invoices from the background watcher (which holds no state lock)."""
         try:
             invoices = await asyncio.to_thread(
-                call_as_user, ref, lambda s, u: service.list_invoices(session=s, user=u)
+                call_as_user,
+                ref,
+                lambda s, u: service.list_invoices(session=s, user=u, asked=False),
             )
         except AppError:
             return  # keep showing the last list; the next change tries again

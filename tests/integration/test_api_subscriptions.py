@@ -7,7 +7,7 @@ from sqlmodel import func, select
 
 from subscription_app import crypto
 from subscription_app.api import create_api
-from subscription_app.billing import repository
+from subscription_app.billing import repository, service
 from subscription_app.billing.reader import made_by_us
 from subscription_app.models import BillingCustomer, Subscription, User
 from tests.integration.conftest import auth_headers, subscribe
@@ -338,3 +338,34 @@ def test_a_customer_stripe_does_not_know_is_an_account_problem_in_portal_and_inv
         assert answer.status_code == 409, answer.text
         assert "billing account could not be found" in answer.json()["detail"]
     assert linked_customer(session, "unknown-account@example.com") == "cus_OfAnotherAccount2"
+
+
+def test_a_persons_own_stripe_requests_are_limited(api, session, make_payment_method, settings_env):
+    """One account looping over its invoices, the billing portal or made-up Checkout return
+    pages must not use up the Stripe account's rate limit, which everyone's subscribe and
+    every webhook re-read share."""
+    settings_env(RATE_LIMIT_STRIPE_REQUESTS_PER_MINUTE="3")
+    headers = auth_headers(api, "looping@example.com")
+    assert subscribe(api, headers, make_payment_method()).status_code == 200
+    madeup = {"session_id": "cs_test_MadeUpByAScript"}
+
+    def ask() -> list[int]:
+        return [
+            api.get("/api/v1/subscriptions/invoices", headers=headers).status_code,
+            api.post("/api/v1/subscriptions/portal-session", headers=headers).status_code,
+            api.post(
+                "/api/v1/subscriptions/checkout-session/complete", json=madeup, headers=headers
+            ).status_code,
+        ]
+
+    assert ask() == [200, 200, 403]
+    assert ask() == [429, 429, 429]
+    refused = api.get("/api/v1/subscriptions/invoices", headers=headers)
+    assert 0 < int(refused.headers["retry-after"]) <= 60
+    assert refused.json()["detail"].startswith("Too many requests. Please wait")
+    # Someone else is not held back by it.
+    others = auth_headers(api, "patient@example.com")
+    assert api.get("/api/v1/subscriptions/invoices", headers=others).status_code == 200
+    # The live dashboard's re-read after a change is paced by Stripe's events, not counted.
+    user = session.exec(select(User).where(User.email == "looping@example.com")).one()
+    assert service.list_invoices(session=session, user=user, asked=False).invoices
