@@ -36,6 +36,7 @@ from subscription_app.billing.reader import (
     read_invoice,
     read_subscription,
 )
+from subscription_app.models import SubscriptionStatus
 
 logger = logging.getLogger(__name__)
 
@@ -476,8 +477,13 @@ def record_checkout(session: Session, checkout: CheckoutSnapshot) -> Fulfilled |
         # subscription and cancel this newer one, so nobody pays twice from now on.
         logger.error("a completed checkout met another live subscription; cancelling the new one")
         with subscription_lock(checkout.subscription_id, session):
-            cancelled = get_client().v1.subscriptions.cancel(checkout.subscription_id)
-            synced = _apply(
-                session, read_subscription(cancelled), owner, only_if_new=False, ours=True
-            )
+            # The return page and the checkout's webhook may both get here, each having read
+            # the subscription before the other cancelled it: cancel only what still runs
+            # (Stripe refuses to cancel an ended one as "No such subscription").
+            current = fetch_subscription(checkout.subscription_id)
+            if SubscriptionStatus(current.status).is_open:
+                current = read_subscription(
+                    get_client().v1.subscriptions.cancel(checkout.subscription_id)
+                )
+            synced = _apply(session, current, owner, only_if_new=False, ours=True)
         return Fulfilled(synced, duplicate=True)

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from sqlmodel import func, select
 
 from subscription_app.api import create_api
-from subscription_app.billing import catalog, handlers, repository, service
+from subscription_app.billing import catalog, handlers, repository, service, sync
 from subscription_app.billing.inbox import ClaimedEvent
 from subscription_app.billing.reader import made_by_us
 from subscription_app.db import session_scope
@@ -288,6 +288,41 @@ def test_a_checkout_completed_beside_a_live_subscription_is_cancelled_not_kept(
         select(func.count()).select_from(Subscription).where(Subscription.status == "active")
     ).one()
     assert live == 1
+
+
+def test_the_return_page_after_the_webhook_cancelled_the_duplicate_says_so(
+    api, make_payment_method, stripe_client, session, stripe_env, monkeypatch
+):
+    """The return page and the checkout's webhook both found the other subscription; the
+    webhook cancelled this one first. The return page must not take Stripe's refusal to
+    cancel it again ("No such subscription") for a checkout that is not the person's."""
+    headers = auth_headers(api, "both-cancel@example.com")
+    assert subscribe(api, headers, make_payment_method()).status_code == 200
+    user = session.exec(select(User).where(User.email == "both-cancel@example.com")).one()
+    customer = stripe_client.v1.customers.list(params={"email": "both-cancel@example.com"}).data[0]
+    late = stripe_client.v1.checkout.sessions.create(
+        params={
+            "mode": "subscription",
+            "customer": customer.id,
+            "client_reference_id": str(user.id),
+            "line_items": [{"price": stripe_env["price_id"], "quantity": 1}],
+            "success_url": "http://app.example.test/checkout/complete?session_id={CHECKOUT_SESSION_ID}",
+            "cancel_url": "http://app.example.test/plan",
+        }
+    )
+    assert pay_checkout(late.url).status_code in (302, 303)
+    duplicate = stripe_client.v1.checkout.sessions.retrieve(late.id).subscription
+    assert stripe_client.v1.subscriptions.cancel(duplicate).status == "canceled"  # the webhook
+
+    def found_the_other_before_it_was_cancelled(**kwargs):
+        raise repository.SecondOpenSubscription("as read before the webhook's cancel")
+
+    monkeypatch.setattr(sync, "sync_subscription", found_the_other_before_it_was_cancelled)
+    refused = complete(api, headers, late.id)
+    assert refused.status_code == 409, refused.text
+    assert "already have an active subscription" in refused.json()["detail"]
+    session.rollback()
+    assert repository.subscription_row(session, duplicate).status == "canceled"
 
 
 @pytest.mark.parametrize("second", ["elements", "checkout"])
