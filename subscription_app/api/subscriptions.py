@@ -154,7 +154,7 @@ class CancelOut(BaseModel):
 def cancel(session: SessionDep, user: CurrentUser, body: CancelIn | None = None) -> CancelOut:
     """Cancel at the end of the period (default, also with no body) or now.
 
-    409 if there is nothing to cancel.
+    409 if there is nothing to cancel; 429 past the caller's Stripe requests.
     """
     result = service.cancel_subscription(
         session=session, user=user, at_period_end=body.at_period_end if body else True
@@ -164,7 +164,8 @@ def cancel(session: SessionDep, user: CurrentUser, body: CancelIn | None = None)
 
 @router.post("/resume", response_model=CancelOut)
 def resume(session: SessionDep, user: CurrentUser) -> CancelOut:
-    """Undo a cancellation at period end. 409 if the subscription is not set to end."""
+    """Undo a cancellation at period end. 409 if the subscription is not set to end; 429 past
+    the caller's Stripe requests."""
     result = service.resume_subscription(session=session, user=user)
     return CancelOut(message=result.message, subscription=to_out(result.subscription))
 
@@ -187,7 +188,8 @@ class UrlOut(BaseModel):
 def checkout_session(session: SessionDep, user: CurrentUser) -> UrlOut:
     """Start Stripe Checkout for the default plan: 201 with the page's URL.
 
-    409 when already subscribed; 429 (with Retry-After) at the card-testing limit. Back from
+    409 when already subscribed; 429 (with Retry-After) at the card-testing limit or past the
+    caller's Stripe requests (`RATE_LIMIT_STRIPE_REQUESTS_PER_MINUTE`). Back from
     Checkout, Stripe sends the browser to the app's return page
     (`/checkout/complete?session_id=...`); API clients then call `/checkout-session/complete`.
     """
@@ -209,7 +211,8 @@ def complete_checkout(
     """Record the subscription a finished Checkout Session made (webhook or not).
 
     403 for a session that is not the caller's (or does not exist); 409 when it is not
-    completed, or the caller already had another subscription.
+    completed, or the caller already had another subscription; 429 past the caller's Stripe
+    requests (`RATE_LIMIT_STRIPE_REQUESTS_PER_MINUTE`).
     """
     result = service.complete_checkout(
         session=session, user=user, checkout_session_id=body.session_id
@@ -220,7 +223,8 @@ def complete_checkout(
 @router.post("/portal-session", response_model=UrlOut)
 def portal_session(session: SessionDep, user: CurrentUser) -> UrlOut:
     """Stripe's customer portal for the caller (returns to the dashboard). 409: never
-    subscribed; 429: at the card-testing limit (the portal takes cards too)."""
+    subscribed; 429: at the card-testing limit (the portal takes cards too), or past the
+    caller's Stripe requests (`RATE_LIMIT_STRIPE_REQUESTS_PER_MINUTE`)."""
     return UrlOut(url=service.open_billing_portal(session=session, user=user))
 
 
@@ -249,7 +253,8 @@ class InvoicesOut(BaseModel):
 
 @router.get("/invoices", response_model=InvoicesOut)
 def invoices(session: SessionDep, user: CurrentUser) -> InvoicesOut:
-    """The caller's own latest invoices (up to 24), newest first; drafts are left out."""
+    """The caller's own latest invoices (up to 24), newest first; drafts are left out. 429
+    past the caller's Stripe requests (`RATE_LIMIT_STRIPE_REQUESTS_PER_MINUTE`)."""
     history = service.list_invoices(session=session, user=user)
     return InvoicesOut(
         invoices=[InvoiceOut.model_validate(view) for view in history.invoices],

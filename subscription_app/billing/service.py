@@ -272,11 +272,18 @@ def _limit(check: Callable[..., None], user: User, client_address: str | None) -
 
 def _limit_stripe_requests(user: User) -> None:
     """Count a Stripe call of `user`'s own request (`ratelimit.before_stripe_request`); a
-    `BillingError` ("limited") when over."""
+    `BillingError` ("limited") when over.
+
+    A store that cannot be reached lets the call through (logged): this limit guards a
+    budget, and the person's invoices or paid Checkout must not fail with it (the card
+    limits, which stop card testing, do fail closed).
+    """
     try:
         ratelimit.before_stripe_request(account=f"user:{user.id}")
     except ratelimit.RateLimited as exc:
         raise BillingError(exc.message, kind="limited", retry_after=exc.retry_after) from exc
+    except Exception:
+        logger.warning("could not count a Stripe request against the limit; letting it through")
 
 
 def _limit_declines(session: Session, user: User) -> None:
@@ -797,6 +804,7 @@ def _change(
     user_id = _id(user)
     live = _live(session, user, nothing_to_do)
     check(live)
+    _limit_stripe_requests(user)  # only a change that will call Stripe counts
     current = [live]  # what the change is made from: re-read under the lock
 
     def still() -> None:
@@ -857,7 +865,8 @@ def cancel_subscription(*, session: Session, user: User, at_period_end: bool) ->
     """Cancel the user's live subscription, now or at the end of the paid period.
 
     Raises:
-        BillingError: (conflict) no live subscription, or already set to end at period end.
+        BillingError: (conflict) no live subscription, or already set to end at period end;
+            (limited) too many requests to Stripe from this person.
     """
 
     def not_yet_ending(live: repository.LiveSubscription) -> None:
@@ -920,7 +929,8 @@ def resume_subscription(*, session: Session, user: User) -> CancelResult:
     """Undo a cancellation at period end (before the period ends).
 
     Raises:
-        BillingError: (conflict) nothing to undo.
+        BillingError: (conflict) nothing to undo; (limited) too many requests to Stripe from
+            this person.
     """
     nothing = "Your subscription is not set to end, so there is nothing to undo."
 
@@ -1040,10 +1050,12 @@ def start_checkout(*, session: Session, user: User) -> str:
     """The URL of a Stripe Checkout page subscribing `user` to the default plan.
 
     Refuses a person who already has a subscription (conflict), and one at the card-testing
-    limit (limited), as the card form does: Stripe's page takes cards too. Runs under the
-    person's subscribe lock, like `start_subscription`, and reuses their open Checkout Session.
+    limit (limited), as the card form does: Stripe's page takes cards too; and one past
+    their Stripe requests (limited, `_limit_stripe_requests`). Runs under the person's
+    subscribe lock, like `start_subscription`, and reuses their open Checkout Session.
     """
     _limit_declines(session, user)
+    _limit_stripe_requests(user)  # each start reads Stripe (unrecorded subscriptions, pages)
     session.commit()  # hold no transaction while waiting for the lock
     try:
         with sync.subscriber_lock(_id(user)):
@@ -1174,11 +1186,11 @@ def list_invoices(*, session: Session, user: User, asked: bool = True) -> Invoic
     Raises:
         BillingError: limited, too many requests to Stripe from this person.
     """
-    if asked:
-        _limit_stripe_requests(user)
     customer_id = repository.customer_id_for_user(session, _id(user))
     if customer_id is None:
-        return InvoiceHistory([])
+        return InvoiceHistory([])  # nothing asked of Stripe: not counted
+    if asked:
+        _limit_stripe_requests(user)
     try:
         listed = get_client().v1.invoices.list(
             params={"customer": customer_id, "limit": INVOICE_HISTORY_LIMIT}

@@ -5,7 +5,7 @@ import stripe
 from fastapi.testclient import TestClient
 from sqlmodel import func, select
 
-from subscription_app import crypto
+from subscription_app import crypto, ratelimit
 from subscription_app.api import create_api
 from subscription_app.billing import repository, service
 from subscription_app.billing.reader import made_by_us
@@ -369,3 +369,44 @@ def test_a_persons_own_stripe_requests_are_limited(api, session, make_payment_me
     # The live dashboard's re-read after a change is paced by Stripe's events, not counted.
     user = session.exec(select(User).where(User.email == "looping@example.com")).one()
     assert service.list_invoices(session=session, user=user, asked=False).invoices
+
+
+def test_changes_and_checkout_starts_count_as_stripe_requests_too(
+    api, make_payment_method, settings_env
+):
+    settings_env(RATE_LIMIT_STRIPE_REQUESTS_PER_MINUTE="2")
+    headers = auth_headers(api, "toggling@example.com")
+    assert subscribe(api, headers, make_payment_method()).status_code == 200
+    assert api.post("/api/v1/subscriptions/cancel", headers=headers).status_code == 200
+    assert api.post("/api/v1/subscriptions/resume", headers=headers).status_code == 200
+    assert api.post("/api/v1/subscriptions/cancel", headers=headers).status_code == 429
+    assert api.post("/api/v1/subscriptions/checkout-session", headers=headers).status_code == 429
+
+
+def test_requests_that_ask_stripe_nothing_are_not_counted(api, settings_env):
+    settings_env(RATE_LIMIT_STRIPE_REQUESTS_PER_MINUTE="1")
+    headers = auth_headers(api, "no-customer-yet@example.com")
+    for _ in range(3):  # no Stripe customer yet: nothing to ask Stripe
+        assert api.get("/api/v1/subscriptions/invoices", headers=headers).json() == {
+            "invoices": [],
+            "has_more": False,
+        }
+    for _ in range(2):  # nothing to cancel: refused before Stripe is asked
+        assert api.post("/api/v1/subscriptions/cancel", headers=headers).status_code == 409
+
+
+def test_the_stripe_request_limit_lets_calls_through_when_its_store_is_down(
+    api, make_payment_method, settings_env, monkeypatch
+):
+    """It guards a budget: a person's invoices must not fail because Redis did."""
+    settings_env(RATE_LIMIT_STRIPE_REQUESTS_PER_MINUTE="1")
+    headers = auth_headers(api, "store-down@example.com")
+    assert subscribe(api, headers, make_payment_method()).status_code == 200
+
+    class Unreachable:
+        def hit(self, *args, **kwargs):
+            raise ConnectionError("Redis could not be reached")
+
+    monkeypatch.setattr(ratelimit, "_limiter", Unreachable)
+    for _ in range(3):
+        assert api.get("/api/v1/subscriptions/invoices", headers=headers).status_code == 200
