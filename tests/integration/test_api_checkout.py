@@ -247,6 +247,21 @@ def test_invoices_are_my_own_newest_first_without_drafts(api, make_payment_metho
     assert [i["number"] for i in again] == [invoice["number"]]
 
 
+def _checkout_made_before(stripe_client, customer_id: str, user_id: int | None, price_id: str):
+    """A Checkout Session of the person's made before their Elements subscribe closed the
+    open ones (made here directly)."""
+    return stripe_client.v1.checkout.sessions.create(
+        params={
+            "mode": "subscription",
+            "customer": customer_id,
+            "client_reference_id": str(user_id),
+            "line_items": [{"price": price_id, "quantity": 1}],
+            "success_url": "http://app.example.test/checkout/complete?session_id={CHECKOUT_SESSION_ID}",
+            "cancel_url": "http://app.example.test/plan",
+        }
+    )
+
+
 def test_a_checkout_completed_beside_a_live_subscription_is_cancelled_not_kept(
     api, make_payment_method, stripe_client, session, stripe_env
 ):
@@ -255,17 +270,7 @@ def test_a_checkout_completed_beside_a_live_subscription_is_cancelled_not_kept(
     assert subscribe(api, headers, make_payment_method()).status_code == 200
     user = session.exec(select(User).where(User.email == "late-tab@example.com")).one()
     customer = stripe_client.v1.customers.list(params={"email": "late-tab@example.com"}).data[0]
-    # A session made before the Elements subscribe closed the open ones (made here directly).
-    late = stripe_client.v1.checkout.sessions.create(
-        params={
-            "mode": "subscription",
-            "customer": customer.id,
-            "client_reference_id": str(user.id),
-            "line_items": [{"price": stripe_env["price_id"], "quantity": 1}],
-            "success_url": "http://app.example.test/checkout/complete?session_id={CHECKOUT_SESSION_ID}",
-            "cancel_url": "http://app.example.test/plan",
-        }
-    )
+    late = _checkout_made_before(stripe_client, customer.id, user.id, stripe_env["price_id"])
     assert pay_checkout(late.url).status_code in (302, 303)
     refused = complete(api, headers, late.id)
     assert refused.status_code == 409, refused.text
@@ -300,16 +305,7 @@ def test_the_return_page_after_the_webhook_cancelled_the_duplicate_says_so(
     assert subscribe(api, headers, make_payment_method()).status_code == 200
     user = session.exec(select(User).where(User.email == "both-cancel@example.com")).one()
     customer = stripe_client.v1.customers.list(params={"email": "both-cancel@example.com"}).data[0]
-    late = stripe_client.v1.checkout.sessions.create(
-        params={
-            "mode": "subscription",
-            "customer": customer.id,
-            "client_reference_id": str(user.id),
-            "line_items": [{"price": stripe_env["price_id"], "quantity": 1}],
-            "success_url": "http://app.example.test/checkout/complete?session_id={CHECKOUT_SESSION_ID}",
-            "cancel_url": "http://app.example.test/plan",
-        }
-    )
+    late = _checkout_made_before(stripe_client, customer.id, user.id, stripe_env["price_id"])
     assert pay_checkout(late.url).status_code in (302, 303)
     duplicate = stripe_client.v1.checkout.sessions.retrieve(late.id).subscription
     assert stripe_client.v1.subscriptions.cancel(duplicate).status == "canceled"  # the webhook

@@ -972,6 +972,19 @@ def _failed_renewal(session: Session, stripe_client, stripe_env, email: str):
     return user_id, sub_id, shape
 
 
+def _pay_with_another_card(stripe_client, invoice: dict, sub_id: str) -> None:
+    """The person pays the failed renewal with another card (as in the portal)."""
+    good = stripe_client.v1.payment_methods.create(
+        params={"type": "card", "card": {"token": "tok_visa"}}
+    )
+    stripe_client.v1.payment_methods.attach(good.id, params={"customer": invoice["customer"]})
+    stripe_client.v1.customers.update(
+        invoice["customer"], params={"invoice_settings": {"default_payment_method": good.id}}
+    )
+    assert stripe_client.v1.invoices.pay(invoice["id"]).status == "paid"
+    assert stripe_client.v1.subscriptions.retrieve(sub_id).status == "active"
+
+
 def test_a_renewals_failure_is_told_while_it_is_still_owed(
     stripe_hook, session, stripe_client, stripe_env
 ):
@@ -992,15 +1005,7 @@ def test_a_renewals_failure_applied_after_it_was_paid_tells_nothing(
     user_id, sub_id, invoice = _failed_renewal(
         session, stripe_client, stripe_env, "paid-since@example.com"
     )
-    good = stripe_client.v1.payment_methods.create(
-        params={"type": "card", "card": {"token": "tok_visa"}}
-    )
-    stripe_client.v1.payment_methods.attach(good.id, params={"customer": invoice["customer"]})
-    stripe_client.v1.customers.update(
-        invoice["customer"], params={"invoice_settings": {"default_payment_method": good.id}}
-    )
-    assert stripe_client.v1.invoices.pay(invoice["id"]).status == "paid"
-    assert stripe_client.v1.subscriptions.retrieve(sub_id).status == "active"
+    _pay_with_another_card(stripe_client, invoice, sub_id)
     post(stripe_hook, stripe_event_body("invoice.payment_failed", invoice))
     post(stripe_hook, stripe_event_body("invoice.payment_action_required", invoice))
     assert drain().done == 2
@@ -1053,15 +1058,7 @@ def test_a_failure_stripe_will_not_retry_is_told_as_final(
     shown = view_of(session, user_id)
     assert (shown.status, shown.payment_warning) == ("past_due", handlers.PAYMENT_FAILED_FINAL_TEXT)
     # The person pays with another card (the portal): the next event's re-read clears it.
-    good = stripe_client.v1.payment_methods.create(
-        params={"type": "card", "card": {"token": "tok_visa"}}
-    )
-    stripe_client.v1.payment_methods.attach(good.id, params={"customer": invoice["customer"]})
-    stripe_client.v1.customers.update(
-        invoice["customer"], params={"invoice_settings": {"default_payment_method": good.id}}
-    )
-    assert stripe_client.v1.invoices.pay(invoice["id"]).status == "paid"
-    assert stripe_client.v1.subscriptions.retrieve(sub_id).status == "active"
+    _pay_with_another_card(stripe_client, invoice, sub_id)
     post(stripe_hook, stripe_event_body("invoice.paid", {**invoice, "status": "paid"}))
     assert drain().done == 1
     session.rollback()
