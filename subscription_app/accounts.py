@@ -356,19 +356,17 @@ def revoke_session(*, session: Session, session_id: str) -> bool:
         return False
     now = utcnow()
     group = auth.browser_id or auth.id
-    ending = {auth.id: auth}
-    for member in session.exec(
+    ending = session.exec(  # `auth` among them: it is active, and in its own group
         select(AuthSession).where(
             or_(col(AuthSession.id) == group, col(AuthSession.browser_id) == group),
             col(AuthSession.revoked_at).is_(None),
         )
-    ):
-        ending[member.id] = member
-    for member in ending.values():
+    ).all()
+    for member in ending:
         member.revoked_at = now
         session.add(member)
     # The users' open pages learn of it at once (they leave the dashboard).
-    for user_id in sorted({member.user_id for member in ending.values()}):
+    for user_id in sorted({member.user_id for member in ending}):
         changes.mark(session, user_id)
     return True
 
@@ -389,8 +387,9 @@ def join_browser(*, session: Session, session_id: str, replaced_token: str) -> N
     current = session.get(AuthSession, session_id)
     if replaced is None or current is None:
         return
-    if current.browser_id is None and current.id != (replaced.browser_id or replaced.id):
-        current.browser_id = replaced.browser_id or replaced.id
+    group = replaced.browser_id or replaced.id
+    if current.browser_id is None and current.id != group:
+        current.browser_id = group
         session.add(current)
 
 

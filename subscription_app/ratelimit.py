@@ -326,7 +326,7 @@ STRIPE_REQUESTS = "requests"
 
 def before_stripe_request(*, account: str) -> None:
     """Count one Stripe call a person's own request makes (their invoice list, the billing
-    portal, a Checkout return page). Raises `RateLimited`.
+    portal, starting Checkout and its return page, cancel and undo). Raises `RateLimited`.
 
     `account` names the person (any stable id). Stripe limits the whole Stripe account's
     requests per second, and every subscribe, cancel and webhook re-read shares that budget.

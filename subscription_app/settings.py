@@ -121,9 +121,10 @@ class Settings(BaseSettings):
     rate_limit_card_attempts_per_address: int = Field(default=20, ge=1)
     rate_limit_setup_intents_per_account: int = Field(default=20, ge=1)
     rate_limit_setup_intents_per_address: int = Field(default=60, ge=1)
-    # Stripe calls a person's own requests make (the invoice list, the billing portal, the
-    # Checkout return page), per account per minute: one account looping over them must not
-    # use up the Stripe account's own rate limit, which every subscribe and webhook shares.
+    # Stripe calls a person's own requests make (the invoice list, the billing portal,
+    # starting Checkout and its return page, cancel and undo), per account per minute: one
+    # account looping over them must not use up the Stripe account's own rate limit, which
+    # every subscribe and webhook shares.
     rate_limit_stripe_requests_per_minute: int = Field(default=60, ge=1)
     # Lifetime of a login (browser session cookie and API bearer token alike).
     session_ttl_minutes: int = Field(default=60 * 24 * 7, ge=5, le=60 * 24 * 90)

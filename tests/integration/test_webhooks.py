@@ -248,15 +248,24 @@ def _pays_by_card(stripe_client, customer_id: str) -> None:
     )
 
 
-def test_event_for_an_unknown_subscription_links_through_the_customer(
-    stripe_hook, session, stripe_client
-):
-    user = accounts.register_user(session=session, email="a@example.com", password="s3cret-pass")
+def _subscribed_outside_our_pages(session: Session, stripe_client, email: str):
+    """A registered person with a Stripe customer, subscribed in Stripe directly (the
+    dashboard, another app): (user, customer id, the subscription)."""
+    user = accounts.register_user(session=session, email=email, password="s3cret-pass")
     customer_id = service.ensure_customer(session=session, user=user)
     session.commit()
     _pays_by_card(stripe_client, customer_id)
-    made_elsewhere = stripe_client.v1.subscriptions.create(
+    made = stripe_client.v1.subscriptions.create(
         params={"customer": customer_id, "items": [{"price": catalog.resolve_price_id()}]}
+    )
+    return user, customer_id, made
+
+
+def test_event_for_an_unknown_subscription_links_through_the_customer(
+    stripe_hook, session, stripe_client
+):
+    user, customer_id, made_elsewhere = _subscribed_outside_our_pages(
+        session, stripe_client, "a@example.com"
     )
     shape = stripe_subscription_shape(made_elsewhere.id, customer_id)
     post(stripe_hook, stripe_event_body("customer.subscription.created", shape))
@@ -281,13 +290,7 @@ def test_a_subscription_first_heard_of_once_it_ended_is_still_shown_if_it_went_l
     """Made and paid outside our pages, then cancelled, before any of its events was applied
     (a backlog, a restore): the person's past subscription is theirs to see, and "Manage
     billing" theirs to use. One undone before its first payment is not."""
-    user = accounts.register_user(session=session, email="ended@example.com", password="pw-1234567")
-    customer_id = service.ensure_customer(session=session, user=user)
-    session.commit()
-    _pays_by_card(stripe_client, customer_id)
-    made = stripe_client.v1.subscriptions.create(
-        params={"customer": customer_id, "items": [{"price": catalog.resolve_price_id()}]}
-    )
+    user, _, made = _subscribed_outside_our_pages(session, stripe_client, "ended@example.com")
     assert made.status == "active"
     ended = stripe_client.v1.subscriptions.cancel(made.id)
     post(stripe_hook, stripe_event_body("customer.subscription.deleted", ended.to_dict()))
